@@ -1,0 +1,133 @@
+"""Pre-flight data check: every pair is decoded and validated before a training step is spent.
+
+It finds undecodable images, missing masks, image/mask size mismatches and out-of-range class ids,
+and reports them all at once (first 20 and a count). On the way it counts pixels per class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Image
+
+from .errors import DataError, problems_message
+from .labels import LabelDecoder
+from .transforms import entry_name, open_image
+
+
+@dataclass
+class SplitReport:
+    """What the check learned about one split."""
+
+    num_samples: int
+    pixel_counts: list[int]  # per class id, then the ignore index last
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
+
+
+@dataclass
+class DataReport:
+    num_labels: int
+    ignore_index: int
+    id2label: dict[int, str]
+    splits: dict[str, SplitReport]
+
+    def class_table(self) -> str:
+        """Per-class pixel counts and shares for every split, as a Markdown table."""
+        names = [f"{i} {self.id2label.get(i, str(i))}" for i in range(self.num_labels)] + [f"{self.ignore_index} (ignored)"]
+        header = "| class | " + " | ".join(f"{s} pixels | {s} share" for s in self.splits) + " |"
+        rule = "|---|" + "---:|---:|" * len(self.splits)
+        rows = []
+        for c, name in enumerate(names):
+            cells = []
+            for split in self.splits.values():
+                total = max(sum(split.pixel_counts[:-1]), 1)
+                count = split.pixel_counts[c]
+                share = "" if c == self.num_labels else f"{100 * count / total:.2f}%"
+                cells.append(f"{count:,} | {share}")
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join([header, rule, *rows])
+
+    def save(self, output_dir: str | os.PathLike) -> None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "num_labels": self.num_labels,
+            "ignore_index": self.ignore_index,
+            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "splits": {name: {"num_samples": s.num_samples, "pixel_counts": s.pixel_counts,
+                              "image_sizes": s.image_sizes} for name, s in self.splits.items()},
+        }
+        (out / "class_histogram.json").write_text(json.dumps(payload, indent=1))
+        (out / "class_histogram.md").write_text(self.class_table() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DataReport":
+        payload = json.loads(Path(path).read_text())
+        splits = {name: SplitReport(s["num_samples"], s["pixel_counts"], [tuple(x) for x in s["image_sizes"]])
+                  for name, s in payload["splits"].items()}
+        return cls(payload["num_labels"], payload["ignore_index"],
+                   {int(k): v for k, v in payload["id2label"].items()}, splits)
+
+
+def _check_pair(image_entry: dict, mask_entry: dict, decoder: LabelDecoder, num_labels: int) -> tuple[str, np.ndarray, tuple[int, int]]:
+    """Return (problem or '', per-class counts + ignore count, image size)."""
+    counts = np.zeros(num_labels + 1, dtype=np.int64)
+    name = entry_name(image_entry)
+    try:
+        image = open_image(image_entry)
+        image.load()
+    except Exception as err:  # any decoder failure is the user's file, not our bug
+        return f"{name}: image cannot be decoded ({type(err).__name__}: {err})", counts, (0, 0)
+    mask_name = entry_name(mask_entry)
+    try:
+        mask = open_image(mask_entry)
+        label = decoder(mask, mask_name)
+    except DataError as err:
+        return str(err), counts, image.size
+    except Exception as err:
+        return f"{mask_name}: mask cannot be decoded ({type(err).__name__}: {err})", counts, image.size
+    if (label.shape[1], label.shape[0]) != image.size:
+        return (f"{mask_name}: mask is {label.shape[1]}×{label.shape[0]} but its image {name} is "
+                f"{image.size[0]}×{image.size[1]}"), counts, image.size
+    values, value_counts = np.unique(label, return_counts=True)
+    ignored = values == decoder.ignore_index
+    bad = values[~ignored & ((values < 0) | (values >= num_labels))]
+    if len(bad):
+        shown = ", ".join(str(v) for v in bad[:10])
+        return (f"{mask_name}: values {shown} are outside the {num_labels} classes [0, {num_labels}) "
+                f"and are not ignore_index={decoder.ignore_index}"), counts, image.size
+    counts[values[~ignored].astype(np.int64)] = value_counts[~ignored]
+    counts[-1] = value_counts[ignored].sum()
+    return "", counts, image.size
+
+
+def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels: int, num_proc: int | None = None) -> SplitReport:
+    """Decode every pair of one split (in parallel) and raise one DataError listing all problems."""
+    if len(dataset) == 0:
+        raise DataError(f"Split '{split}' is empty.")
+    raw = dataset.cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
+
+    def check_batch(batch: dict) -> dict:
+        results = [_check_pair(i, m, decoder, num_labels) for i, m in zip(batch["image"], batch["label"])]
+        return {"problem": [r[0] for r in results], "counts": [r[1] for r in results], "size": [list(r[2]) for r in results]}
+
+    num_proc = num_proc or min(os.cpu_count() or 1, max(1, len(dataset) // 64))
+    checked = raw.map(check_batch, batched=True, batch_size=16, num_proc=num_proc if num_proc > 1 else None,
+                      remove_columns=raw.column_names, desc=f"Checking {split} data", load_from_cache_file=False)
+    problems = [p for p in checked["problem"] if p]
+    if problems:
+        raise DataError(problems_message(f"The '{split}' data failed the pre-flight check", problems,
+                                         "Fix or remove these files (or correct num_labels / ignore_index / colour_map)."))
+    counts = np.asarray(checked["counts"], dtype=np.int64).sum(axis=0)
+    return SplitReport(len(dataset), [int(c) for c in counts], [tuple(s) for s in checked["size"]])
+
+
+def check_data(data: DatasetDict, decoder: LabelDecoder, num_labels: int, id2label: dict[int, str],
+               num_proc: int | None = None) -> DataReport:
+    """Check every split; returns the per-class pixel histogram of each."""
+    splits = {name: check_split(ds, name, decoder, num_labels, num_proc) for name, ds in data.items()}
+    return DataReport(num_labels, decoder.ignore_index, id2label, splits)

@@ -1,0 +1,125 @@
+"""The recipe's fields: one dataclass per concern, parsed by `HfArgumentParser` from YAML + command line.
+
+These dataclasses are the single source of truth for every option; the YAML recipes only set values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .labels import normalise_id2label, parse_colour_map
+
+
+@dataclass
+class DataArguments:
+    """Where the images and masks come from, and how they are augmented."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder holding `images/` and `masks/` (each optionally split into train/validation|val/test)."},
+    )
+    image_dir: str | None = field(default=None, metadata={"help": "Image folder (instead of data_dir/images)."})
+    mask_dir: str | None = field(default=None, metadata={"help": "Mask folder (instead of data_dir/masks)."})
+    mask_suffix: str = field(
+        default="",
+        metadata={"help": "Suffix on mask stems to drop before pairing (e.g. '_gtFine_labelTrainIds')."},
+    )
+    image_suffix: str = field(default="", metadata={"help": "Suffix on image stems to drop before pairing."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id, or a local folder written by `save_to_disk`."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    image_column: str = field(default="image", metadata={"help": "Column with the images (Hub/disk datasets)."})
+    label_column: str = field(default="label", metadata={"help": "Column with the masks (Hub/disk datasets)."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation ('val' also matches)."})
+    validation_split: float = field(
+        default=0.0,
+        metadata={"help": "Fraction of train carved off (seeded) as validation when the data has no validation split."},
+    )
+    synthetic_data: bool = field(
+        default=False,
+        metadata={"help": "Generate the built-in synthetic shapes dataset into data_dir if it is not there yet."},
+    )
+    synthetic_num_train: int = field(default=320, metadata={"help": "Synthetic dataset: training images."})
+    synthetic_num_validation: int = field(default=64, metadata={"help": "Synthetic dataset: validation images."})
+    synthetic_image_size: int = field(default=128, metadata={"help": "Synthetic dataset: image side in pixels."})
+    id2label: str | None = field(
+        default=None,
+        metadata={"help": "Class names: a mapping in the recipe, JSON text, or a path to id2label.json."},
+    )
+    num_labels: int | None = field(default=None, metadata={"help": "Number of classes (default: from id2label)."})
+    colour_map: str | None = field(
+        default=None,
+        metadata={"help": "For RGB colour masks: {'#RRGGBB': class_id} in the recipe, or a JSON file of it."},
+    )
+    ignore_index: int = field(default=255, metadata={"help": "Mask value that is not a class (no loss, no metric)."})
+    reduce_labels: bool = field(
+        default=False, metadata={"help": "ADE20K style: mask value 0 becomes ignore_index and k becomes k-1."}
+    )
+    crop_size: int = field(default=512, metadata={"help": "Training crop side (pixels)."})
+    train_scale: list[int] = field(
+        default_factory=lambda: [2048, 512],
+        metadata={"help": "Random-resize base scale (long side, short side), before ratio_range, as MMSegmentation."},
+    )
+    ratio_range: list[float] = field(
+        default_factory=lambda: [0.5, 2.0], metadata={"help": "Random-resize ratio range."}
+    )
+    cat_max_ratio: float = field(
+        default=0.75, metadata={"help": "Re-draw a crop (up to 10 times) if one class covers more than this share."}
+    )
+    hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
+    photometric_distortion: bool = field(
+        default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
+    )
+    eval_size: int = field(
+        default=512, metadata={"help": "Evaluation: images are resized to eval_size², labels stay at native size."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set (debugging)."})
+    check_data: bool = field(default=True, metadata={"help": "Run the pre-flight data check before training."})
+    check_num_proc: int | None = field(default=None, metadata={"help": "Processes for the data check (default: CPUs)."})
+
+    def __post_init__(self) -> None:
+        self.id2label_map = normalise_id2label(self.id2label)
+        self.colour_map_rgb = parse_colour_map(self.colour_map)
+        if self.id2label_map and self.num_labels and len(self.id2label_map) != self.num_labels:
+            raise ValueError(f"num_labels={self.num_labels} but id2label names {len(self.id2label_map)} classes.")
+        if not 0.0 <= self.validation_split < 1.0:
+            raise ValueError(f"validation_split must be in [0, 1); got {self.validation_split}.")
+        if len(self.train_scale) != 2 or len(self.ratio_range) != 2:
+            raise ValueError("train_scale and ratio_range take two numbers each.")
+
+
+@dataclass
+class ModelArguments:
+    """Which SegFormer to fine-tune."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local folder (e.g. nvidia/mit-b0). Unset: build `model_variant` from config."},
+    )
+    model_variant: str = field(
+        default="b0", metadata={"help": "MiT variant b0..b5 built from config with random weights (offline)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Allow a checkpoint whose head has another number of classes."}
+    )
+    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+
+
+@dataclass
+class SegformerTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with defaults that suit segmentation, plus run-safety options."""
+
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Images are decoded on the fly."})
+    batch_eval_metrics: bool = field(
+        default=True, metadata={"help": "Accumulate a confusion matrix per batch instead of keeping every logit."}
+    )
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard by default)."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
+    )

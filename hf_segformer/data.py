@@ -1,0 +1,150 @@
+"""Loading image/mask pairs into a `datasets.DatasetDict` with columns `image` and `label` (`datasets.Image`).
+
+Sources: an image folder + a mask folder (pairs matched by file stem, split sub-folders discovered),
+a Hub dataset id, or a local `save_to_disk` folder. Nothing is dropped silently: unpaired files are errors.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
+from PIL import Image as PILImage
+
+from .configs import DataArguments
+from .errors import DataError, problems_message
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+MASK_EXTENSIONS = {".png", ".npy", ".tif", ".tiff", ".bmp"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+                 "valid": "validation", "test": "test", "testing": "test"}
+
+
+def canonical_split(name: str) -> str:
+    return SPLIT_ALIASES.get(name.lower(), name)
+
+
+def _index_files(folder: Path, extensions: set[str], suffix: str) -> tuple[dict[str, Path], list[str]]:
+    """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys."""
+    index: dict[str, Path] = {}
+    duplicates = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in extensions:
+            continue
+        key = str(path.relative_to(folder).with_suffix(""))
+        if suffix and key.endswith(suffix):
+            key = key[: -len(suffix)]
+        if key in index:
+            duplicates.append(f"{index[key]} and {path} both pair as '{key}'")
+        index[key] = path
+    return index, duplicates
+
+
+def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str = "", mask_suffix: str = "") -> list[tuple[Path, Path]]:
+    """Pair images with masks by stem (not by sort order); any unpaired or ambiguous file is an error."""
+    images, dup_images = _index_files(image_dir, IMAGE_EXTENSIONS, image_suffix)
+    masks, dup_masks = _index_files(mask_dir, MASK_EXTENSIONS, mask_suffix)
+    problems = dup_images + dup_masks
+    problems += [f"{images[k]}: no mask with stem '{k}' in {mask_dir}" for k in sorted(images.keys() - masks.keys())]
+    problems += [f"{masks[k]}: mask without an image in {image_dir}" for k in sorted(masks.keys() - images.keys())]
+    if problems:
+        raise DataError(problems_message(
+            f"Images and masks in {image_dir} / {mask_dir} do not pair up by file name", problems,
+            "Every image needs exactly one mask with the same stem (set image_suffix/mask_suffix if names differ "
+            "by a fixed suffix); remove or move stray files.",
+        ))
+    if not images:
+        raise DataError(f"No images found in {image_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return [(images[k], masks[k]) for k in sorted(images)]
+
+
+def _mask_entry(path: Path) -> dict:
+    """`.npy` masks become PNG bytes so that the `label` column is always a `datasets.Image`."""
+    if path.suffix.lower() != ".npy":
+        return {"path": str(path), "bytes": None}
+    array = np.load(path)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 65535:
+        raise DataError(f"{path}: a .npy mask must be a 2-D array of integer class ids in 0..65535; "
+                        f"got shape {array.shape}, dtype {array.dtype}.")
+    image = PILImage.fromarray(array.astype(np.uint8 if array.max() < 256 else np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"path": str(path), "bytes": buffer.getvalue()}
+
+
+def _pairs_to_dataset(pairs: list[tuple[Path, Path]]) -> Dataset:
+    data = {"image": [{"path": str(i), "bytes": None} for i, _ in pairs], "label": [_mask_entry(m) for _, m in pairs]}
+    return Dataset.from_dict(data).cast_column("image", Image()).cast_column("label", Image())
+
+
+def load_folder_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
+                        image_suffix: str = "", mask_suffix: str = "") -> DatasetDict:
+    """Folder pairs → DatasetDict; `train/`, `validation|val/`, `test/` sub-folders become splits."""
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    for folder, what in ((image_dir, "image"), (mask_dir, "mask")):
+        if not folder.is_dir():
+            raise DataError(f"The {what} folder {folder} does not exist.")
+    split_dirs = {canonical_split(p.name): p.name for p in image_dir.iterdir() if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
+    if not split_dirs:
+        return DatasetDict({"train": _pairs_to_dataset(pair_files(image_dir, mask_dir, image_suffix, mask_suffix))})
+    splits = {}
+    for split, folder in sorted(split_dirs.items()):
+        mask_split = next((p for p in (mask_dir / folder, mask_dir / split) if p.is_dir()), None)
+        if mask_split is None:
+            raise DataError(f"{image_dir / folder} has no matching mask folder {mask_dir / folder}.")
+        splits[split] = _pairs_to_dataset(pair_files(image_dir / folder, mask_split, image_suffix, mask_suffix))
+    return DatasetDict(splits)
+
+
+def _load_hub_or_disk(args: DataArguments) -> DatasetDict:
+    name = args.dataset_name
+    if os.path.isdir(name) and any((Path(name) / f).exists() for f in ("dataset_dict.json", "state.json")):
+        loaded = load_from_disk(name)
+    else:
+        loaded = load_dataset(name, args.dataset_config_name, cache_dir=None)
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict({"train": loaded})
+    renamed = {}
+    for split, ds in loaded.items():
+        missing = [c for c in (args.image_column, args.label_column) if c not in ds.column_names]
+        if missing:
+            raise DataError(f"Dataset {name} split '{split}' has no column(s) {missing}; its columns are "
+                            f"{ds.column_names}. Set image_column / label_column in the recipe.")
+        ds = ds.select_columns([args.image_column, args.label_column])
+        ds = ds.rename_columns({args.image_column: "image", args.label_column: "label"})
+        for column in ("image", "label"):
+            if not isinstance(ds.features[column], Image):
+                raise DataError(f"Dataset {name} column '{column}' is {ds.features[column]}, not datasets.Image.")
+        renamed[canonical_split(split)] = ds
+    return DatasetDict(renamed)
+
+
+def load_data(args: DataArguments, seed: int = 42) -> DatasetDict:
+    """Load the configured source and make sure there is a train and (if possible) a validation split."""
+    if args.dataset_name:
+        data = _load_hub_or_disk(args)
+    else:
+        image_dir = args.image_dir or (args.data_dir and os.path.join(args.data_dir, "images"))
+        mask_dir = args.mask_dir or (args.data_dir and os.path.join(args.data_dir, "masks"))
+        if not image_dir or not mask_dir:
+            raise DataError("No data given: set data_dir (with images/ and masks/), image_dir + mask_dir, or dataset_name.")
+        data = load_folder_dataset(image_dir, mask_dir, args.image_suffix, args.mask_suffix)
+    train_split, eval_split = canonical_split(args.train_split), canonical_split(args.eval_split)
+    if train_split not in data:
+        raise DataError(f"No '{args.train_split}' split; the data has {sorted(data)}.")
+    if eval_split not in data and args.validation_split > 0:
+        carved = data[train_split].train_test_split(test_size=args.validation_split, seed=seed)
+        data[train_split], data[eval_split] = carved["train"], carved["test"]
+        logger.info("Carved %d validation samples from %d (seed %d).", len(carved["test"]),
+                    len(carved["train"]) + len(carved["test"]), seed)
+    if args.max_train_samples is not None:
+        data[train_split] = data[train_split].select(range(min(args.max_train_samples, len(data[train_split]))))
+    if eval_split in data and args.max_eval_samples is not None:
+        data[eval_split] = data[eval_split].select(range(min(args.max_eval_samples, len(data[eval_split]))))
+    return data

@@ -1,0 +1,20 @@
+"""The one error type for bad input data, raised before any training step is spent."""
+
+from __future__ import annotations
+
+MAX_LISTED = 20
+
+
+class DataError(ValueError):
+    """Bad input found by the loaders or the pre-flight check; the message says what to fix."""
+
+
+def problems_message(title: str, problems: list[str], hint: str = "") -> str:
+    """Format a list of offending files: the first 20, then a count of the rest."""
+    lines = [f"{title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+    lines += [f"  - {p}" for p in problems[:MAX_LISTED]]
+    if len(problems) > MAX_LISTED:
+        lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Mask files → class-id arrays, and where class names come from.
+
+Every path that reads a mask (pre-flight check, training and evaluation transforms) goes through
+`LabelDecoder`, so palette handling, colour maps and `reduce_labels` are applied in exactly one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+ID2LABEL_FILE = "id2label.json"
+
+
+def parse_colour(colour: Any) -> tuple[int, int, int]:
+    """Accept '#RRGGBB', 'r,g,b' or [r, g, b]."""
+    if isinstance(colour, str):
+        text = colour.strip()
+        if text.startswith("#") and len(text) == 7:
+            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+    else:
+        parts = list(colour)
+    if len(parts) != 3:
+        raise DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' or 'r,g,b'.")
+    rgb = tuple(int(p) for p in parts)
+    if not all(0 <= c <= 255 for c in rgb):
+        raise DataError(f"colour_map: colour {colour!r} has a channel outside 0..255.")
+    return rgb  # type: ignore[return-value]
+
+
+def parse_colour_map(colour_map: dict | str | None) -> dict[tuple[int, int, int], int] | None:
+    """Recipe form `{"#3C1098": 0, "110,193,228": 2}` (or a JSON file of it) → {(r, g, b): class_id}."""
+    if colour_map is None:
+        return None
+    if isinstance(colour_map, str):
+        text = Path(colour_map).read_text() if os.path.isfile(colour_map) else colour_map
+        colour_map = json.loads(text)
+    return {parse_colour(k): int(v) for k, v in colour_map.items()}
+
+
+def _rgb_key(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.uint32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+@dataclass
+class LabelDecoder:
+    """Decode a mask (PIL image or array) into an integer class-id array.
+
+    Palette masks are read as their indices (never converted to grey levels), 16-bit masks keep
+    their values, RGB masks go through `colour_map`, and `reduce_labels` maps 0 → ignore, k → k-1.
+    """
+
+    colour_map: dict[tuple[int, int, int], int] | None = None
+    reduce_labels: bool = False
+    ignore_index: int = 255
+    _keys: np.ndarray = field(init=False, repr=False)
+    _values: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.colour_map:
+            keys = _rgb_key(np.array(list(self.colour_map), dtype=np.uint8))
+            order = np.argsort(keys)
+            self._keys = keys[order]
+            self._values = np.array(list(self.colour_map.values()), dtype=np.int32)[order]
+
+    def __call__(self, mask: Image.Image | np.ndarray, name: str = "mask") -> np.ndarray:
+        array = self._to_array(mask, name)
+        if self.reduce_labels:
+            array = array.astype(np.int32)
+            void = (array == 0) | (array == self.ignore_index)
+            array -= 1
+            array[void] = self.ignore_index
+        return array
+
+    def _to_array(self, mask: Image.Image | np.ndarray, name: str) -> np.ndarray:
+        if isinstance(mask, np.ndarray):
+            array = mask
+        else:
+            if mask.mode in ("RGB", "RGBA"):
+                array = np.asarray(mask.convert("RGB") if mask.mode == "RGBA" else mask)
+            elif mask.mode == "LA":
+                array = np.asarray(mask)[..., 0]
+            elif mask.mode == "1":
+                array = np.asarray(mask, dtype=np.uint8)
+            else:  # L, P (palette indices), I;16, I
+                array = np.asarray(mask)
+        if array.ndim == 3:
+            return self._colours_to_ids(array, name)
+        if array.ndim != 2:
+            raise DataError(f"{name}: a mask must be 2-D (H×W); got shape {array.shape}.")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise DataError(f"{name}: mask values must be integers; got dtype {array.dtype}.")
+        return array
+
+    def _colours_to_ids(self, rgb: np.ndarray, name: str) -> np.ndarray:
+        if rgb.shape[-1] not in (3, 4):
+            raise DataError(f"{name}: a colour mask must have 3 channels; got shape {rgb.shape}.")
+        rgb = rgb[..., :3]
+        if not self.colour_map:
+            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                return np.ascontiguousarray(rgb[..., 0])
+            raise DataError(
+                f"{name}: this mask is an RGB colour image. Give the colour → class map in the recipe "
+                "(colour_map: {'#RRGGBB': class_id, ...}) or save masks as single-channel class ids."
+            )
+        keys = _rgb_key(rgb)
+        pos = np.clip(np.searchsorted(self._keys, keys), 0, len(self._keys) - 1)
+        known = self._keys[pos] == keys
+        if not known.all():
+            unknown = np.unique(keys[~known])
+            shown = ", ".join(f"#{int(k):06X}" for k in unknown[:5])
+            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise DataError(f"{name}: colour(s) {shown}{more} are not in colour_map; add them (or map them to the ignore index).")
+        return self._values[pos].astype(np.uint8 if self._values.max() < 256 else np.int32)
+
+
+def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
+    """Recipe value (mapping, JSON text or path to a JSON file) → {int id: name}, ids 0..n-1."""
+    if id2label is None:
+        return None
+    if isinstance(id2label, str):
+        text = Path(id2label).read_text() if os.path.isfile(id2label) else id2label
+        id2label = json.loads(text)
+    if isinstance(id2label, list):
+        id2label = dict(enumerate(id2label))
+    mapping = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(mapping) != list(range(len(mapping))):
+        raise DataError(f"id2label: class ids must be 0..{len(mapping) - 1} without gaps; got {sorted(mapping)}.")
+    return mapping
+
+
+def find_id2label_file(*folders: str | os.PathLike | None) -> dict[int, str] | None:
+    """Look for an `id2label.json` next to the data (the folder itself or its parent)."""
+    for folder in folders:
+        if folder is None:
+            continue
+        for candidate in (Path(folder) / ID2LABEL_FILE, Path(folder).parent / ID2LABEL_FILE):
+            if candidate.is_file():
+                return normalise_id2label(str(candidate))
+    return None

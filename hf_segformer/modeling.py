@@ -1,0 +1,61 @@
+"""Building the SegFormer model and its image processor from the recipe."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import AutoConfig, SegformerConfig, SegformerForSemanticSegmentation
+from transformers.utils import is_torchvision_available
+
+from .configs import ModelArguments
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+if is_torchvision_available():
+    from transformers import SegformerImageProcessor as _ImageProcessor
+else:  # same preprocessing and the same saved config, without the fallback warning
+    from transformers import SegformerImageProcessorPil as _ImageProcessor
+
+logger = logging.getLogger(__name__)
+
+# The published Mix Transformer encoders (Xie et al., 2021, table 6) and their decode-head widths.
+MIT_VARIANTS: dict[str, dict] = {
+    "b0": {"depths": [2, 2, 2, 2], "hidden_sizes": [32, 64, 160, 256], "decoder_hidden_size": 256},
+    "b1": {"depths": [2, 2, 2, 2], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 256},
+    "b2": {"depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b3": {"depths": [3, 4, 18, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b4": {"depths": [3, 8, 27, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+    "b5": {"depths": [3, 6, 40, 3], "hidden_sizes": [64, 128, 320, 512], "decoder_hidden_size": 768},
+}
+
+
+def variant_config(variant: str, **kwargs) -> SegformerConfig:
+    """A SegformerConfig for MiT-b0..b5 (random weights; for offline use and tests)."""
+    key = variant.lower().removeprefix("mit-")
+    if key not in MIT_VARIANTS:
+        raise ValueError(f"model_variant '{variant}' is not one of {', '.join(MIT_VARIANTS)}.")
+    return SegformerConfig(**MIT_VARIANTS[key], num_attention_heads=[1, 2, 5, 8], **kwargs)
+
+
+def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: int) -> SegformerForSemanticSegmentation:
+    """Pretrained checkpoint (Hub id or folder) with a head for our classes, or a from-config variant."""
+    label_kwargs = {
+        "num_labels": len(id2label),
+        "id2label": {int(k): v for k, v in id2label.items()},
+        "label2id": {v: int(k) for k, v in id2label.items()},
+        "semantic_loss_ignore_index": ignore_index,
+    }
+    if args.model_name_or_path is None:
+        logger.info("Building SegFormer-%s from config with random weights.", args.model_variant)
+        return SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))
+    config = AutoConfig.from_pretrained(args.model_name_or_path, revision=args.model_revision,
+                                        cache_dir=args.cache_dir, **label_kwargs)
+    return SegformerForSemanticSegmentation.from_pretrained(
+        args.model_name_or_path, config=config, revision=args.model_revision, cache_dir=args.cache_dir,
+        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+    )
+
+
+def build_image_processor(eval_size: int, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD):
+    """The processor saved with the model: exactly the evaluation preprocessing (resize to eval_size², normalise)."""
+    return _ImageProcessor(size={"height": eval_size, "width": eval_size}, image_mean=list(image_mean),
+                           image_std=list(image_std), do_reduce_labels=False)

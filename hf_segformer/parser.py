@@ -1,0 +1,68 @@
+"""YAML recipe + command-line overrides → the config dataclasses.
+
+`--config recipe.yaml` sets the defaults, any `--field value` on the command line wins, and a key in the
+YAML that no dataclass knows is an error naming the key (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
+
+RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used as written."""
+
+
+def load_recipe(path: str | Path, dataclass_types: tuple = RECIPE_DATACLASSES) -> dict[str, Any]:
+    """Read a YAML recipe and check every key against the dataclasses' fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe {path} does not exist.")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"Recipe {path} must be a mapping of field: value; got {type(recipe).__name__}.")
+    known = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
+    unknown = [key for key in recipe if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise RecipeError(f"Recipe {path}: unknown key(s) {', '.join(hints)}.")
+    return recipe
+
+
+def parse_recipe(
+    argv: list[str] | None = None,
+    default_config: str | Path | None = None,
+    dataclass_types: tuple = RECIPE_DATACLASSES,
+) -> tuple:
+    """Parse `--config file.yaml` plus overrides into one instance per dataclass type."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = default_config
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise RecipeError("--config needs a path to a YAML recipe.")
+        config = argv[i + 1]
+        del argv[i : i + 2]
+    elif any(a.startswith("--config=") for a in argv):
+        arg = next(a for a in argv if a.startswith("--config="))
+        config = arg.split("=", 1)[1]
+        argv.remove(arg)
+    parser = HfArgumentParser(dataclass_types)
+    if config is not None:
+        recipe = load_recipe(config, dataclass_types)
+        parser.set_defaults(**recipe)
+    return parser.parse_args_into_dataclasses(args=argv)

@@ -1,0 +1,162 @@
+"""The fine-tuning run: recipe → data → pre-flight check → model → `Trainer.train()` → saved results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import datasets
+import transformers
+from datasets import DatasetDict, Image
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .checks import DataReport, check_data
+from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from .data import canonical_split, load_data
+from .errors import DataError
+from .labels import LabelDecoder, find_id2label_file
+from .metrics import SegmentationMetrics
+from .modeling import build_image_processor, build_model
+from .reports import write_class_report
+from .synthetic import write_synthetic_dataset
+from .trainer import SegformerTrainer
+from .transforms import EvalTransform, SegmentationCollator, TrainTransform
+
+logger = logging.getLogger("hf_segformer")
+
+
+def setup_logging(training_args: SegformerTrainingArguments) -> None:
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    level = training_args.get_process_log_level()
+    for lib_logger in (logger, logging.getLogger("hf_segformer")):
+        lib_logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict[int, str]]:
+    """Load the data (generating the synthetic set first if asked) and settle the class names."""
+    if data_args.synthetic_data:
+        if not data_args.data_dir:
+            raise DataError("synthetic_data: true needs data_dir (where the generated dataset is written).")
+        write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
+                                data_args.synthetic_num_validation, data_args.synthetic_image_size)
+    data = load_data(data_args, seed)
+    id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    if id2label is None and data_args.dataset_name:
+        id2label = hub_id2label(data_args.dataset_name)
+    if id2label is None and data_args.num_labels:
+        id2label = {i: f"class_{i}" for i in range(data_args.num_labels)}
+    if id2label is None:
+        raise DataError("The class names are unknown: set id2label (or num_labels) in the recipe, "
+                        "or put an id2label.json next to the data.")
+    if data_args.num_labels and data_args.num_labels != len(id2label):
+        raise DataError(f"num_labels={data_args.num_labels} but id2label names {len(id2label)} classes.")
+    return data, id2label
+
+
+def hub_id2label(dataset_name: str) -> dict[int, str] | None:
+    """`id2label.json` from a Hub dataset repository, as transformers' example script reads it."""
+    if os.path.isdir(dataset_name):
+        return find_id2label_file(dataset_name)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    from .labels import normalise_id2label
+
+    try:
+        return normalise_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError):
+        return None
+
+
+def label_decoder(data_args: DataArguments) -> LabelDecoder:
+    return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index)
+
+
+def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
+    report = check_data(data, label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+    print("\nPixels per class:\n" + report.class_table() + "\n")
+    return report
+
+
+def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
+    """`resume_from_checkpoint: last` → newest checkpoint; refuse to train over another run's checkpoints."""
+    output_dir = training_args.output_dir
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    resume = training_args.resume_from_checkpoint
+    if resume == "last":
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
+        return last
+    if resume is None and last is not None and not training_args.overwrite_output_dir:
+        raise ValueError(f"{output_dir} already holds checkpoints of an earlier run ({last}). Continue it with "
+                         "--resume_from_checkpoint last, pick another --output_dir, or pass --overwrite_output_dir.")
+    return resume
+
+
+def main(data_args: DataArguments, model_args: ModelArguments, training_args: SegformerTrainingArguments) -> dict:
+    setup_logging(training_args)
+    logger.info("Training arguments %s", training_args)
+    checkpoint = resolve_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    with training_args.main_process_first(desc="preparing data"):
+        data, id2label = prepare_data(data_args, training_args.seed)
+        report_path = Path(training_args.output_dir) / "class_histogram.json"
+        report = None
+        if data_args.check_data:
+            if training_args.process_index == 0:
+                report = run_data_check(data, data_args, id2label)
+                report.save(training_args.output_dir)
+            else:
+                report = DataReport.load(report_path)
+
+    train_split, eval_split = canonical_split(data_args.train_split), canonical_split(data_args.eval_split)
+    if training_args.eval_strategy != "no" and eval_split not in data:
+        raise DataError(f"No '{data_args.eval_split}' split to evaluate on (the data has {sorted(data)}). "
+                        "Set validation_split: 0.1 to carve one from train, or eval_strategy: 'no'.")
+
+    decoder = label_decoder(data_args)
+    undecoded = {name: ds.cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
+                 for name, ds in data.items()}
+    train_dataset = undecoded[train_split].with_transform(TrainTransform(
+        decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
+        data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
+    ))
+    eval_dataset = undecoded[eval_split].with_transform(EvalTransform(decoder, data_args.eval_size)) if eval_split in undecoded else None
+
+    model = build_model(model_args, id2label, data_args.ignore_index)
+    image_processor = build_image_processor(data_args.eval_size)
+    metrics = SegmentationMetrics(len(id2label), id2label)
+    trainer = SegformerTrainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=SegmentationCollator(tuple(image_processor.image_mean), tuple(image_processor.image_std)),
+        processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index,
+    )
+
+    results: dict = {}
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    results.update(train_result.metrics)
+    if eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        results.update(eval_metrics)
+        if trainer.is_world_process_zero() and metrics.last_confusion is not None:
+            write_class_report(training_args.output_dir, metrics.last_confusion, id2label)
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_tags=data_args.dataset_name, finetuned_from=model_args.model_name_or_path,
+                            tasks="image-segmentation")
+    return results

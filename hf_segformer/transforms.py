@@ -1,0 +1,178 @@
+"""Training and evaluation transforms, applied on the fly with `Dataset.with_transform`.
+
+Training follows MMSegmentation's SegFormer pipeline (random resize → random crop with `cat_max_ratio`
+→ flip → photometric distortion → pad) but is built for speed: the crop window is chosen first and only
+that region is resampled (`PIL.Image.resize(box=...)`), JPEGs are decoded at reduced scale when they are
+going to be shrunk anyway (`draft`), and normalisation happens once per batch in the collator.
+Masks are only ever resampled with nearest-neighbour. Evaluation keeps the mask at native resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from .labels import LabelDecoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABEL_PAD = -100  # pads labels to a common size in a batch; never a class or the ignore index
+
+
+def open_image(entry: Any) -> Image.Image:
+    """Open an entry of an undecoded `datasets.Image` column ({'path', 'bytes'}) or a PIL image, lazily."""
+    if isinstance(entry, Image.Image):
+        return entry
+    if isinstance(entry, dict):
+        return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+    return Image.open(entry)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA and 16-bit images become 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = max(float(array.max()), 1.0)
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def entry_name(entry: Any) -> str:
+    return entry.get("path") or "<in-memory image>" if isinstance(entry, dict) else str(getattr(entry, "filename", "image"))
+
+
+def rescale_factor(width: int, height: int, scale: tuple[float, float]) -> float:
+    """MMSegmentation keep-ratio rescale: the largest factor with long side ≤ scale[0], short side ≤ scale[1]."""
+    long_edge, short_edge = max(scale), min(scale)
+    return min(long_edge / max(width, height), short_edge / min(width, height))
+
+
+@dataclass
+class TrainTransform:
+    """Random resize, crop (with cat_max_ratio retries), flip and photometric distortion of a batch."""
+
+    decoder: LabelDecoder
+    crop_size: int = 512
+    scale: tuple[float, float] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    hflip_prob: float = 0.5
+    photometric: bool = True
+    ignore_index: int = 255
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        pixel_values, labels = [], []
+        for image_entry, mask_entry in zip(batch["image"], batch["label"]):
+            image, label = self.transform(open_image(image_entry), open_image(mask_entry), entry_name(mask_entry))
+            pixel_values.append(image)
+            labels.append(label)
+        return {"pixel_values": pixel_values, "labels": labels}
+
+    def transform(self, image: Image.Image, mask: Image.Image, name: str = "mask") -> tuple[torch.Tensor, torch.Tensor]:
+        width, height = mask.size
+        factor = rescale_factor(width, height, self.scale) * random.uniform(*self.ratio_range)
+        new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
+        crop_w, crop_h = min(self.crop_size, new_w), min(self.crop_size, new_h)
+
+        label_full = self.decoder(mask, name)
+        label_image = Image.fromarray(label_full.astype(np.int32) if label_full.dtype != np.uint8 else label_full)
+        for _ in range(10 if self.cat_max_ratio < 1.0 else 1):
+            x0, y0 = random.randint(0, new_w - crop_w), random.randint(0, new_h - crop_h)
+            box = (x0 * width / new_w, y0 * height / new_h,
+                   min(width, (x0 + crop_w) * width / new_w), min(height, (y0 + crop_h) * height / new_h))
+            label = np.asarray(label_image.resize((crop_w, crop_h), Image.NEAREST, box=box))
+            if self.cat_max_ratio >= 1.0 or self._balanced(label):
+                break
+
+        if image.format == "JPEG" and factor < 0.5:
+            image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
+        image = to_rgb(image)
+        sx, sy = image.width / width, image.height / height  # the decoded size may be reduced by draft()
+        image = image.resize((crop_w, crop_h), Image.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+        if self.photometric:
+            image = photometric_distortion(image)
+        pixels = np.asarray(image)
+
+        if random.random() < self.hflip_prob:
+            pixels, label = pixels[:, ::-1], label[:, ::-1]
+        out_pixels = np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        out_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
+        out_pixels[:crop_h, :crop_w] = pixels
+        out_label[:crop_h, :crop_w] = label
+        return torch.from_numpy(out_pixels).permute(2, 0, 1), torch.from_numpy(out_label)
+
+    def _balanced(self, label: np.ndarray) -> bool:
+        counts = np.bincount(label[label != self.ignore_index].ravel().astype(np.int64))
+        counts = counts[counts > 0]
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+
+def photometric_distortion(image: Image.Image) -> Image.Image:
+    """MMSegmentation's PhotoMetricDistortion, each step with probability 0.5: brightness ±32,
+    contrast ×[0.5, 1.5] (before or after the colour steps), saturation ×[0.5, 1.5], hue ±18° (OpenCV units)."""
+    if random.random() < 0.5:
+        delta = random.uniform(-32, 32)
+        image = image.point(lambda v: v + delta)
+    contrast_first = random.random() < 0.5
+    contrast = random.uniform(0.5, 1.5) if random.random() < 0.5 else None
+    if contrast is not None and contrast_first:
+        image = image.point(lambda v: v * contrast)
+    if random.random() < 0.5:
+        image = ImageEnhance.Color(image).enhance(random.uniform(0.5, 1.5))
+    if random.random() < 0.5:
+        shift = round(random.uniform(-18, 18) * 256 / 180)
+        h, s, v = image.convert("HSV").split()
+        h = h.point(lambda x: (x + shift) % 256)
+        image = Image.merge("HSV", (h, s, v)).convert("RGB")
+    if contrast is not None and not contrast_first:
+        image = image.point(lambda v: v * contrast)
+    return image
+
+
+@dataclass
+class EvalTransform:
+    """Resize the image to `size`² for the model; decode the mask at its own (native) resolution."""
+
+    decoder: LabelDecoder
+    size: int = 512
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        pixel_values, labels = [], []
+        for image_entry, mask_entry in zip(batch["image"], batch["label"]):
+            image = to_rgb(open_image(image_entry)).resize((self.size, self.size), Image.BILINEAR)
+            pixel_values.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
+            labels.append(torch.from_numpy(label.astype(np.int64)))
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+@dataclass
+class SegmentationCollator:
+    """Stack uint8 images, normalise once per batch, pad labels of different sizes with LABEL_PAD."""
+
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([e["pixel_values"] for e in examples]).float().div_(255.0)
+        mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.image_std).view(1, -1, 1, 1)
+        batch = {"pixel_values": pixels.sub_(mean).div_(std)}
+        if "labels" in examples[0]:
+            labels = [e["labels"] for e in examples]
+            height = max(label.shape[0] for label in labels)
+            width = max(label.shape[1] for label in labels)
+            padded = torch.full((len(labels), height, width), LABEL_PAD, dtype=torch.long)
+            for i, label in enumerate(labels):
+                padded[i, : label.shape[0], : label.shape[1]] = label
+            batch["labels"] = padded
+        return batch
