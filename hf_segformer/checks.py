@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict, Image
 
 from .errors import DataError, problems_message
 from .labels import LabelDecoder
-from .transforms import entry_name, open_image
+from .transforms import entry_name, open_image, upright
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _check_pair(image_entry: dict, mask_entry: dict, decoder: LabelDecoder, num_
     counts = np.zeros(num_labels + 1, dtype=np.int64)
     name = entry_name(image_entry)
     try:
-        image = open_image(image_entry)
+        image = upright(open_image(image_entry))
         image.load()
     except Exception as err:  # any decoder failure is the user's file, not our bug
         return f"{name}: image cannot be decoded ({type(err).__name__}: {err})", counts, (0, 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import DataError
-from .parser import RecipeError, parse_recipe
+from .errors import DataError, RecipeError
+from .parser import parse_recipe
 
 
 def _check_data(argv: list[str]) -> int:
@@ -22,11 +22,24 @@ def _check_data(argv: list[str]) -> int:
     return 0
 
 
-def _train(argv: list[str]) -> int:
+def _train(argv: list[str], default_config: str | None = None) -> int:
     from .train import main
 
-    main(*parse_recipe(argv))
+    main(*parse_recipe(argv, default_config=default_config))
     return 0
+
+
+def run_train(argv: list[str], default_config: str | None = None) -> int:
+    """Entry point of `recipes/finetune.py`: user errors print one clear message instead of a traceback."""
+    return _report_user_errors(_train, argv, default_config)
+
+
+def _report_user_errors(command, *args) -> int:
+    try:
+        return command(*args)
+    except (DataError, RecipeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def _make_synthetic(argv: list[str]) -> int:
@@ -59,11 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:16s}{help_text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
-    try:
-        return command(argv[1:])
-    except (DataError, RecipeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    return _report_user_errors(command, argv[1:])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .errors import RecipeError
 from .labels import normalise_id2label, parse_colour_map
+from .transforms import LABEL_PAD
 
 
 @dataclass
@@ -86,11 +88,13 @@ class DataArguments:
         self.id2label_map = normalise_id2label(self.id2label)
         self.colour_map_rgb = parse_colour_map(self.colour_map)
         if self.id2label_map and self.num_labels and len(self.id2label_map) != self.num_labels:
-            raise ValueError(f"num_labels={self.num_labels} but id2label names {len(self.id2label_map)} classes.")
+            raise RecipeError(f"num_labels={self.num_labels} but id2label names {len(self.id2label_map)} classes.")
         if not 0.0 <= self.validation_split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1); got {self.validation_split}.")
+            raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
         if len(self.train_scale) != 2 or len(self.ratio_range) != 2:
-            raise ValueError("train_scale and ratio_range take two numbers each.")
+            raise RecipeError("train_scale and ratio_range take two numbers each.")
+        if self.ignore_index == LABEL_PAD:
+            raise RecipeError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; use 255 or -1.")
 
 
 @dataclass

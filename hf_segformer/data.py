@@ -83,6 +83,18 @@ def _pairs_to_dataset(pairs: list[tuple[Path, Path]]) -> Dataset:
     return Dataset.from_dict(data).cast_column("image", Image()).cast_column("label", Image())
 
 
+def _split_folders(folder: Path) -> dict[str, Path]:
+    """Sub-folders named after a split (train, validation|val|valid, test), by canonical split name."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and path.name.lower() in SPLIT_ALIASES:
+            split = canonical_split(path.name)
+            if split in found:
+                raise DataError(f"{found[split]} and {path} are both the '{split}' split; keep one.")
+            found[split] = path
+    return found
+
+
 def load_folder_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
                         image_suffix: str = "", mask_suffix: str = "") -> DatasetDict:
     """Folder pairs → DatasetDict; `train/`, `validation|val/`, `test/` sub-folders become splits."""
@@ -90,15 +102,18 @@ def load_folder_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
     for folder, what in ((image_dir, "image"), (mask_dir, "mask")):
         if not folder.is_dir():
             raise DataError(f"The {what} folder {folder} does not exist.")
-    split_dirs = {canonical_split(p.name): p.name for p in image_dir.iterdir() if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
-    if not split_dirs:
+    image_splits, mask_splits = _split_folders(image_dir), _split_folders(mask_dir)
+    if not image_splits:
         return DatasetDict({"train": _pairs_to_dataset(pair_files(image_dir, mask_dir, image_suffix, mask_suffix))})
-    splits = {}
-    for split, folder in sorted(split_dirs.items()):
-        mask_split = next((p for p in (mask_dir / folder, mask_dir / split) if p.is_dir()), None)
-        if mask_split is None:
-            raise DataError(f"{image_dir / folder} has no matching mask folder {mask_dir / folder}.")
-        splits[split] = _pairs_to_dataset(pair_files(image_dir / folder, mask_split, image_suffix, mask_suffix))
+    problems = [f"{image_splits[s]}: no mask folder for split '{s}' in {mask_dir}" for s in image_splits.keys() - mask_splits.keys()]
+    problems += [f"{mask_splits[s]}: no image folder for split '{s}' in {image_dir}" for s in mask_splits.keys() - image_splits.keys()]
+    problems += [f"{p}: file outside the split folders" for p in sorted(image_dir.iterdir())
+                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if problems:
+        raise DataError(problems_message(f"The split folders of {image_dir} and {mask_dir} do not match", problems,
+                                         "Use the same split sub-folders (train/, validation|val/, test/) on both sides."))
+    splits = {split: _pairs_to_dataset(pair_files(folder, mask_splits[split], image_suffix, mask_suffix))
+              for split, folder in sorted(image_splits.items())}
     return DatasetDict(splits)
 
 

@@ -1,4 +1,4 @@
-"""The one error type for bad input data, raised before any training step is spent."""
+"""The user-facing error types, raised before any training step is spent; the CLI prints them plainly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ MAX_LISTED = 20
 
 class DataError(ValueError):
     """Bad input found by the loaders or the pre-flight check; the message says what to fix."""
+
+
+class RecipeError(ValueError):
+    """A recipe (YAML or command line) that cannot be used as written."""
 
 
 def problems_message(title: str, problems: list[str], hint: str = "") -> str:

@@ -4,11 +4,16 @@ Per batch, logits are upsampled to each label's own size, arg-maxed, and counted
 (rows: label, columns: prediction) on the model's device; only that matrix is kept. The results carry
 the keys of evaluate's `mean_iou` (classes absent from both label and prediction are NaN and skipped
 by the means) plus Dice, precision/recall and frequency-weighted IoU.
+
+The same core (in numpy) backs the offline `evaluate` module in `hf_segformer/mean_iou/`:
+`evaluate.load(MEAN_IOU_MODULE_PATH)` is a drop-in for `evaluate.load("mean_iou")`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from .transforms import LABEL_PAD
+
+# Folder of the `evaluate` module: `evaluate.load(MEAN_IOU_MODULE_PATH)` works offline (no Hub access).
+MEAN_IOU_MODULE_PATH = str(Path(__file__).resolve().parent / "mean_iou")
 
 # Upsampled-logit elements processed at once (about 256 MB of float32); larger outputs go in channel chunks.
 UPSAMPLE_CHUNK_ELEMENTS = 64 * 1024 * 1024
@@ -52,16 +60,30 @@ def label_size(label: torch.Tensor) -> tuple[int, int]:
 
 
 def confusion_matrices(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
-    """Per-sample confusion matrices [B, C, C] (int64, on the logits' device) at each label's native size."""
+    """Per-sample confusion matrices [B, C, C] (int64, on the logits' device) at each label's native size.
+
+    logits: [B, C, h, w]; labels: [B, H, W] (padded bottom/right with LABEL_PAD when sizes differ).
+    Raises ValueError naming the sample for non-finite logits or label values that are neither a
+    class id in [0, num_labels) nor ignore_index.
+    """
+    if logits.ndim != 4 or labels.ndim != 3:
+        raise ValueError(f"Expected logits [B, C, h, w] and labels [B, H, W]; got logits of shape "
+                         f"{tuple(logits.shape)} and labels of shape {tuple(labels.shape)}.")
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} logits but {labels.shape[0]} labels in the batch.")
+    if logits.shape[1] != num_labels:
+        raise ValueError(f"The logits have {logits.shape[1]} classes but num_labels={num_labels}.")
+    if ignore_index == LABEL_PAD:
+        raise ValueError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; "
+                         "use another value (255 or -1).")
+    labels = labels.to(logits.device)
     out = torch.zeros(labels.shape[0], num_labels * num_labels, dtype=torch.int64, device=logits.device)
     for i in range(labels.shape[0]):
         if not torch.isfinite(logits[i]).all():
             raise ValueError(f"Sample {i} of the batch has NaN or infinite logits; the model diverged "
                              "(lower the learning rate, or use bf16 instead of fp16).")
         height, width = label_size(labels[i])
-        label = labels[i, :height, :width]
+        label = labels[i, :height, :width].long()
         prediction = upsampled_argmax(logits[i], (height, width))
         valid = label != ignore_index
         label, prediction = label[valid], prediction[valid]
@@ -73,17 +95,82 @@ def confusion_matrices(logits: torch.Tensor, labels: torch.Tensor, num_labels: i
     return out.view(-1, num_labels, num_labels)
 
 
+def prepare_reference(reference: Any, label_map: Mapping[int, int] | None = None,
+                      reduce_labels: bool = False) -> np.ndarray:
+    """A reference map as evaluate's `mean_iou` sees it: label_map applied, then reduce_labels.
+
+    `label_map` {old: new} is applied entry by entry in place, exactly as evaluate does (so {1: 2, 2: 3}
+    sends 1 to 3); `reduce_labels` then maps 0 → 255 and k → k - 1 (255 stays 255).
+    """
+    reference = np.array(reference, dtype=np.int64)  # a copy: the caller's array is never modified
+    if label_map:
+        for old, new in label_map.items():
+            reference[reference == int(old)] = int(new)
+    if reduce_labels:
+        reference[reference == 0] = 255
+        reference = reference - 1
+        reference[reference == 254] = 255
+    return reference
+
+
+def _as_int_array(values: Any, what: str, index: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise ValueError(f"{what} {index} is not a rectangular 2-D array (rows of different lengths?).")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if array.size and not np.array_equal(array, np.round(array)):
+            raise ValueError(f"{what} {index} holds non-integer values; class ids must be integers.")
+    return array.astype(np.int64)
+
+
+def confusion_from_arrays(prediction: Any, reference: Any, num_labels: int, ignore_index: int,
+                          label_map: Mapping[int, int] | None = None, reduce_labels: bool = False,
+                          index: int = 0) -> np.ndarray:
+    """Confusion matrix (numpy, int64) of one prediction/reference pair with evaluate `mean_iou` semantics.
+
+    Shape (C + 1) × (C + 1), rows reference and columns prediction; the last row/column counts values
+    outside [0, C), which evaluate's histograms drop one area at a time (use
+    `metrics_from_confusion(..., outside_bin=True)`). Pixels whose (prepared) reference is ignore_index
+    are skipped.
+    """
+    prediction = _as_int_array(prediction, "Prediction", index)
+    reference = prepare_reference(_as_int_array(reference, "Reference", index), label_map, reduce_labels)
+    if prediction.shape != reference.shape:
+        raise ValueError(f"Prediction {index} has shape {prediction.shape} but its reference has shape "
+                         f"{reference.shape}; they must match pixel for pixel.")
+    valid = reference != ignore_index
+    reference, prediction = reference[valid], prediction[valid]
+    size = num_labels + 1
+    reference = np.where((reference >= 0) & (reference < num_labels), reference, num_labels)
+    prediction = np.where((prediction >= 0) & (prediction < num_labels), prediction, num_labels)
+    return np.bincount(reference * size + prediction, minlength=size * size).reshape(size, size)
+
+
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return numerator / denominator
 
 
-def metrics_from_confusion(confusion: np.ndarray, nan_to_num: float | None = None) -> dict[str, Any]:
-    """evaluate `mean_iou` results (and more) from a C×C confusion matrix (rows label, columns prediction)."""
+def _nanmean(values: np.ndarray) -> np.float64:
+    """np.nanmean without the all-NaN warning (the result is NaN then too)."""
+    return np.nanmean(values) if (~np.isnan(values)).any() else np.float64(np.nan)
+
+
+def metrics_from_confusion(confusion: np.ndarray, nan_to_num: float | None = None, *,
+                           outside_bin: bool = False) -> dict[str, Any]:
+    """evaluate `mean_iou` results (and more) from a C×C confusion matrix (rows label, columns prediction).
+
+    With `outside_bin=True` the matrix is (C + 1) × (C + 1) and its last row/column count label/prediction
+    values outside [0, C) (see `confusion_from_arrays`): they count toward no class area, as in evaluate.
+    Classes absent from both label and prediction get NaN (or `nan_to_num`) and are left out of the means.
+    """
     confusion = np.asarray(confusion, dtype=np.float64)
-    intersect = np.diag(confusion)
-    area_label = confusion.sum(axis=1)
-    area_prediction = confusion.sum(axis=0)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"A confusion matrix must be square; got shape {confusion.shape}.")
+    num_labels = confusion.shape[0] - 1 if outside_bin else confusion.shape[0]
+    intersect = np.diag(confusion)[:num_labels]
+    area_label = confusion[:num_labels].sum(axis=1)
+    area_prediction = confusion[:, :num_labels].sum(axis=0)
     union = area_label + area_prediction - intersect
     iou = _divide(intersect, union)
     accuracy = _divide(intersect, area_label)
@@ -92,16 +179,16 @@ def metrics_from_confusion(confusion: np.ndarray, nan_to_num: float | None = Non
     frequency = _divide(area_label, area_label.sum())
     present = ~np.isnan(iou)
     results: dict[str, Any] = {
-        "mean_iou": np.nanmean(iou) if present.any() else np.nan,
-        "mean_accuracy": np.nanmean(accuracy) if (~np.isnan(accuracy)).any() else np.nan,
+        "mean_iou": _nanmean(iou),
+        "mean_accuracy": _nanmean(accuracy),
         "overall_accuracy": _divide(intersect.sum(), area_label.sum()),
         "per_category_iou": iou,
         "per_category_accuracy": accuracy,
-        "mean_dice": np.nanmean(dice) if (~np.isnan(dice)).any() else np.nan,
+        "mean_dice": _nanmean(dice),
         "per_category_dice": dice,
         "per_category_precision": precision,
-        "per_category_recall": accuracy,
-        "frequency_weighted_iou": float((frequency[present] * iou[present]).sum()) if present.any() else np.nan,
+        "per_category_recall": accuracy.copy(),
+        "frequency_weighted_iou": (frequency[present] * iou[present]).sum() if present.any() else np.float64(np.nan),
     }
     if nan_to_num is not None:
         results = {k: np.nan_to_num(v, nan=nan_to_num) for k, v in results.items()}
@@ -113,12 +200,40 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").lower() or "class"
 
 
-def flatten_metrics(results: dict[str, Any], id2label: dict[int, str]) -> dict[str, float]:
-    """Scalar metrics plus `iou_<class>`, `accuracy_<class>`, `dice_<class>` for loggers and JSON."""
+PER_CLASS_KEYS = {"iou": "per_category_iou", "accuracy": "per_category_accuracy", "dice": "per_category_dice",
+                  "precision": "per_category_precision"}
+
+
+def class_keys(id2label: Mapping[int, str], num_classes: int) -> list[str]:
+    """One metric-key suffix per class id, made unique (a clash gets `_<id>` appended)."""
+    keys: list[str] = []
+    for class_id in range(num_classes):
+        name = id2label.get(class_id, id2label.get(str(class_id), str(class_id)))  # type: ignore[call-overload]
+        key = metric_key(str(name))
+        if key in keys:
+            key = f"{key}_{class_id}"
+        keys.append(key)
+    return keys
+
+
+def flatten_metrics(results: dict[str, Any], id2label: Mapping[int, str],
+                    per_class: tuple[str, ...] = ("iou", "accuracy", "dice")) -> dict[str, float]:
+    """Scalar metrics plus `iou_<class>`, `accuracy_<class>`, `dice_<class>` for loggers and JSON.
+
+    `per_class` picks the per-class families (add "precision" for `precision_<class>`); a family whose
+    array the results lack (evaluate's own `mean_iou` has no Dice or precision) is skipped.
+    """
+    unknown = set(per_class) - set(PER_CLASS_KEYS)
+    if unknown:
+        raise ValueError(f"Unknown per-class metric(s) {sorted(unknown)}; choose from {sorted(PER_CLASS_KEYS)}.")
     flat = {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
-    for prefix, key in (("iou", "per_category_iou"), ("accuracy", "per_category_accuracy"), ("dice", "per_category_dice")):
-        for class_id, value in enumerate(results[key]):
-            flat[f"{prefix}_{metric_key(id2label.get(class_id, str(class_id)))}"] = float(value)
+    present = [prefix for prefix in per_class if PER_CLASS_KEYS[prefix] in results]
+    if not present:
+        return flat
+    names = class_keys(id2label, len(results[PER_CLASS_KEYS[present[0]]]))
+    for prefix in present:
+        for name, value in zip(names, results[PER_CLASS_KEYS[prefix]]):
+            flat[f"{prefix}_{name}"] = float(value)
     return flat
 
 
@@ -143,3 +258,10 @@ class SegmentationMetrics:
         self.last_confusion = self.confusion.cpu().numpy()
         self.confusion = None
         return flatten_metrics(metrics_from_confusion(self.last_confusion), self.id2label)
+
+
+def load_mean_iou(**kwargs: Any):
+    """`evaluate.load` of this package's `mean_iou` module (offline); kwargs go to `evaluate.load`."""
+    import evaluate
+
+    return evaluate.load(MEAN_IOU_MODULE_PATH, **kwargs)

@@ -16,12 +16,9 @@ import yaml
 from transformers import HfArgumentParser
 
 from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from .errors import RecipeError
 
 RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)
-
-
-class RecipeError(ValueError):
-    """A recipe file that cannot be used as written."""
 
 
 def load_recipe(path: str | Path, dataclass_types: tuple = RECIPE_DATACLASSES) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A deterministic synthetic shapes dataset, so that the quickstart and the tests need no download.
 
-Each image is a textured, randomly coloured background with a few discs, squares and triangles.
-Shape colours are drawn independently of the class, so a model has to learn shapes, not colours.
+Each image is a striped, noisy, randomly coloured background with a few discs, squares and triangles
+filled with a noisy random colour. Shape colours are drawn independently of the class, so a model has
+to tell the classes apart by their form, not their colour.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def make_sample(seed: int, size: int = 128) -> tuple[Image.Image, Image.Image]:
     rng = np.random.default_rng(seed)
     image = _texture(rng, size)
     mask = Image.new("L", (size, size), 0)
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(1, 4)):
         kind = int(rng.integers(1, 4))
-        r = rng.uniform(0.1, 0.24) * size
+        r = rng.uniform(0.12, 0.26) * size
         cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
         shape = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(shape)
@@ -51,7 +52,7 @@ def make_sample(seed: int, size: int = 128) -> tuple[Image.Image, Image.Image]:
         else:
             draw.polygon(_shape_polygon(rng, kind, cx, cy, r * 1.15), fill=1)
         inside = np.asarray(shape, dtype=bool)
-        image[inside] = _texture(rng, size)[inside]
+        image[inside] = rng.uniform(0, 255, 3) + rng.normal(0, 12, (int(inside.sum()), 3))
         mask.paste(kind, mask=shape.point(lambda v: 255 * v))
     rgb = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
     return rgb, mask

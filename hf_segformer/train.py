@@ -16,7 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .checks import DataReport, check_data
 from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
-from .errors import DataError
+from .errors import DataError, RecipeError
 from .labels import LabelDecoder, find_id2label_file
 from .metrics import SegmentationMetrics
 from .modeling import build_image_processor, build_model
@@ -93,10 +93,10 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume == "last":
         if last is None:
-            raise ValueError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
+            raise RecipeError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
         return last
     if resume is None and last is not None and not training_args.overwrite_output_dir:
-        raise ValueError(f"{output_dir} already holds checkpoints of an earlier run ({last}). Continue it with "
+        raise RecipeError(f"{output_dir} already holds checkpoints of an earlier run ({last}). Continue it with "
                          "--resume_from_checkpoint last, pick another --output_dir, or pass --overwrite_output_dir.")
     return resume
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from .labels import LabelDecoder
 
@@ -33,6 +33,12 @@ def open_image(entry: Any) -> Image.Image:
     if isinstance(entry, dict):
         return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
     return Image.open(entry)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (phone photos), as `datasets.Image` decoding does."""
+    orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "TIFF", "PNG", "WEBP") else 1
+    return ImageOps.exif_transpose(image) if orientation != 1 else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -93,11 +99,14 @@ class TrainTransform:
             if self.cat_max_ratio >= 1.0 or self._balanced(label):
                 break
 
+        decode_scale = 1.0  # JPEGs that will be shrunk anyway are decoded at 1/2, 1/4 or 1/8 scale
         if image.format == "JPEG" and factor < 0.5:
-            image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
-        image = to_rgb(image)
-        sx, sy = image.width / width, image.height / height  # the decoded size may be reduced by draft()
-        image = image.resize((crop_w, crop_h), Image.BILINEAR, box=(box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy))
+            stored_width = image.width
+            drafted = image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
+            if drafted is not None:
+                decode_scale = drafted[1][2] / stored_width
+        image = to_rgb(upright(image))
+        image = image.resize((crop_w, crop_h), Image.BILINEAR, box=tuple(b * decode_scale for b in box))
         if self.photometric:
             image = photometric_distortion(image)
         pixels = np.asarray(image)
@@ -148,7 +157,7 @@ class EvalTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image = to_rgb(open_image(image_entry)).resize((self.size, self.size), Image.BILINEAR)
+            image = to_rgb(upright(open_image(image_entry))).resize((self.size, self.size), Image.BILINEAR)
             pixel_values.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
             label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
             labels.append(torch.from_numpy(label.astype(np.int64)))

@@ -4,12 +4,12 @@
     accelerate launch recipes/finetune.py --config recipes/aerial/segformer-b0.yaml [--field value ...]
 """
 
+import sys
 from pathlib import Path
 
-from hf_segformer.parser import parse_recipe
-from hf_segformer.train import main
+from hf_segformer.cli import run_train
 
 QUICKSTART = Path(__file__).resolve().parent / "quickstart.yaml"
 
 if __name__ == "__main__":
-    main(*parse_recipe(default_config=QUICKSTART))
+    sys.exit(run_train(sys.argv[1:], default_config=str(QUICKSTART)))
