@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .errors import RecipeError
@@ -127,3 +128,12 @@ class SegformerTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
     )
+
+    def __post_init__(self) -> None:
+        if self.bf16 and not self.use_cpu and not _has_accelerator():
+            self.use_cpu = True  # bf16 on a machine without an accelerator means CPU autocast
+        super().__post_init__()
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()

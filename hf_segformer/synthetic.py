@@ -1,8 +1,8 @@
 """A deterministic synthetic shapes dataset, so that the quickstart and the tests need no download.
 
-Each image is a striped, noisy, randomly coloured background with a few discs, squares and triangles
-filled with a noisy random colour. Shape colours are drawn independently of the class, so a model has
-to tell the classes apart by their form, not their colour.
+Each image is a noisy, blotchy, randomly coloured background with a few discs (plain fill), squares
+(checkerboard fill) and triangles (fine stripes). All colours are drawn independently of the class, so
+a model has to tell the classes apart by form and pattern, not by colour.
 """
 
 from __future__ import annotations
@@ -17,15 +17,28 @@ SYNTHETIC_ID2LABEL = {0: "background", 1: "disc", 2: "square", 3: "triangle"}
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth two-colour gradient plus pixel noise, float32 H×W×3 in 0..255."""
+    """Blotchy two-colour background (a smoothly upsampled random field) plus pixel noise, float32 H×W×3."""
     a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    angle = rng.uniform(0, np.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    t = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
-    t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 6) * t)
-    base = a * (1 - stripes) + b * stripes
-    return base + rng.normal(0, 18, (size, size, 3))
+    field = Image.fromarray(rng.uniform(0, 255, (6, 6)).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    t = (np.asarray(field, dtype=np.float32) / 255.0)[..., None]
+    return a * (1 - t) + b * t + rng.normal(0, 28, (size, size, 3))
+
+
+def _fill(rng: np.random.Generator, kind: int, size: int) -> np.ndarray:
+    """Two random colours in a pattern that goes with the shape: plain (disc), checkerboard (square),
+    fine stripes (triangle). Colours never depend on the class; the pattern is a local cue to the form."""
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    yy, xx = np.mgrid[0:size, 0:size]
+    if kind == 1:
+        pattern = np.zeros((size, size))
+    elif kind == 2:
+        cell = rng.integers(4, 8)
+        pattern = ((yy // cell + xx // cell) % 2).astype(float)
+    else:
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 10)
+        pattern = (np.sin(2 * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) / period) > 0).astype(float)
+    fill = a * (1 - pattern[..., None]) + b * pattern[..., None]
+    return fill + rng.normal(0, 8, (size, size, 3))
 
 
 def _shape_polygon(rng: np.random.Generator, kind: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -50,9 +63,9 @@ def make_sample(seed: int, size: int = 128) -> tuple[Image.Image, Image.Image]:
         if kind == 1:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
         else:
-            draw.polygon(_shape_polygon(rng, kind, cx, cy, r * 1.15), fill=1)
+            draw.polygon(_shape_polygon(rng, kind, cx, cy, r * (1.15 if kind == 2 else 1.5)), fill=1)
         inside = np.asarray(shape, dtype=bool)
-        image[inside] = rng.uniform(0, 255, 3) + rng.normal(0, 12, (int(inside.sum()), 3))
+        image[inside] = _fill(rng, kind, size)[inside]
         mask.paste(kind, mask=shape.point(lambda v: 255 * v))
     rgb = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
     return rgb, mask

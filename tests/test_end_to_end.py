@@ -39,7 +39,7 @@ def trained_run(tmp_path_factory):
     quickstart.update({"data_dir": str(data_dir), "synthetic_data": False, "crop_size": 32, "eval_size": 32,
                        "train_scale": [64, 32], "output_dir": str(tmp / "run"), "num_train_epochs": 1,
                        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-                       "dataloader_num_workers": 0, "dataloader_persistent_workers": False})
+                       "dataloader_num_workers": 0, "dataloader_persistent_workers": False, "eval_strategy": "epoch"})
     recipe.write_text(yaml.safe_dump(quickstart))
     result = launch(recipe, "--max_steps", "3", "--logging_steps", "1", cwd=tmp)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
