@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 
 from .labels import LabelDecoder
 
@@ -89,15 +89,16 @@ class TrainTransform:
         new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
         crop_w, crop_h = min(self.crop_size, new_w), min(self.crop_size, new_h)
 
-        label_full = self.decoder(mask, name)
-        label_image = Image.fromarray(label_full.astype(np.int32) if label_full.dtype != np.uint8 else label_full)
         for _ in range(10 if self.cat_max_ratio < 1.0 else 1):
             x0, y0 = random.randint(0, new_w - crop_w), random.randint(0, new_h - crop_h)
             box = (x0 * width / new_w, y0 * height / new_h,
                    min(width, (x0 + crop_w) * width / new_w), min(height, (y0 + crop_h) * height / new_h))
-            label = np.asarray(label_image.resize((crop_w, crop_h), Image.NEAREST, box=box))
-            if self.cat_max_ratio >= 1.0 or self._balanced(label):
+            # Nearest-neighbour only picks mask pixels, so cropping the raw mask and decoding the crop equals
+            # decoding first; the class-ratio test looks at a quarter-resolution crop.
+            if self.cat_max_ratio >= 1.0 or self._balanced(self.decoder(
+                    mask.resize((max(1, crop_w // 4), max(1, crop_h // 4)), Image.NEAREST, box=box), name)):
                 break
+        label = self.decoder(mask.resize((crop_w, crop_h), Image.NEAREST, box=box), name)
 
         decode_scale = 1.0  # JPEGs that will be shrunk anyway are decoded at 1/2, 1/4 or 1/8 scale
         if image.format == "JPEG" and factor < 0.5:
@@ -125,26 +126,49 @@ class TrainTransform:
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
 
 
+# Luminance-preserving saturation and hue-rotation matrices (W3C Filter Effects, `saturate`/`hue-rotate`).
+_LUMA = np.array([0.213, 0.715, 0.072])
+
+
+def _saturation_matrix(factor: float) -> np.ndarray:
+    return np.outer(np.ones(3), _LUMA) * (1 - factor) + np.eye(3) * factor
+
+
+def _hue_matrix(degrees: float) -> np.ndarray:
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    return (np.outer(np.ones(3), _LUMA)
+            + c * np.array([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072], [-0.213, -0.715, 0.928]])
+            + s * np.array([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]]))
+
+
 def photometric_distortion(image: Image.Image) -> Image.Image:
-    """MMSegmentation's PhotoMetricDistortion, each step with probability 0.5: brightness ±32,
-    contrast ×[0.5, 1.5] (before or after the colour steps), saturation ×[0.5, 1.5], hue ±18° (OpenCV units)."""
+    """MMSegmentation's PhotoMetricDistortion, each step with probability 0.5: brightness ±32, contrast
+    ×[0.5, 1.5] (before or after the colour steps), saturation ×[0.5, 1.5], hue ±36° (±18 OpenCV units).
+
+    Every step is affine in RGB, so they are composed into one 3×4 matrix and applied in a single pass
+    (`Image.convert(matrix=...)`, clipped once at the end rather than after each step).
+    """
+    matrix, offset = np.eye(3), np.zeros(3)
+
+    def then(step: np.ndarray, shift: float = 0.0) -> None:
+        nonlocal matrix, offset
+        matrix, offset = step @ matrix, step @ offset + shift
+
     if random.random() < 0.5:
-        delta = random.uniform(-32, 32)
-        image = image.point(lambda v: v + delta)
+        then(np.eye(3), random.uniform(-32, 32))
     contrast_first = random.random() < 0.5
     contrast = random.uniform(0.5, 1.5) if random.random() < 0.5 else None
     if contrast is not None and contrast_first:
-        image = image.point(lambda v: v * contrast)
+        then(np.eye(3) * contrast)
     if random.random() < 0.5:
-        image = ImageEnhance.Color(image).enhance(random.uniform(0.5, 1.5))
+        then(_saturation_matrix(random.uniform(0.5, 1.5)))
     if random.random() < 0.5:
-        shift = round(random.uniform(-18, 18) * 256 / 180)
-        h, s, v = image.convert("HSV").split()
-        h = h.point(lambda x: (x + shift) % 256)
-        image = Image.merge("HSV", (h, s, v)).convert("RGB")
+        then(_hue_matrix(random.uniform(-36, 36)))
     if contrast is not None and not contrast_first:
-        image = image.point(lambda v: v * contrast)
-    return image
+        then(np.eye(3) * contrast)
+    if np.array_equal(matrix, np.eye(3)) and not offset.any():
+        return image
+    return image.convert("RGB", tuple(np.concatenate([matrix, offset[:, None]], axis=1).ravel().tolist()))
 
 
 @dataclass
