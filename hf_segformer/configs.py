@@ -5,6 +5,7 @@ These dataclasses are the single source of truth for every option; the YAML reci
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +117,9 @@ class ModelArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
 
 
+METRIC_BACKENDS = ("confusion", "evaluate_hub")
+
+
 @dataclass
 class SegformerTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that suit segmentation, plus run-safety options."""
@@ -124,14 +128,29 @@ class SegformerTrainingArguments(TrainingArguments):
     batch_eval_metrics: bool = field(
         default=True, metadata={"help": "Accumulate a confusion matrix per batch instead of keeping every logit."}
     )
+    metric_backend: str = field(
+        default="confusion",
+        metadata={"help": "'confusion': streaming confusion matrices with evaluate's mean_iou semantics, offline. "
+                          "'evaluate_hub': evaluate.load('mean_iou') from the Hub on every logit, as transformers' "
+                          "example (needs the Hub before training starts; turns batch_eval_metrics off)."},
+    )
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard by default)."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
     )
 
     def __post_init__(self) -> None:
+        if self.metric_backend not in METRIC_BACKENDS:
+            raise RecipeError(f"metric_backend must be one of {', '.join(METRIC_BACKENDS)}; "
+                              f"got '{self.metric_backend}'.")
+        if self.metric_backend == "evaluate_hub":
+            self.batch_eval_metrics = False  # the Hub module needs every prediction at once
         if self.bf16 and not self.use_cpu and not _has_accelerator():
             self.use_cpu = True  # bf16 on a machine without an accelerator means CPU autocast
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+            # A multi-process launch (torchrun, accelerate --multi_gpu) on a machine without an accelerator: without
+            # use_cpu, Accelerate starts no process group and every process would train on its own, on all the data.
+            self.use_cpu = True
         super().__post_init__()
 
 

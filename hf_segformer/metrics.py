@@ -7,6 +7,9 @@ by the means) plus Dice, precision/recall and frequency-weighted IoU.
 
 The same core (in numpy) backs the offline `evaluate` module in `hf_segformer/mean_iou/`:
 `evaluate.load(MEAN_IOU_MODULE_PATH)` is a drop-in for `evaluate.load("mean_iou")`.
+
+`metric_backend: evaluate_hub` instead keeps every logit and calls the Hub's own `mean_iou` module, as
+transformers' example does (`load_hub_mean_iou` + `LogitsMeanIoU`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import RecipeError
 from .transforms import LABEL_PAD
 
 # Folder of the `evaluate` module: `evaluate.load(MEAN_IOU_MODULE_PATH)` works offline (no Hub access).
 MEAN_IOU_MODULE_PATH = str(Path(__file__).resolve().parent / "mean_iou")
+# evaluate's reference module on the Hugging Face Hub (evaluate-metric/mean_iou), for metric_backend: evaluate_hub.
+HUB_MEAN_IOU = "mean_iou"
 
 # Upsampled-logit elements processed at once (about 256 MB of float32); larger outputs go in channel chunks.
 UPSAMPLE_CHUNK_ELEMENTS = 64 * 1024 * 1024
@@ -57,6 +63,31 @@ def label_size(label: torch.Tensor) -> tuple[int, int]:
     rows = int((label[:, 0] != LABEL_PAD).sum())
     cols = int((label[0, :] != LABEL_PAD).sum())
     return rows, cols
+
+
+def pack_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels [B, H, W] (padded with LABEL_PAD) → rows [B, 2 + H·W]: height, width, then that label's pixels.
+
+    For the classic evaluation path: the Trainer concatenates batches (and gathers processes) padding only
+    dimension 1, so label maps of different widths cannot be stacked, while rows of any length can.
+    """
+    rows = torch.full((labels.shape[0], 2 + labels.shape[1] * labels.shape[2]), LABEL_PAD, dtype=labels.dtype,
+                      device=labels.device)
+    for i in range(labels.shape[0]):
+        height, width = label_size(labels[i])
+        rows[i, :2] = torch.tensor([height, width])
+        rows[i, 2 : 2 + height * width] = labels[i, :height, :width].reshape(-1)
+    return rows
+
+
+def unpack_label(label: Any) -> torch.Tensor:
+    """One label [H, W] at its own size, from a `pack_labels` row or a LABEL_PAD-padded map."""
+    label = torch.as_tensor(label)
+    if label.ndim == 1:
+        height, width = int(label[0]), int(label[1])
+        return label[2 : 2 + height * width].reshape(height, width)
+    height, width = label_size(label)
+    return label[:height, :width]
 
 
 def confusion_matrices(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int) -> torch.Tensor:
@@ -265,3 +296,63 @@ def load_mean_iou(**kwargs: Any):
     import evaluate
 
     return evaluate.load(MEAN_IOU_MODULE_PATH, **kwargs)
+
+
+def load_hub_mean_iou(**kwargs: Any):
+    """`evaluate.load("mean_iou")`: the Hub's reference module, for `metric_backend: evaluate_hub`.
+
+    Called before any data or training work, so that a machine that cannot fetch it fails at once with a
+    RecipeError that says what to do. HF_HUB_OFFLINE is honoured (evaluate itself only reads
+    HF_EVALUATE_OFFLINE): offline, only a copy already in evaluate's module cache is used.
+    """
+    import evaluate
+    from huggingface_hub import constants
+
+    evaluate_offline = evaluate.config.HF_EVALUATE_OFFLINE
+    offline = bool(constants.HF_HUB_OFFLINE or evaluate_offline)
+    evaluate.config.HF_EVALUATE_OFFLINE = offline
+    try:
+        return evaluate.load(HUB_MEAN_IOU, **kwargs)
+    except OSError as err:  # FileNotFoundError or ConnectionError: neither cached nor reachable
+        where = ("HF_HUB_OFFLINE is set and it is not in evaluate's module cache" if offline
+                 else "the Hugging Face Hub could not be reached and it is not in evaluate's module cache")
+        raise RecipeError(
+            f"metric_backend: evaluate_hub needs evaluate's 'mean_iou' module from the Hugging Face Hub, which "
+            f"cannot be loaded offline ({where}; evaluate said: {err}). Use metric_backend: confusion (the "
+            "default): the same mean_iou numbers, computed without the Hub."
+        ) from err
+    finally:
+        evaluate.config.HF_EVALUATE_OFFLINE = evaluate_offline
+
+
+class LogitsMeanIoU:
+    """`compute_metrics` of transformers' `run_semantic_segmentation.py`, for `metric_backend: evaluate_hub`.
+
+    Gets every logit of the evaluation set at once (`batch_eval_metrics` off; `SegformerTrainer` with
+    `eval_confusion=False`, which passes the labels as `pack_labels` rows; LABEL_PAD-padded maps work too).
+    Each label is taken at its own size, its logits are bilinearly upsampled to that size and arg-maxed,
+    and `module.compute` (evaluate's `mean_iou`, or any module with its arguments) gets them with
+    `reduce_labels=False`: the labels are already reduced by the data pipeline.
+    """
+
+    last_confusion = None  # the per-class report needs a confusion matrix, which evaluate's results lack
+
+    def __init__(self, module: Any, id2label: dict[int, str], ignore_index: int):
+        self.module = module
+        self.id2label = id2label
+        self.num_labels = len(id2label)
+        self.ignore_index = ignore_index
+
+    @torch.no_grad()
+    def __call__(self, eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        predictions, references = [], []
+        for logit, label in zip(logits, labels):
+            label = unpack_label(label)
+            references.append(label.numpy())
+            predictions.append(upsampled_argmax(torch.as_tensor(logit), tuple(label.shape)).numpy())
+        results = self.module.compute(predictions=predictions, references=references, num_labels=self.num_labels,
+                                      ignore_index=self.ignore_index, reduce_labels=False)
+        return flatten_metrics(results, self.id2label)

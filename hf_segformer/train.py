@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import datasets
 import transformers
@@ -18,7 +17,7 @@ from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
 from .errors import DataError, RecipeError
 from .labels import LabelDecoder, find_id2label_file
-from .metrics import SegmentationMetrics
+from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
 from .modeling import build_image_processor, build_model
 from .reports import write_class_report
 from .synthetic import write_synthetic_dataset
@@ -32,8 +31,7 @@ def setup_logging(training_args: SegformerTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
-    for lib_logger in (logger, logging.getLogger("hf_segformer")):
-        lib_logger.setLevel(level)
+    logger.setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
@@ -105,18 +103,14 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     setup_logging(training_args)
     logger.info("Training arguments %s", training_args)
     checkpoint = resolve_checkpoint(training_args)
+    # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
+    hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
 
     with training_args.main_process_first(desc="preparing data"):
         data, id2label = prepare_data(data_args, training_args.seed)
-        report_path = Path(training_args.output_dir) / "class_histogram.json"
-        report = None
-        if data_args.check_data:
-            if training_args.process_index == 0:
-                report = run_data_check(data, data_args, id2label)
-                report.save(training_args.output_dir)
-            else:
-                report = DataReport.load(report_path)
+        if data_args.check_data and training_args.process_index == 0:
+            run_data_check(data, data_args, id2label).save(training_args.output_dir)
 
     train_split, eval_split = canonical_split(data_args.train_split), canonical_split(data_args.eval_split)
     if training_args.eval_strategy != "no" and eval_split not in data:
@@ -134,11 +128,13 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
 
     model = build_model(model_args, id2label, data_args.ignore_index)
     image_processor = build_image_processor(data_args.eval_size)
-    metrics = SegmentationMetrics(len(id2label), id2label)
+    metrics = (LogitsMeanIoU(hub_mean_iou, id2label, data_args.ignore_index) if hub_mean_iou is not None
+               else SegmentationMetrics(len(id2label), id2label))
     trainer = SegformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=SegmentationCollator(tuple(image_processor.image_mean), tuple(image_processor.image_std)),
         processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index,
+        eval_confusion=hub_mean_iou is None,
     )
 
     results: dict = {}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import torch
 from transformers import Trainer
 
 from .losses import cross_entropy_loss
-from .metrics import confusion_matrices
+from .metrics import confusion_matrices, pack_labels
+
+logger = logging.getLogger(__name__)
 
 
 class SegformerTrainer(Trainer):
@@ -17,11 +21,16 @@ class SegformerTrainer(Trainer):
     `prediction_step` returns per-sample confusion matrices as the "predictions" (the Trainer then gathers
     them across processes without double-counting the samples that distributed samplers repeat) and the
     number of labelled pixels per sample as the "labels"; `SegmentationMetrics` sums them.
+    With `eval_confusion=False` it returns the logits as the plain Trainer does, and the labels as
+    `pack_labels` rows (the Trainer pads only dimension 1 when it concatenates batches, so label maps of
+    different widths would not stack): the classic path of `metric_backend: evaluate_hub`, where
+    `compute_metrics` (`LogitsMeanIoU`) gets every logit at once.
     """
 
-    def __init__(self, *args: Any, ignore_index: int = 255, **kwargs: Any):
+    def __init__(self, *args: Any, ignore_index: int = 255, eval_confusion: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
+        self.eval_confusion = eval_confusion
         # Our loss is already a mean over pixels: the Trainer must divide by the accumulation steps itself
         # and must not rescale by the world size (it would if it believed the model used num_items_in_batch).
         self.model_accepts_loss_kwargs = False
@@ -39,6 +48,36 @@ class SegformerTrainer(Trainer):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if prediction_loss_only or logits is None or labels is None:
             return loss, logits, labels
+        if not self.eval_confusion:
+            return loss, logits, pack_labels(labels)
         num_labels = logits.shape[1]
         confusion = confusion_matrices(logits, labels, num_labels, self.ignore_index)
         return loss, confusion, confusion.sum(dim=(1, 2))
+
+    # transformers 5 saves SegFormer under its legacy parameter names (`segformer.encoder.block…`) and renames
+    # them on `from_pretrained`, but the Trainer reloads checkpoints (resume, load_best_model_at_end) with a
+    # raw, non-strict `load_state_dict`: only the 8 decode-head tensors whose names did not change are
+    # restored, silently. Plain checkpoints are therefore reloaded through `from_pretrained`, strictly.
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if model is None and self._is_plain_checkpoint(resume_from_checkpoint):
+            self._load_weights_strictly(resume_from_checkpoint)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if self._is_plain_checkpoint(self.state.best_model_checkpoint):
+            self._load_weights_strictly(self.state.best_model_checkpoint)
+        else:
+            super()._load_best_model()
+
+    def _is_plain_checkpoint(self, folder: str | None) -> bool:
+        return (folder is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+                and os.path.isfile(os.path.join(folder, "config.json"))
+                and any(os.path.isfile(os.path.join(folder, name))
+                        for name in ("model.safetensors", "model.safetensors.index.json")))
+
+    def _load_weights_strictly(self, folder: str) -> None:
+        reloaded = type(self.model).from_pretrained(folder)
+        self.model.load_state_dict(reloaded.state_dict(), strict=True)
+        logger.info("Loaded all %d tensors from %s", len(reloaded.state_dict()), folder)

@@ -134,3 +134,21 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def stripes():
     return stripes_mask
+
+
+def build_tiny_segformer(id2label: dict[int, str], seed: int = 0):
+    """A from-config SegFormer with four one-block stages of width 8..32 (seeded random weights, eval mode):
+    milliseconds per 32×32 image, yet spatially varied predictions."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    config = SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 1, 1, 1],
+                             decoder_hidden_size=16, num_labels=len(id2label), id2label=dict(id2label),
+                             label2id={name: i for i, name in id2label.items()}, semantic_loss_ignore_index=255)
+    return SegformerForSemanticSegmentation(config).eval()
+
+
+@pytest.fixture
+def tiny_segformer():
+    return build_tiny_segformer
