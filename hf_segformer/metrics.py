@@ -97,6 +97,20 @@ def confusion_matrices(logits: torch.Tensor, labels: torch.Tensor, num_labels: i
     Raises ValueError naming the sample for non-finite logits or label values that are neither a
     class id in [0, num_labels) nor ignore_index.
     """
+    return _evaluate_batch(logits, labels, num_labels, ignore_index, with_loss=False)[0]
+
+
+def confusion_and_loss(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
+                       ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`confusion_matrices` and the batch's mean cross-entropy over labelled pixels (float32), from one
+    upsampling per sample: evaluation needs both, and the upsampled logits are its largest tensor."""
+    confusion, loss_sum = _evaluate_batch(logits, labels, num_labels, ignore_index, with_loss=True)
+    pixels = confusion.sum()
+    return confusion, loss_sum / pixels.clamp_min(1)
+
+
+def _evaluate_batch(logits: torch.Tensor, labels: torch.Tensor, num_labels: int, ignore_index: int,
+                    with_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if logits.ndim != 4 or labels.ndim != 3:
         raise ValueError(f"Expected logits [B, C, h, w] and labels [B, H, W]; got logits of shape "
                          f"{tuple(logits.shape)} and labels of shape {tuple(labels.shape)}.")
@@ -109,21 +123,30 @@ def confusion_matrices(logits: torch.Tensor, labels: torch.Tensor, num_labels: i
                          "use another value (255 or -1).")
     labels = labels.to(logits.device)
     out = torch.zeros(labels.shape[0], num_labels * num_labels, dtype=torch.int64, device=logits.device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=logits.device)
     for i in range(labels.shape[0]):
         if not torch.isfinite(logits[i]).all():
             raise ValueError(f"Sample {i} of the batch has NaN or infinite logits; the model diverged "
                              "(lower the learning rate, or use bf16 instead of fp16).")
         height, width = label_size(labels[i])
         label = labels[i, :height, :width].long()
-        prediction = upsampled_argmax(logits[i], (height, width))
         valid = label != ignore_index
-        label, prediction = label[valid], prediction[valid]
-        if label.numel() and (label.min() < 0 or label.max() >= num_labels):
-            bad = label[(label < 0) | (label >= num_labels)].unique()[:10].tolist()
+        if valid.any() and (label[valid].min() < 0 or label[valid].max() >= num_labels):
+            bad = label[valid & ((label < 0) | (label >= num_labels))].unique()[:10].tolist()
             raise ValueError(f"Sample {i} of the batch has label values {bad} outside [0, {num_labels}) "
                              f"that are not ignore_index={ignore_index}.")
-        out[i] = torch.bincount(label * num_labels + prediction, minlength=num_labels * num_labels)
-    return out.view(-1, num_labels, num_labels)
+        upsampled = None
+        if with_loss:
+            upsampled = F.interpolate(logits[i : i + 1].float(), size=(height, width), mode="bilinear",
+                                      align_corners=False)
+            loss_sum += F.cross_entropy(upsampled, label[None], ignore_index=ignore_index, reduction="sum")
+        if upsampled is not None and num_labels * height * width <= UPSAMPLE_CHUNK_ELEMENTS:
+            prediction = upsampled[0].argmax(0)
+        else:
+            upsampled = None  # free it before the chunked arg-max
+            prediction = upsampled_argmax(logits[i], (height, width))
+        out[i] = torch.bincount(label[valid] * num_labels + prediction[valid], minlength=num_labels * num_labels)
+    return out.view(-1, num_labels, num_labels), loss_sum
 
 
 def prepare_reference(reference: Any, label_map: Mapping[int, int] | None = None,

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer
 
 from .losses import cross_entropy_loss
-from .metrics import confusion_matrices, pack_labels
+from .metrics import confusion_and_loss, confusion_matrices, pack_labels
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class SegformerTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
         self.eval_confusion = eval_confusion
+        self._batch_confusion: torch.Tensor | None = None  # set by compute_loss during evaluation
         # Our loss is already a mean over pixels: the Trainer must divide by the accumulation steps itself
         # and must not rescale by the world size (it would if it believed the model used num_items_in_batch).
         self.model_accepts_loss_kwargs = False
@@ -40,18 +41,24 @@ class SegformerTrainer(Trainer):
         outputs = model(**inputs)
         if labels is None:
             raise ValueError("SegformerTrainer needs 'labels' in every batch.")
-        loss = cross_entropy_loss(outputs.logits, labels, self.ignore_index)
+        if model.training or not self.eval_confusion:
+            loss = cross_entropy_loss(outputs.logits, labels, self.ignore_index)
+        else:  # evaluation: the loss and the confusion matrices share one upsampling per sample
+            self._batch_confusion, loss = confusion_and_loss(outputs.logits, labels, outputs.logits.shape[1],
+                                                             self.ignore_index)
         outputs["loss"] = loss
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        self._batch_confusion = None
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if prediction_loss_only or logits is None or labels is None:
             return loss, logits, labels
         if not self.eval_confusion:
             return loss, logits, pack_labels(labels)
-        num_labels = logits.shape[1]
-        confusion = confusion_matrices(logits, labels, num_labels, self.ignore_index)
+        confusion = self._batch_confusion
+        if confusion is None:
+            confusion = confusion_matrices(logits, labels, logits.shape[1], self.ignore_index)
         return loss, confusion, confusion.sum(dim=(1, 2))
 
     # transformers 5 saves SegFormer under its legacy parameter names (`segformer.encoder.block…`) and renames

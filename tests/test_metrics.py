@@ -465,3 +465,23 @@ def test_confusion_png_for_150_classes(tmp_path):
     width, height = _assert_png(plot_confusion_matrix(confusion, {i: f"class {i}" for i in range(150)},
                                                       tmp_path / "big.png"))
     assert max(width, height) < 6000
+
+
+@pytest.mark.parametrize("chunk", [None, 1000])
+def test_confusion_and_loss_equal_the_separate_computations(monkeypatch, chunk):
+    """Evaluation shares one upsampling between the loss and the confusion matrices: same numbers as apart."""
+    from hf_segformer.losses import cross_entropy_loss
+    from hf_segformer.metrics import confusion_and_loss
+
+    if chunk is not None:  # force the chunked arg-max path for the large sample
+        monkeypatch.setattr(metrics, "UPSAMPLE_CHUNK_ELEMENTS", chunk)
+    rng = np.random.default_rng(5)
+    sizes = [(13, 17), (9, 21), (16, 8)]
+    labels = [torch.from_numpy(rng.integers(0, 4, size=s)) for s in sizes]
+    labels[1][0, :5] = 255
+    padded = pad_labels(labels)
+    logits = torch.from_numpy(rng.normal(size=(3, 4, 5, 6))).float()
+    confusion, loss = confusion_and_loss(logits, padded, 4, 255)
+    assert torch.equal(confusion, confusion_matrices(logits, padded, 4, 255))
+    assert loss.item() == pytest.approx(cross_entropy_loss(logits, padded, 255).item(), rel=1e-6)
+    assert confusion.sum().item() == sum(int((label != 255).sum()) for label in labels)
