@@ -44,7 +44,8 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     num_classes = logits.shape[0]
     chunk = max(1, UPSAMPLE_CHUNK_ELEMENTS // max(1, size[0] * size[1]))
     if chunk >= num_classes:
-        return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+        # max(0).indices, not argmax(0): same first-maximum indices, several times faster on the CPU
+        return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0].max(0).indices
     best_value = best_index = None
     for start in range(0, num_classes, chunk):
         part = F.interpolate(logits[None, start : start + chunk].float(), size=size, mode="bilinear", align_corners=False)[0]
@@ -131,8 +132,9 @@ def _evaluate_batch(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
         height, width = label_size(labels[i])
         label = labels[i, :height, :width].long()
         valid = label != ignore_index
-        if valid.any() and (label[valid].min() < 0 or label[valid].max() >= num_labels):
-            bad = label[valid & ((label < 0) | (label >= num_labels))].unique()[:10].tolist()
+        out_of_range = valid & ((label < 0) | (label >= num_labels))
+        if out_of_range.any():
+            bad = label[out_of_range].unique()[:10].tolist()
             raise ValueError(f"Sample {i} of the batch has label values {bad} outside [0, {num_labels}) "
                              f"that are not ignore_index={ignore_index}.")
         upsampled = None
@@ -141,11 +143,13 @@ def _evaluate_batch(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
                                       align_corners=False)
             loss_sum += F.cross_entropy(upsampled, label[None], ignore_index=ignore_index, reduction="sum")
         if upsampled is not None and num_labels * height * width <= UPSAMPLE_CHUNK_ELEMENTS:
-            prediction = upsampled[0].argmax(0)
+            prediction = upsampled[0].max(0).indices
         else:
             upsampled = None  # free it before the chunked arg-max
             prediction = upsampled_argmax(logits[i], (height, width))
-        out[i] = torch.bincount(label[valid] * num_labels + prediction[valid], minlength=num_labels * num_labels)
+        # ignored pixels go to one extra bin (cheaper than boolean indexing), which is then dropped
+        index = torch.where(valid, label * num_labels + prediction, num_labels * num_labels)
+        out[i] = torch.bincount(index.view(-1), minlength=num_labels * num_labels + 1)[:-1]
     return out.view(-1, num_labels, num_labels), loss_sum
 
 
