@@ -20,6 +20,7 @@ from .labels import LabelDecoder, find_id2label_file
 from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
 from .modeling import build_image_processor, build_model
 from .reports import write_class_report
+from .runchecks import check_run
 from .synthetic import write_synthetic_dataset
 from .trainer import SegformerTrainer
 from .transforms import EvalTransform, SegmentationCollator, TrainTransform
@@ -102,6 +103,7 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: SegformerTrainingArguments) -> dict:
     setup_logging(training_args)
     logger.info("Training arguments %s", training_args)
+    check_run(training_args)  # precision agrees with the Accelerate config, output_dir writable with free space
     checkpoint = resolve_checkpoint(training_args)
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
