@@ -5,6 +5,7 @@ These dataclasses are the single source of truth for every option; the YAML reci
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from transformers import TrainingArguments
 
 from .errors import RecipeError
 from .labels import normalise_id2label, parse_colour_map
+from .losses import LOSS_TERMS, WEIGHT_METHODS
 from .transforms import LABEL_PAD
 
 
@@ -135,6 +137,22 @@ class SegformerTrainingArguments(TrainingArguments):
                           "example (needs the Hub before training starts; turns batch_eval_metrics off)."},
     )
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard by default)."})
+    loss: str | None = field(
+        default=None,
+        metadata={"help": "Training loss terms and their weights, e.g. {ce: 1.0, dice: 0.5}; terms: ce, focal, dice, "
+                          "ohem. Default: plain cross-entropy."},
+    )
+    class_weights: str | None = field(
+        default=None,
+        metadata={"help": "Per-class loss weights: a list, or computed from the training pixel histogram of the "
+                          "data check: inverse_frequency | median_frequency | effective_number."},
+    )
+    class_weight_clip: float | None = field(default=10.0, metadata={"help": "Largest/smallest class weight ratio."})
+    class_weight_beta: float = field(default=0.9999, metadata={"help": "beta of effective_number weights."})
+    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss focusing parameter."})
+    ohem_thresh: float = field(default=0.7, metadata={"help": "OHEM: keep pixels whose true-class probability is below."})
+    ohem_min_kept: int = field(default=100_000, metadata={"help": "OHEM: keep at least this many pixels per image."})
+    dice_smooth: float = field(default=1.0, metadata={"help": "Dice loss smoothing term."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
     )
@@ -143,6 +161,15 @@ class SegformerTrainingArguments(TrainingArguments):
         if self.metric_backend not in METRIC_BACKENDS:
             raise RecipeError(f"metric_backend must be one of {', '.join(METRIC_BACKENDS)}; "
                               f"got '{self.metric_backend}'.")
+        self.loss_terms = _parse_mapping(self.loss, "loss") if self.loss is not None else {"ce": 1.0}
+        unknown = sorted(set(self.loss_terms) - set(LOSS_TERMS))
+        if unknown or any(float(w) < 0 for w in self.loss_terms.values()):
+            raise RecipeError(f"loss: terms must be among {', '.join(LOSS_TERMS)} with weights ≥ 0; got {self.loss_terms}.")
+        if isinstance(self.class_weights, str) and self.class_weights.lstrip().startswith("["):
+            self.class_weights = json.loads(self.class_weights)
+        if isinstance(self.class_weights, str) and self.class_weights not in WEIGHT_METHODS:
+            raise RecipeError(f"class_weights: '{self.class_weights}' is neither a list nor one of "
+                              f"{', '.join(WEIGHT_METHODS)}.")
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
         if self.bf16 and not self.use_cpu and not _has_accelerator():
@@ -152,6 +179,15 @@ class SegformerTrainingArguments(TrainingArguments):
             # use_cpu, Accelerate starts no process group and every process would train on its own, on all the data.
             self.use_cpu = True
         super().__post_init__()
+
+
+def _parse_mapping(value: dict | str, name: str) -> dict[str, float]:
+    """A recipe mapping given in YAML (dict) or on the command line (JSON text)."""
+    try:
+        mapping = json.loads(value) if isinstance(value, str) else dict(value)
+        return {str(k): float(v) for k, v in mapping.items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err
 
 
 def _has_accelerator() -> bool:

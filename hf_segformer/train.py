@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import datasets
 import transformers
@@ -17,6 +19,7 @@ from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
 from .errors import DataError, RecipeError
 from .labels import LabelDecoder, find_id2label_file
+from .losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
 from .modeling import build_image_processor, build_model
 from .reports import write_class_report
@@ -85,6 +88,28 @@ def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[i
     return report
 
 
+def build_loss(training_args: SegformerTrainingArguments, data_args: DataArguments, num_labels: int,
+               train_split: str) -> SegmentationLoss:
+    """The recipe's loss; class weights computed from the data check's training histogram are saved with the run."""
+    weights = training_args.class_weights
+    if isinstance(weights, list):
+        weights = validate_class_weights(weights, num_labels)
+    elif weights is not None:
+        histogram = Path(training_args.output_dir) / "class_histogram.json"
+        if not data_args.check_data or not histogram.is_file():
+            raise RecipeError(f"class_weights: {weights} is computed from the data check's pixel histogram; "
+                              "keep check_data: true (or give the weights as a list).")
+        weights = class_weights_from_report(DataReport.load(histogram), weights, split=train_split,
+                                            clip=training_args.class_weight_clip, beta=training_args.class_weight_beta)
+        if training_args.process_index == 0:
+            (Path(training_args.output_dir) / "class_weights.json").write_text(json.dumps(weights))
+    if weights is not None:
+        logger.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights))
+    return SegmentationLoss(training_args.loss_terms, class_weights=weights, ignore_index=data_args.ignore_index,
+                            focal_gamma=training_args.focal_gamma, ohem_thresh=training_args.ohem_thresh,
+                            ohem_min_kept=training_args.ohem_min_kept, dice_smooth=training_args.dice_smooth)
+
+
 def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     """`resume_from_checkpoint: last` → newest checkpoint; refuse to train over another run's checkpoints."""
     output_dir = training_args.output_dir
@@ -109,12 +134,13 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
 
-    with training_args.main_process_first(desc="preparing data"):
+    with training_args.main_process_first(local=False, desc="preparing data"):
         data, id2label = prepare_data(data_args, training_args.seed)
         if data_args.check_data and training_args.process_index == 0:
             run_data_check(data, data_args, id2label).save(training_args.output_dir)
 
     train_split, eval_split = canonical_split(data_args.train_split), canonical_split(data_args.eval_split)
+    loss_fn = build_loss(training_args, data_args, len(id2label), train_split)
     if training_args.eval_strategy != "no" and eval_split not in data:
         raise DataError(f"No '{data_args.eval_split}' split to evaluate on (the data has {sorted(data)}). "
                         "Set validation_split: 0.1 to carve one from train, or eval_strategy: 'no'.")
@@ -135,7 +161,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     trainer = SegformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=SegmentationCollator(tuple(image_processor.image_mean), tuple(image_processor.image_std)),
-        processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index,
+        processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index, loss_fn=loss_fn,
         eval_confusion=hub_mean_iou is None,
     )
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import Trainer
 
-from .losses import cross_entropy_loss
+from .losses import SegmentationLoss
 from .metrics import confusion_and_loss, confusion_matrices, pack_labels
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,11 @@ class SegformerTrainer(Trainer):
     `compute_metrics` (`LogitsMeanIoU`) gets every logit at once.
     """
 
-    def __init__(self, *args: Any, ignore_index: int = 255, eval_confusion: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, ignore_index: int = 255, eval_confusion: bool = True,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.ignore_index = ignore_index
+        self.loss_fn = loss_fn or SegmentationLoss(ignore_index=ignore_index)
         self.eval_confusion = eval_confusion
         self._batch_confusion: torch.Tensor | None = None  # set by compute_loss during evaluation
         # Our loss is already a mean over pixels: the Trainer must divide by the accumulation steps itself
@@ -42,8 +45,8 @@ class SegformerTrainer(Trainer):
         if labels is None:
             raise ValueError("SegformerTrainer needs 'labels' in every batch.")
         if model.training or not self.eval_confusion:
-            loss = cross_entropy_loss(outputs.logits, labels, self.ignore_index)
-        else:  # evaluation: the loss and the confusion matrices share one upsampling per sample
+            loss = self.loss_fn(outputs.logits, labels)
+        else:  # evaluation: plain cross-entropy and the confusion matrices share one upsampling per sample
             self._batch_confusion, loss = confusion_and_loss(outputs.logits, labels, outputs.logits.shape[1],
                                                              self.ignore_index)
         outputs["loss"] = loss

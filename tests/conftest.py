@@ -152,3 +152,21 @@ def build_tiny_segformer(id2label: dict[int, str], seed: int = 0):
 @pytest.fixture
 def tiny_segformer():
     return build_tiny_segformer
+
+
+@pytest.fixture
+def train_tiny():
+    """Run `hf_segformer.train.main` in-process on a tiny synthetic set (32×32, 8 + 4 images); returns the runner."""
+    from hf_segformer.parser import parse_recipe
+    from hf_segformer.synthetic import write_synthetic_dataset
+    from hf_segformer.train import main
+
+    def run(tmp_path: Path, *overrides: str) -> dict:
+        data_dir = write_synthetic_dataset(tmp_path / "data", num_train=8, num_validation=4, size=32)
+        argv = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--model_variant", "b0",
+                "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32", "--cat_max_ratio", "1.0",
+                "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "0.01",
+                "--report_to", "none", "--dataloader_num_workers", "0", "--check_data", "false", *overrides]
+        return main(*parse_recipe(argv))
+
+    return run

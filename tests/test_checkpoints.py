@@ -13,19 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_segformer.parser import parse_recipe
-from hf_segformer.synthetic import write_synthetic_dataset
-from hf_segformer.train import main
-
-
-def run(tmp_path, *overrides: str) -> None:
-    data_dir = tmp_path / "data"
-    write_synthetic_dataset(data_dir, num_train=8, num_validation=4, size=32)
-    argv = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--model_variant", "b0",
-            "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32", "--cat_max_ratio", "1.0",
-            "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "0.01",
-            "--report_to", "none", "--dataloader_num_workers", "0", "--check_data", "false", *overrides]
-    main(*parse_recipe(argv))
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -39,8 +26,8 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-def test_load_best_model_at_end_restores_every_tensor(tmp_path):
-    run(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
+def test_load_best_model_at_end_restores_every_tensor(tmp_path, train_tiny):
+    train_tiny(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps",
         "--save_steps", "1", "--load_best_model_at_end", "true", "--metric_for_best_model", "loss",
         "--greater_is_better", "false")
     state = json.loads((tmp_path / "run/trainer_state.json").read_text())
@@ -50,10 +37,10 @@ def test_load_best_model_at_end_restores_every_tensor(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_starts_from_the_checkpoint_weights(tmp_path):
-    run(tmp_path, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2")
+def test_resume_starts_from_the_checkpoint_weights(tmp_path, train_tiny):
+    train_tiny(tmp_path, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2")
     checkpoint = tmp_path / "run/checkpoint-2"
     # Resuming at the checkpoint's own step trains no further: the saved model must be the checkpoint.
-    run(tmp_path, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--seed", "7",
+    train_tiny(tmp_path, "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--seed", "7",
         "--resume_from_checkpoint", "last")
     assert_same_weights(weights(tmp_path / "run"), weights(checkpoint))

@@ -1,0 +1,43 @@
+"""The loss is chosen in the recipe: terms and weights, class weights from the data check's histogram."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_segformer.configs import SegformerTrainingArguments
+from hf_segformer.errors import RecipeError
+from hf_segformer.losses import SegmentationLoss
+from hf_segformer.trainer import SegformerTrainer
+
+
+def test_recipe_loss_and_histogram_class_weights_are_used_and_saved(tmp_path, train_tiny, monkeypatch):
+    used = []
+    original = SegformerTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        used.append(self.loss_fn)
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SegformerTrainer, "compute_loss", spy)
+    results = train_tiny(tmp_path, "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+                         "--check_data", "true", "--loss", '{"ce": 1.0, "dice": 0.5}',
+                         "--class_weights", "median_frequency")
+    loss_fn = used[0]
+    assert isinstance(loss_fn, SegmentationLoss) and results["train_loss"] > 0
+    assert loss_fn.terms == {"ce": 1.0, "dice": 0.5}
+    saved = json.loads((tmp_path / "run/class_weights.json").read_text())
+    assert len(saved) == 4 and saved[0] < min(saved[1:]), "background, the most frequent class, weighs least"
+
+
+def test_histogram_weights_need_the_data_check(tmp_path, train_tiny):
+    with pytest.raises(RecipeError, match="check_data"):
+        train_tiny(tmp_path, "--max_steps", "1", "--class_weights", "inverse_frequency")
+
+
+@pytest.mark.parametrize("field, value", [("loss", '{"cross_entropy": 1}'), ("loss", '{"ce": -1}'),
+                                          ("loss", "ce"), ("class_weights", "inverse")])
+def test_bad_loss_fields_are_recipe_errors(tmp_path, field, value):
+    with pytest.raises(RecipeError, match=field):
+        SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
