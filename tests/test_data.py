@@ -150,18 +150,11 @@ def test_image_dir_and_mask_dir_can_be_given_separately(tmp_path, make_pairs):
     assert len(data["train"]) == 2
 
 
-def test_val_image_folder_pairs_with_validation_mask_folder(data_root, make_pairs):
+@pytest.mark.parametrize("image_split, mask_split", [("val", "validation"), ("validation", "val")])
+def test_validation_split_folders_pair_whatever_their_spelling(data_root, make_pairs, image_split, mask_split):
     make_pairs(data_root, ["a"], split="train")
-    make_pairs(data_root, ["v"], split="val")
-    (data_root / "masks" / "val").rename(data_root / "masks" / "validation")
-    data = load_data(DataArguments(data_dir=str(data_root)))
-    assert paths(data["validation"], "label") == ["v.png"]
-
-
-def test_validation_image_folder_pairs_with_val_mask_folder(data_root, make_pairs):
-    make_pairs(data_root, ["a"], split="train")
-    make_pairs(data_root, ["v"], split="validation")
-    (data_root / "masks" / "validation").rename(data_root / "masks" / "val")
+    make_pairs(data_root, ["v"], split=image_split)
+    (data_root / "masks" / image_split).rename(data_root / "masks" / mask_split)
     data = load_data(DataArguments(data_dir=str(data_root)))
     assert paths(data["validation"], "label") == ["v.png"]
 
