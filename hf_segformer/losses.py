@@ -20,13 +20,14 @@ then have two entries, [background, foreground].
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .metrics import label_size
+from .metrics import label_size, upsample_logits
 from .transforms import LABEL_PAD
 
 WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
@@ -81,7 +82,7 @@ def class_weights(pixel_counts: Sequence[int], method: str | Sequence[float], *,
     if method == "inverse_frequency":
         raw = [total / c if c else 0.0 for c in counts]
     elif method == "median_frequency":
-        median = _median([c / total for c in present])
+        median = statistics.median([c / total for c in present])
         raw = [median / (c / total) if c else 0.0 for c in counts]
     else:
         if not 0 < beta < 1:
@@ -120,20 +121,9 @@ def validate_class_weights(weights: Sequence[float], num_labels: int) -> list[fl
     return values
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Shared per-call preparation
 # --------------------------------------------------------------------------------------------------------------
-
-
-def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling to the label size, as SegFormer's own loss does, in float32."""
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
 @dataclass

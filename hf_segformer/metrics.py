@@ -35,6 +35,11 @@ HUB_MEAN_IOU = "mean_iou"
 UPSAMPLE_CHUNK_ELEMENTS = 64 * 1024 * 1024
 
 
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of [B, C, h, w] logits to the label size, as SegFormer's own loss does, in float32."""
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+
 def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """argmax over classes of bilinearly upsampled logits [C, h, w] → [H, W], in bounded memory.
 
@@ -45,10 +50,10 @@ def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     chunk = max(1, UPSAMPLE_CHUNK_ELEMENTS // max(1, size[0] * size[1]))
     if chunk >= num_classes:
         # max(0).indices, not argmax(0): same first-maximum indices, several times faster on the CPU
-        return F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0].max(0).indices
+        return upsample_logits(logits[None], size)[0].max(0).indices
     best_value = best_index = None
     for start in range(0, num_classes, chunk):
-        part = F.interpolate(logits[None, start : start + chunk].float(), size=size, mode="bilinear", align_corners=False)[0]
+        part = upsample_logits(logits[None, start : start + chunk], size)[0]
         value, index = part.max(0)
         if best_value is None:
             best_value, best_index = value, index
@@ -139,8 +144,7 @@ def _evaluate_batch(logits: torch.Tensor, labels: torch.Tensor, num_labels: int,
                              f"that are not ignore_index={ignore_index}.")
         upsampled = None
         if with_loss:
-            upsampled = F.interpolate(logits[i : i + 1].float(), size=(height, width), mode="bilinear",
-                                      align_corners=False)
+            upsampled = upsample_logits(logits[i : i + 1], (height, width))
             loss_sum += F.cross_entropy(upsampled, label[None], ignore_index=ignore_index, reduction="sum")
         if upsampled is not None and num_labels * height * width <= UPSAMPLE_CHUNK_ELEMENTS:
             prediction = upsampled[0].max(0).indices
