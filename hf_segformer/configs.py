@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 
 from .errors import RecipeError
 from .labels import normalise_id2label, parse_colour_map
-from .losses import LOSS_TERMS, WEIGHT_METHODS
+from .losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
 from .transforms import LABEL_PAD
 
 
@@ -116,6 +116,12 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint whose head has another number of classes."}
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    drop_path_rate: float | None = field(
+        default=None, metadata={"help": "Stochastic depth in the encoder (config default 0.1, as MMSegmentation)."}
+    )
+    classifier_dropout_prob: float | None = field(
+        default=None, metadata={"help": "Dropout before the decode head's classifier (config default 0.1)."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
 
 
@@ -153,6 +159,27 @@ class SegformerTrainingArguments(TrainingArguments):
     ohem_thresh: float = field(default=0.7, metadata={"help": "OHEM: keep pixels whose true-class probability is below."})
     ohem_min_kept: int = field(default=100_000, metadata={"help": "OHEM: keep at least this many pixels per image."})
     dice_smooth: float = field(default=1.0, metadata={"help": "Dice loss smoothing term."})
+    loss_resolution: str = field(
+        default="labels",
+        metadata={"help": "'labels': logits upsampled to the label size for the loss (as SegFormer's own loss). "
+                          "'logits': labels downsampled to the logits' 1/4 resolution (majority of each 4×4 "
+                          "cell) instead: 16× less loss memory at 150 classes, see README for the mIoU cost."},
+    )
+    head_lr_multiplier: float = field(
+        default=1.0,
+        metadata={"help": "Learning rate of the decode head = learning_rate × this (10 in the published SegFormer "
+                          "recipe). 1.0 is the plain Trainer's optimizer. Biases and norms never get weight decay."},
+    )
+    sync_batchnorm: bool = field(
+        default=False,
+        metadata={"help": "Under DDP, normalise the decode head's BatchNorm over the global batch (all processes): "
+                          "torch's SyncBatchNorm on GPUs, an all-reduce BatchNorm on CPU processes."},
+    )
+    max_nonfinite_losses: int = field(
+        default=0,
+        metadata={"help": "Training batches with a NaN/Inf loss that are skipped (zero gradient, with a warning) "
+                          "before the run stops with an error naming the step; 0 stops at the first."},
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
     )
@@ -170,6 +197,11 @@ class SegformerTrainingArguments(TrainingArguments):
         if isinstance(self.class_weights, str) and self.class_weights not in WEIGHT_METHODS:
             raise RecipeError(f"class_weights: '{self.class_weights}' is neither a list nor one of "
                               f"{', '.join(WEIGHT_METHODS)}.")
+        if self.loss_resolution not in LOSS_RESOLUTIONS:
+            raise RecipeError(f"loss_resolution must be one of {', '.join(LOSS_RESOLUTIONS)}; "
+                              f"got '{self.loss_resolution}'.")
+        if not self.head_lr_multiplier > 0:
+            raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
         if self.bf16 and not self.use_cpu and not _has_accelerator():

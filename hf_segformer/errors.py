@@ -13,6 +13,10 @@ class RecipeError(ValueError):
     """A recipe (YAML or command line) that cannot be used as written."""
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on (NaN/Inf losses, out of memory); the message names the step and the knobs."""
+
+
 def problems_message(title: str, problems: list[str], hint: str = "") -> str:
     """Format a list of offending files: the first 20, then a count of the rest."""
     lines = [f"{title} ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]

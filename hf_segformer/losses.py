@@ -12,6 +12,10 @@ Every loss here:
   (sum of w[y]·loss / sum of w[y]), so a recipe's loss scale stays comparable to plain cross-entropy;
   a batch without a labelled pixel gives 0 (with a graph), not NaN.
 
+With `resolution="logits"` the labels come down to the logits' size instead (each logit cell takes the
+most frequent label value of the label pixels it covers; nearest-neighbour where the sizes are not an
+integer multiple), so no [B, C, H, W] tensor is made at all.
+
 `num_labels == 1` (logits [B, 1, h, w], labels 0/1) is the binary case: cross-entropy becomes sigmoid BCE,
 focal and OHEM use the sigmoid probability of the true class, and Dice is the foreground Dice. Class weights
 then have two entries, [background, foreground].
@@ -32,6 +36,7 @@ from .transforms import LABEL_PAD
 
 WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
 LOSS_TERMS = ("ce", "focal", "dice", "ohem")
+LOSS_RESOLUTIONS = ("labels", "logits")
 _TINY = torch.finfo(torch.float32).tiny  # denominator floor: 0/_TINY = 0 for a batch with nothing labelled
 
 
@@ -136,14 +141,29 @@ class _Prepared:
     target: torch.Tensor  # [P] int64
 
 
-def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> _Prepared:
+def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Labels [B, H, W] → [B, h, w]: the most frequent value (ignore and padding included) of each cell when
+    H, W are multiples of h, w (ties: the smallest value); nearest-neighbour otherwise."""
+    (height, width), (h, w) = labels.shape[-2:], size
+    if (height, width) == (h, w):
+        return labels
+    if height % h or width % w:
+        return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(labels.dtype)
+    fh, fw = height // h, width // w
+    cells = labels.reshape(labels.shape[0], h, fh, w, fw).permute(0, 1, 3, 2, 4).reshape(labels.shape[0], h, w, fh * fw)
+    return cells.mode(dim=-1).values
+
+
+def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, resolution: str = "labels") -> _Prepared:
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"Expected logits [B, C, h, w] and labels [B, H, W] of one batch size; got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
     if ignore_index == LABEL_PAD:
         raise ValueError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch.")
     labels = labels.to(logits.device).long()
-    if not (labels == LABEL_PAD).any():
+    if resolution == "logits":
+        raw = [(logits.float(), downsample_labels(labels, tuple(logits.shape[-2:])))]
+    elif not (labels == LABEL_PAD).any():
         raw = [(upsample_logits(logits, tuple(labels.shape[-2:])), labels)]
     else:
         raw = []
@@ -277,7 +297,7 @@ class SegmentationLoss:
     def __init__(self, terms: Mapping[str, float] | None = None, *,
                  class_weights: Sequence[float] | torch.Tensor | None = None, ignore_index: int = 255,
                  focal_gamma: float = 2.0, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000,
-                 dice_smooth: float = 1.0):
+                 dice_smooth: float = 1.0, resolution: str = "labels"):
         terms = dict(terms) if terms is not None else {"ce": 1.0}
         unknown = sorted(set(terms) - set(LOSS_TERMS))
         if unknown:
@@ -290,6 +310,9 @@ class SegmentationLoss:
             raise ValueError(f"ohem_thresh must be > 0 and ohem_min_kept >= 0, got {ohem_thresh}, {ohem_min_kept}.")
         if dice_smooth < 0:
             raise ValueError(f"dice_smooth must be >= 0, got {dice_smooth}.")
+        if resolution not in LOSS_RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {LOSS_RESOLUTIONS}, got {resolution!r}.")
+        self.resolution = resolution
         self.terms = {name: float(c) for name, c in terms.items() if c}
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.ignore_index = ignore_index
@@ -302,7 +325,7 @@ class SegmentationLoss:
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with _no_autocast(logits.device):
-            prep = _prepare(logits, labels, self.ignore_index)
+            prep = _prepare(logits, labels, self.ignore_index, self.resolution)
             weight = self._device_weights.get(logits.device)
             if weight is None and self.class_weights is not None:  # one host-to-device copy, not one per step
                 weight = _weight_tensor(self.class_weights, logits.shape[1], logits.device)
@@ -322,7 +345,7 @@ class SegmentationLoss:
 
     def __repr__(self) -> str:
         return (f"SegmentationLoss(terms={self.terms}, class_weights={self.class_weights is not None}, "
-                f"ignore_index={self.ignore_index})")
+                f"ignore_index={self.ignore_index}, resolution={self.resolution!r})")
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int,

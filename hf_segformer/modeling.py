@@ -62,6 +62,8 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
         "label2id": {v: int(k) for k, v in id2label.items()},
         "semantic_loss_ignore_index": ignore_index,
     }
+    label_kwargs.update({name: value for name in ("drop_path_rate", "classifier_dropout_prob")
+                         if (value := getattr(args, name)) is not None})
     if args.model_name_or_path is None:
         logger.info("Building SegFormer-%s from config with random weights.", args.model_variant)
         model = SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))

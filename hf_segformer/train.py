@@ -9,15 +9,17 @@ import sys
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from datasets import DatasetDict, Image
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from .batchnorm import convert_sync_batchnorm
 from .checks import DataReport, check_data
 from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
-from .errors import DataError, RecipeError
+from .errors import DataError, RecipeError, TrainingError
 from .labels import LabelDecoder, find_id2label_file
 from .losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
@@ -25,7 +27,7 @@ from .modeling import build_image_processor, build_model
 from .reports import write_class_report
 from .runchecks import check_run
 from .synthetic import write_synthetic_dataset
-from .trainer import SegformerTrainer
+from .trainer import SegformerTrainer, out_of_memory_message
 from .transforms import EvalTransform, SegmentationCollator, TrainTransform
 
 logger = logging.getLogger("hf_segformer")
@@ -35,7 +37,10 @@ def setup_logging(training_args: SegformerTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
     level = training_args.get_process_log_level()
-    logger.setLevel(level)
+    # "passive" keeps transformers' warnings-only default, but this package's own lines (world size and batch,
+    # class weights, checks) are what a user reads on the main process.
+    passive_main = training_args.log_level == "passive" and training_args.should_log
+    logger.setLevel(logging.INFO if passive_main else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
@@ -107,7 +112,8 @@ def build_loss(training_args: SegformerTrainingArguments, data_args: DataArgumen
         logger.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights))
     return SegmentationLoss(training_args.loss_terms, class_weights=weights, ignore_index=data_args.ignore_index,
                             focal_gamma=training_args.focal_gamma, ohem_thresh=training_args.ohem_thresh,
-                            ohem_min_kept=training_args.ohem_min_kept, dice_smooth=training_args.dice_smooth)
+                            ohem_min_kept=training_args.ohem_min_kept, dice_smooth=training_args.dice_smooth,
+                            resolution=training_args.loss_resolution)
 
 
 def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
@@ -155,6 +161,15 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     eval_dataset = undecoded[eval_split].with_transform(EvalTransform(decoder, data_args.eval_size)) if eval_split in undecoded else None
 
     model = build_model(model_args, id2label, data_args.ignore_index)
+    if training_args.sync_batchnorm and training_args.world_size > 1:
+        model = convert_sync_batchnorm(model, on_gpu=training_args.device.type == "cuda")
+    logger.info("%d process(es) (%s), per-device train batch %d × gradient accumulation %d → %d images per "
+                "optimizer step; decode-head BatchNorm %s", training_args.world_size,
+                training_args.distributed_state.distributed_type, training_args.per_device_train_batch_size,
+                training_args.gradient_accumulation_steps,
+                training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                * training_args.world_size,
+                "synchronised" if training_args.sync_batchnorm and training_args.world_size > 1 else "per process")
     image_processor = build_image_processor(data_args.eval_size)
     metrics = (LogitsMeanIoU(hub_mean_iou, id2label, data_args.ignore_index) if hub_mean_iou is not None
                else SegmentationMetrics(len(id2label), id2label))
@@ -166,14 +181,20 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     )
 
     results: dict = {}
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    except torch.OutOfMemoryError as err:
+        raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "training")) from err
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
     results.update(train_result.metrics)
     if eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
+        try:
+            eval_metrics = trainer.evaluate()
+        except torch.OutOfMemoryError as err:
+            raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "evaluation")) from err
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         results.update(eval_metrics)

@@ -1,4 +1,5 @@
-"""`SegformerTrainer`: the HF Trainer with a segmentation loss and streaming confusion-matrix evaluation."""
+"""`SegformerTrainer`: the HF Trainer with a segmentation loss, the published SegFormer optimizer groups,
+a guard against NaN/Inf losses and streaming confusion-matrix evaluation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from .errors import TrainingError
 from .losses import SegmentationLoss
 from .metrics import confusion_and_loss, confusion_matrices, pack_labels
 
@@ -38,19 +40,66 @@ class SegformerTrainer(Trainer):
         # Our loss is already a mean over pixels: the Trainer must divide by the accumulation steps itself
         # and must not rescale by the world size (it would if it believed the model used num_items_in_batch).
         self.model_accepts_loss_kwargs = False
+        self.nonfinite_losses = 0
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the decode head at `head_lr_multiplier` × the learning rate.
+
+        Weight decay follows the Trainer's rule (none on biases and on every norm layer: the encoder's
+        LayerNorms and the head's BatchNorm), as the published recipe's `norm: decay_mult 0`. MiT has no
+        separate position block: position comes from the Mix-FFN's depthwise convolutions, which keep decay
+        (MMSegmentation's `pos_block` key matches nothing in MiT either). Multiplier 1: the plain Trainer.
+        """
+        multiplier = getattr(self.args, "head_lr_multiplier", 1.0)
+        if self.optimizer is not None or multiplier == 1.0:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name.startswith("decode_head."), name in decay), []).append(param)
+        lr = self.args.learning_rate
+        # Encoder groups first: the Trainer logs the learning rate of the first group.
+        param_groups = [{"params": params, "lr": lr * (multiplier if head else 1.0),
+                         "weight_decay": self.args.weight_decay if decays else 0.0}
+                        for (head, decays), params in sorted(groups.items())]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if {"params", "model"} & set(optimizer_kwargs):
+            raise ValueError(f"head_lr_multiplier cannot be combined with optim={self.args.optim}, which builds "
+                             "its own parameter groups; set head_lr_multiplier: 1.0.")
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
         outputs = model(**inputs)
         if labels is None:
             raise ValueError("SegformerTrainer needs 'labels' in every batch.")
-        if model.training or not self.eval_confusion:
+        if model.training:
+            loss = self._finite_or_skipped(self.loss_fn(outputs.logits, labels), model)
+        elif not self.eval_confusion:
             loss = self.loss_fn(outputs.logits, labels)
         else:  # evaluation: plain cross-entropy and the confusion matrices share one upsampling per sample
             self._batch_confusion, loss = confusion_and_loss(outputs.logits, labels, outputs.logits.shape[1],
                                                              self.ignore_index)
         outputs["loss"] = loss
         return (loss, outputs) if return_outputs else loss
+
+    def _finite_or_skipped(self, loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+        """The loss, or — for a NaN/Inf loss, up to `max_nonfinite_losses` times — a zero loss that still
+        reaches every parameter (DDP expects a gradient from each process); past that, a clear error."""
+        if torch.isfinite(loss):
+            return loss
+        self.nonfinite_losses += 1
+        allowed = getattr(self.args, "max_nonfinite_losses", 0)
+        step, epoch = self.state.global_step + 1, self.state.epoch or 0.0
+        if self.nonfinite_losses > allowed:
+            raise TrainingError(nonfinite_loss_message(float(loss), step, epoch, self.args,
+                                                       self._get_learning_rate() if self.lr_scheduler else None))
+        logger.warning("Training loss is %s at step %d (epoch %.2f): batch skipped (%d of %d allowed).",
+                       float(loss), step, epoch, self.nonfinite_losses, allowed)
+        return torch.stack([param.sum() for param in model.parameters() if param.requires_grad]).sum() * 0.0
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         self._batch_confusion = None
@@ -91,3 +140,33 @@ class SegformerTrainer(Trainer):
         reloaded = type(self.model).from_pretrained(folder)
         self.model.load_state_dict(reloaded.state_dict(), strict=True)
         logger.info("Loaded all %d tensors from %s", len(reloaded.state_dict()), folder)
+
+
+def nonfinite_loss_message(value: float, step: int, epoch: float, args: Any, learning_rate: float | None) -> str:
+    """Why a loss becomes NaN/Inf, for the run's own settings."""
+    causes = []
+    if args.fp16:
+        causes.append("fp16 overflow in the forward pass (activations above 65 504): use bf16 (same speed on "
+                      "recent GPUs, fp32 range) or fp32")
+    lr = f" ({learning_rate:.3g} now)" if learning_rate is not None else ""
+    causes.append(f"a learning rate too high for this batch size{lr}: lower learning_rate, or lengthen "
+                  "warmup_steps, or set max_grad_norm (1.0)")
+    if getattr(args, "class_weights", None) is not None:
+        causes.append("extreme class weights: lower class_weight_clip")
+    causes.append("a corrupt input batch: run `hf-segformer check-data` on the recipe")
+    return (f"Training loss is {value} at step {step} (epoch {epoch:.2f}); stopping rather than training on "
+            "NaNs. Likely causes: " + "; ".join(causes) + ". Resume from the last checkpoint with "
+            "--resume_from_checkpoint last after the change, or allow a few skipped batches with "
+            "max_nonfinite_losses: N.")
+
+
+def out_of_memory_message(args: Any, crop_size: int, during: str) -> str:
+    """The knobs that bring a run's memory down, with this run's values."""
+    return (f"Out of memory during {during} (per-device train batch {args.per_device_train_batch_size}, "
+            f"crop_size {crop_size}, gradient_accumulation_steps {args.gradient_accumulation_steps}, "
+            f"activation_checkpointing {bool(args.activation_checkpointing)}, eval batch "
+            f"{args.per_device_eval_batch_size}). To fit: halve per_device_train_batch_size and double "
+            "gradient_accumulation_steps (same effective batch); or set activation_checkpointing: true (about "
+            "30% slower, much less activation memory); or lower crop_size; use bf16/fp16 if not already; "
+            "for evaluation lower per_device_eval_batch_size or eval_size. Resume with "
+            "--resume_from_checkpoint last.")
