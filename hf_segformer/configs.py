@@ -33,6 +33,11 @@ class DataArguments:
         metadata={"help": "Suffix on mask stems to drop before pairing (e.g. '_gtFine_labelTrainIds')."},
     )
     image_suffix: str = field(default="", metadata={"help": "Suffix on image stems to drop before pairing."})
+    hub_dataset_id: str | None = field(
+        default=None,
+        metadata={"help": "The Hub dataset the model card names when training from local folders (e.g. the repo "
+                          "published with `hf-segformer push-dataset`)."},
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Hub dataset id, or a local folder written by `save_to_disk`."}
     )
@@ -116,6 +121,17 @@ class ModelArguments:
         default=False, metadata={"help": "Allow a checkpoint whose head has another number of classes."}
     )
     model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
+    model_license: str | None = field(
+        default=None,
+        metadata={"help": "Hub licence id for the model card. Unset: NVIDIA's SegFormer licence (non-commercial) when "
+                          "fine-tuning nvidia/mit-* or nvidia/segformer-* weights, otherwise none declared."},
+    )
+    token_merging: str | None = field(
+        default=None,
+        metadata={"help": "Token merging in the encoder's attention (SegFormer++): hq, fast, 2x2, none, or one "
+                          "{query, query_ratio, query_stride, kv, kv_ratio, kv_stride, proportional_attention} "
+                          "mapping per stage. Applies to a loaded model without retraining; see benchmarks/README.md."},
+    )
     drop_path_rate: float | None = field(
         default=None, metadata={"help": "Stochastic depth in the encoder (config default 0.1, as MMSegmentation)."}
     )
@@ -123,6 +139,12 @@ class ModelArguments:
         default=None, metadata={"help": "Dropout before the decode head's classifier (config default 0.1)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
+
+    def __post_init__(self) -> None:
+        if self.token_merging is not None:
+            from .token_merging import resolve_token_merging
+
+            resolve_token_merging(self.token_merging)  # a bad preset fails before any data work
 
 
 METRIC_BACKENDS = ("confusion", "evaluate_hub")

@@ -20,6 +20,7 @@ from .checks import DataReport, check_data
 from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
 from .errors import DataError, RecipeError, TrainingError
+from .hub import push_model
 from .labels import LabelDecoder, find_id2label_file
 from .losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
@@ -27,6 +28,7 @@ from .modeling import build_image_processor, build_model
 from .reports import write_class_report
 from .runchecks import check_run
 from .synthetic import write_synthetic_dataset
+from .token_merging import apply_token_merging
 from .trainer import SegformerTrainer, out_of_memory_message
 from .transforms import EvalTransform, SegmentationCollator, TrainTransform
 
@@ -161,6 +163,8 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     eval_dataset = undecoded[eval_split].with_transform(EvalTransform(decoder, data_args.eval_size)) if eval_split in undecoded else None
 
     model = build_model(model_args, id2label, data_args.ignore_index)
+    if model_args.token_merging:
+        apply_token_merging(model, model_args.token_merging)
     if training_args.sync_batchnorm and training_args.world_size > 1:
         model = convert_sync_batchnorm(model, on_gpu=training_args.device.type == "cuda")
     logger.info("%d process(es) (%s), per-device train batch %d × gradient accumulation %d → %d images per "
@@ -202,6 +206,5 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
             write_class_report(training_args.output_dir, metrics.last_confusion, id2label)
 
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_tags=data_args.dataset_name, finetuned_from=model_args.model_name_or_path,
-                            tasks="image-segmentation")
+        push_model(trainer, data_args, model_args)  # model card from this run (cards.py), main process only
     return results

@@ -1,0 +1,454 @@
+"""Hub cards: the model card of a fine-tuning run and the dataset card of a published dataset.
+
+Both are built with `huggingface_hub` (`ModelCard`/`ModelCardData`, `DatasetCard`/`DatasetCardData`) so that
+their YAML follows the Hub's metadata rules. Cards are public: they name Hub repositories, never local
+paths, and never carry a token (`public_text` redacts any that slip in through user-given names).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import platform
+import re
+import statistics
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from .checks import DataReport
+
+DATA_CARDS_DIR = Path(__file__).resolve().parent.parent / "data_cards"
+DATASET_CARD_TEMPLATE = DATA_CARDS_DIR / "template.md"
+NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)
+NVIDIA_LICENSE = {"license": "other", "license_name": "nvidia-segformer",
+                  "license_link": "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"}
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+NOT_IN_URL = r"(?<![\w.:/])"  # a path starts at a word boundary, not inside a URL such as https://data.org/x
+PATH_TAIL = r"[^\s)\]`'\"|,;]*"
+ABSOLUTE_PATH = re.compile(NOT_IN_URL + r"(?:/(?:home|root|tmp|Users|mnt|media|data|work|scratch|var|opt|srv)/"
+                           + PATH_TAIL + r"|[A-Za-z]:\\" + PATH_TAIL + ")")
+METRICS = (("mean_iou", "Mean IoU"), ("mean_accuracy", "Mean accuracy"), ("overall_accuracy", "Overall accuracy"))
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"))
+SEGFORMER_CITATION = """@inproceedings{xie2021segformer,
+  title     = {SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers},
+  author    = {Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, Anima and Alvarez, Jose M. and Luo, Ping},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2021}
+}"""
+
+
+def hub_repo_id(value: str | None) -> str | None:
+    """`value` when it names a Hub repository; None for an existing local path or anything else."""
+    if not value or os.path.exists(value) or not REPO_ID.match(value):
+        return None
+    return value
+
+
+def public_text(text: str) -> str:
+    """Redact tokens and local absolute paths (home, working directory, /tmp, ...) from card text."""
+    secrets = {os.environ.get(name) for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")} - {None, ""}
+    cleaned = TOKEN.sub("<token>", text)
+    for secret in secrets:
+        cleaned = cleaned.replace(secret, "<token>")
+    for root in {str(Path.cwd()), str(Path.home())} - {"/"}:
+        cleaned = re.sub(NOT_IN_URL + re.escape(root) + PATH_TAIL, "<local path>", cleaned)
+    cleaned = ABSOLUTE_PATH.sub("<local path>", cleaned)
+    if cleaned != text:
+        warnings.warn("A card contained a token or a local path; it was redacted.", stacklevel=2)
+    return cleaned
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# --- model card -------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunFacts:
+    """What a model card says about a run that its output folder does not hold."""
+
+    repo_id: str
+    base_model: str | None = None  # Hub id of the checkpoint fine-tuned from; None: random init from config
+    dataset_id: str | None = None  # Hub dataset id trained on, if any
+    dataset_name: str = "local data"  # the Hub id, or the local folder's name
+    eval_split: str = "validation"
+    license: str | None = None  # overrides the default (the NVIDIA licence when fine-tuning NVIDIA weights)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    hardware: str = ""
+
+
+def describe_hardware(training_args: Any | None = None) -> str:
+    """The accelerator (or CPU) this process trains on, and how many processes took part."""
+    import torch
+
+    processes = getattr(training_args, "world_size", 1)
+    if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False):
+        device = f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
+    else:
+        model = ""
+        if os.path.isfile("/proc/cpuinfo"):
+            model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                          if line.startswith("model name")), "")
+        device = f"CPU only: {model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"{device}; {processes} training process{'es' if processes != 1 else ''}"
+
+
+def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, Any]:
+    """The hyper-parameters a reader needs to reproduce the run (no paths, no tokens)."""
+    args = training_args
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    optimizer = getattr(args.optim, "value", args.optim)
+    values = {
+        "learning_rate": args.learning_rate,
+        "train_batch_size (per device)": args.per_device_train_batch_size,
+        "eval_batch_size (per device)": args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "total_train_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "optimizer": f"{optimizer} (betas {args.adam_beta1}, {args.adam_beta2}, epsilon {args.adam_epsilon})",
+        "weight_decay": args.weight_decay,
+        "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "num_epochs": args.num_train_epochs if args.max_steps is None or args.max_steps <= 0 else None,
+        "max_steps": args.max_steps if args.max_steps and args.max_steps > 0 else None,
+        "mixed_precision": precision,
+        "seed": args.seed,
+        "loss": getattr(args, "loss_terms", None),
+        "class_weights": args.class_weights if isinstance(getattr(args, "class_weights", None), str) else
+        ("given per class" if getattr(args, "class_weights", None) else None),
+        "crop_size": data_args.crop_size,
+        "train_scale": list(data_args.train_scale),
+        "ratio_range": list(data_args.ratio_range),
+        "cat_max_ratio": data_args.cat_max_ratio,
+        "hflip_prob": data_args.hflip_prob,
+        "photometric_distortion": data_args.photometric_distortion,
+        "eval_size": data_args.eval_size,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def run_facts(training_args: Any, data_args: Any, model_args: Any, repo_id: str) -> RunFacts:
+    """Collect a run's facts from its recipe; `model_license` and `hub_dataset_id` are optional recipe fields."""
+    dataset_id = data_args.hub_dataset_id or hub_repo_id(data_args.dataset_name)
+    folder = data_args.data_dir or data_args.image_dir
+    name = dataset_id or (Path(folder).name if folder else "local data")  # a folder's name, never its path
+    return RunFacts(repo_id=repo_id, base_model=hub_repo_id(model_args.model_name_or_path), dataset_id=dataset_id,
+                    dataset_name=name, eval_split=data_args.eval_split,
+                    license=model_args.model_license,
+                    hyperparameters=training_hyperparameters(training_args, data_args),
+                    hardware=describe_hardware(training_args))
+
+
+def _architecture(config: dict) -> str:
+    from .modeling import MIT_VARIANTS
+
+    for name, variant in MIT_VARIANTS.items():
+        if config.get("depths") == variant["depths"] and config.get("hidden_sizes") == variant["hidden_sizes"]:
+            return f"SegFormer-{name.upper()} (MiT-{name} encoder)"
+    return f"SegFormer (depths {config.get('depths')}, widths {config.get('hidden_sizes')})"
+
+
+def _license_metadata(facts: RunFacts) -> dict[str, str]:
+    if facts.license:
+        return {"license": facts.license}
+    if facts.base_model and NVIDIA_CHECKPOINT.match(facts.base_model):
+        return dict(NVIDIA_LICENSE)
+    return {}
+
+
+def _license_section(facts: RunFacts, metadata: dict[str, str]) -> str:
+    lines = []
+    if facts.base_model and NVIDIA_CHECKPOINT.match(facts.base_model):
+        lines.append(f"The weights this model was fine-tuned from, [{facts.base_model}](https://huggingface.co/"
+                     f"{facts.base_model}), are released by NVIDIA under the [NVIDIA Source Code License for "
+                     f"SegFormer]({NVIDIA_LICENSE['license_link']}), which permits **non-commercial use only** "
+                     "(research or evaluation). This fine-tuned model is derived from them and carries the same "
+                     "restriction.")
+    if metadata.get("license") and metadata != NVIDIA_LICENSE:
+        lines.append(f"Licence declared for this model: `{metadata['license']}`.")
+    if not metadata:
+        lines.append("No licence was declared for this model (set `model_license` in the recipe). Check the "
+                     "licence of the training data before using it.")
+    lines.append("The training data's own licence also applies; see the dataset card.")
+    return "\n\n".join(lines)
+
+
+def _eval_results(output_dir: Path, facts: RunFacts) -> tuple[list[EvalResult], dict[str, dict]]:
+    """model-index entries for each saved evaluation (`eval_results.json`, and `test_results.json` if any)."""
+    dataset_type = facts.dataset_id or re.sub(r"[^a-z0-9]+", "-", facts.dataset_name.lower()).strip("-")
+    results, by_split = [], {}
+    for prefix, split in (("eval", facts.eval_split), ("test", "test")):
+        metrics = _read_json(output_dir / f"{prefix}_results.json")
+        if not metrics:
+            continue
+        by_split[split] = {key: metrics[f"{prefix}_{key}"] for key, _ in METRICS if f"{prefix}_{key}" in metrics}
+        for key, name in METRICS:
+            if f"{prefix}_{key}" in metrics:
+                results.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation",
+                                          dataset_type=dataset_type, dataset_name=facts.dataset_name,
+                                          dataset_split=split, metric_type=key, metric_name=name,
+                                          metric_value=round(float(metrics[f"{prefix}_{key}"]), 4)))
+    return results, by_split
+
+
+def _history_table(output_dir: Path, limit: int = 25) -> str:
+    state = _read_json(output_dir / "trainer_state.json") or {}
+    history = state.get("log_history", [])
+    rows, train_loss = [], None
+    for entry in history:
+        if "loss" in entry:
+            train_loss = entry["loss"]
+        if "eval_mean_iou" in entry:
+            rows.append((entry.get("step"), entry.get("epoch"), train_loss, entry.get("eval_loss"),
+                         entry.get("eval_mean_iou"), entry.get("eval_mean_accuracy")))
+    if not rows:
+        return ""
+    if len(rows) > limit:
+        step = -(-len(rows) // limit)
+        rows = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
+    lines = ["| step | epoch | training loss | validation loss | mIoU | mean accuracy |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join("–" if v is None else _fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _usage(repo_id: str) -> str:
+    return f'''```python
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{repo_id}")
+for segment in segmenter("image.jpg"):  # one entry per class found in the image
+    print(segment["label"], segment["mask"].size)  # mask: PIL image, 255 where the class is
+```
+
+Per-pixel class ids at the image's own size:
+
+```python
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+model = AutoModelForSemanticSegmentation.from_pretrained("{repo_id}")
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    outputs = model(**processor(images=image, return_tensors="pt"))
+class_ids = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]  # H×W
+```'''
+
+
+def _evaluation_section(output_dir: Path, facts: RunFacts, by_split: dict[str, dict], id2label: dict[int, str]) -> str:
+    parts = ["## Evaluation"]
+    for split, values in by_split.items():
+        shown = ", ".join(f"{name} **{values[key]:.4f}**" for key, name in METRICS if key in values)
+        parts.append(f"On the `{split}` split, at each label's native resolution: {shown}.")
+    if not by_split:
+        parts.append("This run saved no evaluation results.")
+    if (output_dir / "eval_confusion_matrix.npy").is_file():
+        from .reports import class_table
+
+        parts.append(f"Per class (`{facts.eval_split}` split; IoU and accuracy as `evaluate`'s mean_iou, n/a for a "
+                     "class absent from labels and predictions):\n\n"
+                     + class_table(np.load(output_dir / "eval_confusion_matrix.npy"), id2label))
+    if (output_dir / "eval_confusion_matrix.png").is_file():
+        parts.append(f"![Confusion matrix on the {facts.eval_split} split, row-normalised](eval_confusion_matrix.png)")
+    return "\n\n".join(parts)
+
+
+def _training_section(output_dir: Path, facts: RunFacts) -> str:
+    parts = ["## Training procedure", "### Hyper-parameters",
+             "\n".join(f"- {key}: {_fmt(value)}" for key, value in facts.hyperparameters.items()) or "- not recorded"]
+    history = _history_table(output_dir)
+    if history:
+        parts += ["### Training results", history]
+    parts += ["### Hardware and software", "\n".join([
+        f"- Hardware: {facts.hardware or 'not recorded'}", f"- Framework versions: {_framework_versions()}",
+        "- Weights are stored as safetensors; loading needs no `trust_remote_code`.",
+        "- TensorBoard logs of the run are in `runs/`."])]
+    return "\n\n".join(parts)
+
+
+def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCard:
+    """The model card of a finished run, from its output folder (config, results, confusion matrix, history)."""
+    output_dir = Path(output_dir)
+    config = _read_json(output_dir / "config.json")
+    if config is None:
+        raise DataError(f"{output_dir} has no config.json: save the model before writing its card.")
+    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+    size = (_read_json(output_dir / "preprocessor_config.json") or {}).get("size", {})
+    eval_results, by_split = _eval_results(output_dir, facts)
+    license_metadata = _license_metadata(facts)
+    model_name = facts.repo_id.split("/")[-1]
+    card_data = ModelCardData(
+        base_model=facts.base_model, datasets=[facts.dataset_id] if facts.dataset_id else None,
+        library_name="transformers", pipeline_tag="image-segmentation", metrics=[key for key, _ in METRICS],
+        tags=["segformer", "semantic-segmentation", "vision", "hf-segformer"], model_name=model_name,
+        eval_results=eval_results or None, **license_metadata,
+    )
+    origin = (f"fine-tuned from [{facts.base_model}](https://huggingface.co/{facts.base_model})" if facts.base_model
+              else "trained from random initialisation (no pretrained weights)")
+    dataset = (f"[{facts.dataset_id}](https://huggingface.co/datasets/{facts.dataset_id})" if facts.dataset_id
+               else f"the local dataset `{facts.dataset_name}`")
+    names = ", ".join(id2label[i] for i in sorted(id2label))
+    sections = [
+        f"# {model_name}",
+        f"{_architecture(config)} {origin} on {dataset} for semantic segmentation: it assigns every pixel of an "
+        f"image one of {len(id2label)} classes ({names}). Trained with the hf-segformer recipes and the Hugging "
+        "Face `Trainer`.",
+        _evaluation_section(output_dir, facts, by_split, id2label),
+        "## How to use\n\n" + _usage(facts.repo_id),
+        "## Intended uses and limitations\n\n"
+        f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
+        "gives every pixel one of them. Images are resized to "
+        f"{size.get('height', '?')}×{size.get('width', '?')} by the image processor, and the prediction is "
+        "upsampled back to the image's size. Expect lower accuracy on imagery unlike the training data (other "
+        "sensors, resolutions, regions or seasons); check the dataset card's caveats.",
+        _training_section(output_dir, facts),
+        "## License\n\n" + _license_section(facts, license_metadata),
+        "## Citation\n\n```bibtex\n" + SEGFORMER_CITATION + "\n```",
+    ]
+    body = public_text("\n\n".join(sections))
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
+
+
+def write_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCard:
+    """Build the run's model card and save it as `output_dir/README.md` (what `push_model` uploads)."""
+    card = build_model_card(output_dir, facts)
+    card.save(Path(output_dir) / "README.md")
+    return card
+
+
+def _framework_versions() -> str:
+    def installed(package: str) -> str:
+        try:
+            return f"{package} {version(package)}"
+        except PackageNotFoundError:
+            return f"{package} (not installed)"
+
+    return ", ".join(installed(p) for p in ("hf-segformer", "transformers", "torch", "datasets", "huggingface_hub"))
+
+
+# --- dataset card -----------------------------------------------------------------------------------------------
+
+@dataclass
+class DatasetFacts:
+    """A hand-written card of `data_cards/`: its YAML metadata, opening paragraph and `## ` sections (the
+    published card reuses Source, Masks, License and citation, Caveats; it measures classes and splits itself)."""
+
+    metadata: dict
+    summary: str
+    sections: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "DatasetFacts":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"Dataset card {path} does not exist (the cards of the recipes' datasets are in "
+                            f"{DATA_CARDS_DIR}).")
+        text = path.read_text()
+        match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n(.*)$", text, re.DOTALL)
+        metadata, body = (yaml.safe_load(match.group(1)) or {}, match.group(2)) if match else ({}, text)
+        parts = re.split(r"^## +(.+?)\s*$", body, flags=re.MULTILINE)
+        summary = re.sub(r"^# .*$", "", parts[0], count=1, flags=re.MULTILINE).strip()
+        sections = {parts[i].strip(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+        return cls(metadata, summary, sections)
+
+
+def display_colours(count: int) -> dict[int, tuple[int, int, int]]:
+    """Distinct, stable colours for class ids (golden-ratio hue steps), for cards and previews."""
+    colours = {}
+    for class_id in range(count):
+        hue = (class_id * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.65 if class_id % 2 else 0.9, 0.95 if class_id % 3 else 0.75)
+        colours[class_id] = (round(255 * r), round(255 * g), round(255 * b))
+    return colours
+
+
+def _ordered_splits(report: DataReport) -> list[str]:
+    order = {"train": 0, "validation": 1, "test": 2}
+    return sorted(report.splits, key=lambda name: (order.get(name, 3), name))
+
+
+def _class_table(report: DataReport, colours: dict[int, tuple[int, int, int]]) -> str:
+    splits = _ordered_splits(report)
+    lines = ["| id | name | colour | " + " | ".join(f"{s} share" for s in splits) + " |",
+             "|---:|---|---|" + "---:|" * len(splits)]
+    totals = {s: max(sum(r.pixel_counts[:-1]), 1) for s, r in report.splits.items()}
+    for class_id in range(report.num_labels):
+        shares = " | ".join(f"{100 * report.splits[s].pixel_counts[class_id] / totals[s]:.2f}%" for s in splits)
+        colour = "#{:02X}{:02X}{:02X}".format(*colours[class_id]) if class_id in colours else "–"
+        lines.append(f"| {class_id} | {report.id2label.get(class_id, class_id)} | {colour} | {shares} |")
+    ignored = " | ".join(f"{report.splits[s].pixel_counts[-1]:,} px" for s in splits)
+    lines.append(f"| {report.ignore_index} | *(ignored, not a class)* | – | {ignored} |")
+    return "\n".join(lines)
+
+
+def _min_median_max(values: list[int]) -> str:
+    return f"{min(values)} / {statistics.median(values):g} / {max(values)}"
+
+
+def _split_table(report: DataReport) -> str:
+    lines = ["| split | images | width min / median / max | height min / median / max | distinct sizes |",
+             "|---|---:|---|---|---:|"]
+    for name in _ordered_splits(report):
+        split = report.splits[name]
+        widths, heights = [w for w, _ in split.image_sizes], [h for _, h in split.image_sizes]
+        lines.append(f"| {name} | {split.num_samples} | {_min_median_max(widths)} | {_min_median_max(heights)} | "
+                     f"{len(set(split.image_sizes))} |")
+    return "\n".join(lines)
+
+
+def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | None = None, *,
+                       license: str | None = None, pretty_name: str | None = None,
+                       source_colours: dict[int, tuple[int, int, int]] | None = None, mask_notes: str | None = None,
+                       template_path: str | os.PathLike = DATASET_CARD_TEMPLATE) -> DatasetCard:
+    """The published dataset's card: the facts card's metadata and prose plus tables measured by the data check."""
+    if not Path(template_path).is_file():
+        raise DataError(f"Dataset card template {template_path} not found: run from a checkout of hf-segformer "
+                        "(the template lives in data_cards/) or pass template_path.")
+    facts = facts or DatasetFacts({}, "", {})
+    metadata = {key: value for key, value in facts.metadata.items() if key not in ("configs", "dataset_info")}
+    if license:
+        metadata = {k: v for k, v in metadata.items() if k not in ("license", "license_name", "license_link")}
+        metadata["license"] = license
+    if not metadata.get("license"):
+        raise DataError("The dataset card needs a license: give --license (a Hub licence id such as cc-by-4.0, or "
+                        "'other' with license_name/license_link in the card) or a card in data_cards/ that sets one.")
+    total = sum(split.num_samples for split in report.splits.values())
+    metadata.update(task_categories=["image-segmentation"], task_ids=["semantic-segmentation"],
+                    size_categories=[next((name for limit, name in SIZE_CATEGORIES if total < limit), "n>10M")])
+    metadata["pretty_name"] = pretty_name or metadata.get("pretty_name") or repo_id.split("/")[-1]
+    metadata["tags"] = sorted(set(metadata.get("tags") or []) | {"semantic-segmentation"})
+    card_data = DatasetCardData(**metadata)
+    colours = source_colours or display_colours(report.num_labels)
+    colour_note = ("the mask colour in the source data" if source_colours else
+                   "a display colour only: the masks store class ids")
+    sections = facts.sections
+    card = DatasetCard.from_template(
+        card_data, template_path=str(template_path), repo_id=repo_id, summary=facts.summary,
+        source=sections.get("Source", "Not described."),
+        masks=mask_notes or sections.get("Masks", "Not described."),
+        license_text=sections.get("License and citation", f"License: `{metadata['license']}`."),
+        caveats=sections.get("Caveats", "None recorded."),
+        class_table=_class_table(report, colours), colour_note=colour_note, split_table=_split_table(report),
+        num_labels=report.num_labels, ignore_index=report.ignore_index,
+    )
+    return DatasetCard(public_text(str(card)))

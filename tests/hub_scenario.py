@@ -1,0 +1,98 @@
+"""The Hub round trip that `test_hub.py` runs in a fresh process against `hub_server.HubServer`.
+
+A fresh process, because `huggingface_hub` and `datasets` read HF_ENDPOINT (and the offline switches) when they
+are imported. Steps: publish a folder dataset with `hf-segformer push-dataset`, read it back with
+`load_dataset`, put a stand-in `nvidia/mit-b0` on the server, fine-tune from both through the entry point of
+`recipes/finetune.py`, push the run with `push_model` from a Trainer, then load the pushed model with
+`pipeline("image-segmentation")` and its card with `ModelCard.load`. Results go to `<work>/scenario.json`.
+
+    python hub_scenario.py WORK_DIR DATA_DIR
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(work: Path, data_dir: Path) -> None:
+    from datasets import load_dataset
+    from huggingface_hub import HfApi, ModelCard
+    from PIL import Image
+    from transformers import SegformerForImageClassification, SegformerForSemanticSegmentation, pipeline
+
+    from hf_segformer.cli import main as cli, run_train
+    from hf_segformer.hub import push_model
+    from hf_segformer.modeling import build_image_processor, variant_config
+    from hf_segformer.parser import parse_recipe
+    from hf_segformer.trainer import SegformerTrainer
+
+    out: dict = {}
+    out["push_dataset_rc"] = cli(["push-dataset", "--repo_id", "tester/shapes", "--card",
+                                  str(ROOT / "data_cards/synthetic-shapes.md"), "--data_dir", str(data_dir),
+                                  "--output_dir", str(work / "unused")])
+    try:
+        cli(["push-dataset", "--repo_id", "tester/bad-licence", "--license", "made-up-licence",
+             "--data_dir", str(data_dir), "--output_dir", str(work / "unused")])
+        out["bad_licence_error"] = None
+    except ValueError as err:  # the server's validate-yaml refused the card
+        out["bad_licence_error"] = str(err)
+
+    loaded = load_dataset("tester/shapes")
+    arrays = {}
+    for split, dataset in loaded.items():
+        for i, row in enumerate(dataset):
+            arrays[f"{split}/{i}/image"] = np.asarray(row["image"])
+            arrays[f"{split}/{i}/label"] = np.asarray(row["label"])
+    np.savez(work / "loaded.npz", **arrays)
+    out["loaded_splits"] = {split: len(ds) for split, ds in loaded.items()}
+
+    # A stand-in for NVIDIA's ImageNet MiT-b0 (the real one cannot be downloaded here): same architecture.
+    SegformerForImageClassification(variant_config("b0", num_labels=10)).push_to_hub("nvidia/mit-b0")
+
+    run = work / "run"
+    argv = ["--dataset_name", "tester/shapes", "--synthetic_data", "false", "--model_name_or_path", "nvidia/mit-b0",
+            "--output_dir", str(run), "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32",
+            "--cat_max_ratio", "1.0", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+            "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--logging_steps", "1",
+            "--save_strategy", "no", "--bf16", "false", "--dataloader_num_workers", "0",
+            "--dataloader_persistent_workers", "false", "--report_to", "tensorboard"]
+    # The recipe's own push (push_to_hub: true → train.main → push_model) into a repository of its own.
+    pushing = argv + ["--push_to_hub", "true", "--hub_model_id", "seg-shapes-recipe", "--output_dir", str(work / "run2")]
+    quickstart = str(ROOT / "recipes/quickstart.yaml")
+    out["train_rc"] = run_train(argv, default_config=quickstart)
+    out["eval_results"] = json.loads((run / "eval_results.json").read_text())
+    out["recipe_push_rc"] = run_train(pushing, default_config=quickstart)
+    out["recipe_push_files"] = sorted(HfApi().list_repo_files("tester/seg-shapes-recipe"))
+    out["recipe_push_card"] = ModelCard.load("tester/seg-shapes-recipe").data.to_dict()
+
+    # End of training as train.py does it: push_model(trainer, data_args, model_args).
+    data_args, model_args, training_args = parse_recipe(argv, default_config=quickstart)
+    args = dataclasses.replace(training_args, push_to_hub=True, hub_model_id="seg-shapes", hub_private_repo=True,
+                               eval_strategy="no")
+    trainer = SegformerTrainer(model=SegformerForSemanticSegmentation.from_pretrained(run), args=args,
+                               processing_class=build_image_processor(data_args.eval_size))
+    # What the Trainer's own intermediate pushes (hub_strategy every_save) leave in the repository: a pickle.
+    HfApi().upload_file(path_or_fileobj=b"pickled TrainingArguments", path_in_repo="training_args.bin",
+                        repo_id=trainer.hub_model_id)
+    out["commit_url"] = push_model(trainer, data_args, model_args)
+    out["hub_model_id"] = trainer.hub_model_id
+    out["folder_commit_url"] = push_model(run, repo_id="tester/seg-folder")  # a folder with its card already
+
+    segmenter = pipeline("image-segmentation", model=trainer.hub_model_id)
+    image = Image.fromarray(np.asarray(loaded["validation"][0]["image"]))
+    out["pipeline_labels"] = sorted(segment["label"] for segment in segmenter(image))
+    card = ModelCard.load(trainer.hub_model_id)
+    out["card_eval_results"] = [dataclasses.asdict(result) for result in card.data.eval_results]
+    out["card_base_model"] = card.data.base_model
+    (work / "scenario.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
