@@ -1,0 +1,73 @@
+"""ONNX export: one exported file serves every batch size and image size with PyTorch's logits, records its
+opset and class names, and the CLI reports the parity check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny_segformer
+
+pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
+
+from hf_segformer.cli import main as cli_main  # noqa: E402
+from hf_segformer.errors import RecipeError  # noqa: E402
+from hf_segformer.modeling import build_image_processor  # noqa: E402
+from hf_segformer.onnx_export import (  # noqa: E402
+    export_model,
+    export_onnx,
+    load_onnx_session,
+    onnx_logits,
+    onnx_metadata,
+)
+from hf_segformer.token_merging import apply_token_merging  # noqa: E402
+
+ID2LABEL = {0: "sky", 1: "road", 2: "car"}
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "model"
+    build_tiny_segformer(ID2LABEL).save_pretrained(folder)
+    build_image_processor(64).save_pretrained(folder)
+    return folder
+
+
+def test_one_export_matches_pytorch_at_other_sizes_and_batches(model_dir, tmp_path, capsys):
+    path = tmp_path / "model.onnx"
+    checks = export_onnx(model_dir, path, opset=17, check_sizes=[(64, 64), (72, 40)])
+    assert [c.size for c in checks] == [(64, 64), (72, 40)] and all(c.batch == 2 for c in checks)
+    assert all(c.passed for c in checks), [str(c) for c in checks]
+    printed = capsys.readouterr().out
+    assert "opset 17" in printed and "max |logit difference|" in printed and "argmax agreement" in printed
+
+    session = load_onnx_session(path)
+    metadata = onnx_metadata(session)
+    assert metadata["opset"] == "17" and metadata["id2label"] == ID2LABEL
+    assert metadata["preprocessor_config"]["size"] == {"height": 64, "width": 64}
+
+    model = build_tiny_segformer(ID2LABEL)
+    for shape in [(1, 3, 70, 45), (3, 3, 33, 97)]:  # neither the tracing batch nor sizes a multiple of 32
+        pixel_values = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0]))
+        with torch.no_grad():
+            expected = model(pixel_values=pixel_values).logits
+        actual = onnx_logits(session, pixel_values)
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+        assert torch.equal(onnx_logits(session, pixel_values.numpy()), actual)
+
+
+def test_cli_exports_and_reports_parity(model_dir, tmp_path, capsys):
+    path = tmp_path / "cli.onnx"
+    assert cli_main(["export-onnx", str(model_dir), str(path), "--check_size", "48", "80"]) == 0
+    out = capsys.readouterr().out
+    assert path.is_file() and "2×3×48×80: max |logit difference|" in out and "FAILED" not in out
+
+
+def test_missing_model_and_merged_model_are_refused(tmp_path):
+    with pytest.raises(RecipeError, match="no config.json"):
+        export_onnx(tmp_path / "nothing", tmp_path / "x.onnx")
+    model = build_tiny_segformer(ID2LABEL)
+    apply_token_merging(model, "hq")
+    with pytest.raises(RecipeError, match="without token merging"):
+        export_model(model, tmp_path / "merged.onnx", sample_size=(64, 64))
