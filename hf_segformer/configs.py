@@ -30,9 +30,10 @@ class DataArguments:
     mask_dir: str | None = field(default=None, metadata={"help": "Mask folder (instead of data_dir/masks)."})
     mask_suffix: str = field(
         default="",
-        metadata={"help": "Suffix on mask stems to drop before pairing (e.g. '_gtFine_labelTrainIds')."},
+        metadata={"help": "Suffix on mask stems to drop before pairing (e.g. '_gtFine_labelTrainIds'); "
+                          "other files in the mask folder (e.g. '_gtFine_color') are then left out."},
     )
-    image_suffix: str = field(default="", metadata={"help": "Suffix on image stems to drop before pairing."})
+    image_suffix: str = field(default="", metadata={"help": "Suffix on image stems to drop before pairing (only such files are images then)."})
     hub_dataset_id: str | None = field(
         default=None,
         metadata={"help": "The Hub dataset the model card names when training from local folders (e.g. the repo "
@@ -42,6 +43,11 @@ class DataArguments:
         default=None, metadata={"help": "Hub dataset id, or a local folder written by `save_to_disk`."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    dataset_revision: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset revision; 'refs/convert/parquet' reads the Hub's Parquet conversion of a "
+                          "dataset published with a loading script (which datasets 5 no longer runs)."},
+    )
     image_column: str = field(default="image", metadata={"help": "Column with the images (Hub/disk datasets)."})
     label_column: str = field(default="label", metadata={"help": "Column with the masks (Hub/disk datasets)."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})

@@ -31,14 +31,17 @@ def canonical_split(name: str) -> str:
 
 
 def _index_files(folder: Path, extensions: set[str], suffix: str) -> tuple[dict[str, Path], list[str]]:
-    """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys."""
+    """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys.
+    With a suffix, only the files whose stem ends with it take part."""
     index: dict[str, Path] = {}
     duplicates = []
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in extensions:
             continue
         key = str(path.relative_to(folder).with_suffix(""))
-        if suffix and key.endswith(suffix):
+        if suffix:
+            if not key.endswith(suffix):  # e.g. Cityscapes' *_gtFine_color.png beside *_gtFine_labelTrainIds.png
+                continue
             key = key[: -len(suffix)]
         if key in index:
             duplicates.append(f"{index[key]} and {path} both pair as '{key}'")
@@ -122,7 +125,7 @@ def _load_hub_or_disk(args: DataArguments) -> DatasetDict:
     if os.path.isdir(name) and any((Path(name) / f).exists() for f in ("dataset_dict.json", "state.json")):
         loaded = load_from_disk(name)
     else:
-        loaded = load_dataset(name, args.dataset_config_name, cache_dir=None)
+        loaded = load_dataset(name, args.dataset_config_name, revision=args.dataset_revision, cache_dir=None)
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     renamed = {}

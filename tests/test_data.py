@@ -194,6 +194,9 @@ def test_image_and_mask_suffixes_are_dropped_before_pairing(data_root, write_ima
     for city in ["aachen_000001", "bonn_000002"]:
         write_image(data_root / "images" / f"{city}_leftImg8bit.png")
         write_mask(data_root / "masks" / f"{city}_gtFine_labelTrainIds.png", stripes())
+        # Cityscapes ships other products beside the train-id masks; with a mask_suffix they are not masks.
+        write_mask(data_root / "masks" / f"{city}_gtFine_color.png", stripes())
+        write_mask(data_root / "masks" / f"{city}_gtFine_instanceIds.png", stripes())
     args = DataArguments(data_dir=str(data_root), image_suffix="_leftImg8bit", mask_suffix="_gtFine_labelTrainIds")
     data = load_data(args)
     assert paths(data["train"], "image") == ["aachen_000001_leftImg8bit.png", "bonn_000002_leftImg8bit.png"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,25 @@ def test_num_labels_must_match_id2label(recipe, tmp_path):
     path = recipe(f"output_dir: {tmp_path}\nid2label: {{0: a, 1: b}}\nnum_labels: 3\n")
     with pytest.raises(ValueError, match="num_labels=3"):
         parse_recipe(["--config", str(path)])
+
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(RECIPE_DIR)))
+def test_every_shipped_recipe_parses(recipe):
+    data_args, model_args, training_args = parse_recipe(["--config", str(recipe)])
+    assert training_args.output_dir and (data_args.data_dir or data_args.dataset_name or data_args.image_dir)
+
+
+@pytest.mark.parametrize("name", ["ade20k/segformer-b0.yaml", "cityscapes/segformer-b0.yaml"])
+def test_published_recipes_use_the_published_optimiser_and_state_what_to_expect(name):
+    recipe = RECIPE_DIR / name
+    text = recipe.read_text()
+    assert "Expected:" in text and "mIoU" in text and "Hardware assumed:" in text
+    _, model_args, args = parse_recipe(["--config", str(recipe)])
+    assert model_args.model_name_or_path == "nvidia/mit-b0"
+    assert (args.learning_rate, args.head_lr_multiplier, args.warmup_steps, args.max_steps) == (6e-5, 10.0, 1500, 160_000)
+    assert args.lr_scheduler_type == "polynomial" and args.lr_scheduler_kwargs == {"power": 1.0, "lr_end": 0.0}
+    assert args.sync_batchnorm and args.weight_decay == 0.01
