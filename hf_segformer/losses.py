@@ -177,8 +177,8 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, reso
         if upsampled.shape[1] == 1:  # binary: log sigmoid(x) for foreground, log sigmoid(-x) for background
             x = upsampled[:, 0]
             log_prob = -F.binary_cross_entropy_with_logits(x, target.float(), reduction="none")
-        else:  # log softmax of the true class only: no second [n, C, h, w] tensor in the forward pass
-            log_prob = upsampled.gather(1, target[:, None])[:, 0] - torch.logsumexp(upsampled, dim=1)
+        else:  # the fused log-softmax + NLL kernel: it keeps one [n, C, h, w] tensor for the backward pass
+            log_prob = -F.cross_entropy(upsampled, target, reduction="none")
         pieces.append((upsampled, target, valid))
         log_probs.append(log_prob[valid])
         targets.append(target[valid])
