@@ -63,3 +63,19 @@ def parse_recipe(
         recipe = load_recipe(config, dataclass_types)
         parser.set_defaults(**recipe)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
+    """Options of a command that runs on a training recipe's data (evaluate, predict): `--config recipe.yaml`
+    is optional; its keys that belong to `dataclass_types` become defaults (the command line wins), its other
+    keys must be recipe fields (a typo is still an error) and are returned as the last item, a dict."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    recipe = load_recipe(known.config, RECIPE_DATACLASSES + dataclass_types) if known.config else {}
+    own = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
+    parser = HfArgumentParser(dataclass_types)
+    parser.set_defaults(**{k: v for k, v in recipe.items() if k in own})
+    return (*parser.parse_args_into_dataclasses(args=rest), {k: v for k, v in recipe.items() if k not in own})

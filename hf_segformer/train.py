@@ -31,6 +31,7 @@ from .synthetic import write_synthetic_dataset
 from .token_merging import apply_token_merging
 from .trainer import SegformerTrainer, out_of_memory_message
 from .transforms import EvalTransform, SegmentationCollator, TrainTransform
+from .visuals import SampleGridCallback, dataset_palette
 
 logger = logging.getLogger("hf_segformer")
 
@@ -183,6 +184,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index, loss_fn=loss_fn,
         eval_confusion=hub_mean_iou is None,
     )
+    if eval_dataset is not None:  # image | ground truth | prediction | errors, at every evaluation
+        SampleGridCallback.attach(trainer, undecoded[eval_split], decoder,
+                                  palette=dataset_palette(len(id2label), data_args))
 
     results: dict = {}
     try:

@@ -170,3 +170,18 @@ def train_tiny():
         return main(*parse_recipe(argv))
 
     return run
+
+
+@pytest.fixture
+def saved_model(tmp_path: Path):
+    """Save a tiny SegFormer and its image processor (eval size 32) as training does (`Trainer.save_model` with
+    the processor as processing class); returns a function (id2label, folder name) → the folder."""
+    from hf_segformer.modeling import build_image_processor
+
+    def save(id2label: dict[int, str], name: str = "model", eval_size: int = 32, seed: int = 0) -> Path:
+        folder = tmp_path / name
+        build_tiny_segformer(id2label, seed).save_pretrained(folder)
+        build_image_processor(eval_size).save_pretrained(folder)
+        return folder
+
+    return save

@@ -1,0 +1,184 @@
+"""`hf-segformer evaluate`: a saved model on a dataset split, at each mask's native resolution, with whole,
+slide or test-time augmented inference (`inference.Segmenter`), on one or several processes.
+
+Each process takes every n-th sample (its shard), sums one C×C confusion matrix (`metrics.confusion_matrices`
+on the logits of `Segmenter.logits`), and the matrices are summed across processes with Accelerate's
+`reduce`; every sample is counted once. The main process writes `eval_results.json` (the metrics of the
+training evaluation: evaluate's `mean_iou` keys, Dice, per-class values), `eval_settings.json`, the
+per-class report and confusion-matrix PNG (`reports.write_class_report`), and `eval_samples.png`, a grid of
+image | ground truth | prediction | error, which also goes to TensorBoard (`runs/`).
+
+    hf-segformer evaluate --config recipes/aerial/segformer-b0.yaml --mode slide --slide_crop 512 --slide_stride 341
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml recipes/evaluate.py --config ... --flip true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, Image
+from PIL import Image as PILImage
+
+from .configs import DataArguments
+from .data import canonical_split, load_data
+from .errors import DataError, RecipeError
+from .inference import InferenceArguments, Segmenter, as_rgb, class_map, writable_folder
+from .labels import LabelDecoder
+from .metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
+from .parser import parse_command
+from .reports import write_class_report
+from .transforms import entry_name, open_image
+from .visuals import dataset_palette, sample_grid, spread_indices
+
+logger = logging.getLogger(__name__)
+
+Sample = tuple[PILImage.Image, np.ndarray, np.ndarray]  # image, label, prediction: a row of the sample grid
+
+
+@dataclass
+class EvaluateArguments:
+    """Where `hf-segformer evaluate` writes, and how many samples its picture shows."""
+
+    eval_output_dir: str | None = field(default=None, metadata={
+        "help": "Results folder; default: <model>/evaluation_<split>_<mode>[_tta] (a Hub model needs it set)."})
+    grid_samples: int = field(default=4, metadata={"help": "Samples in eval_samples.png (spread over the split)."})
+
+
+def load_split(data_args: DataArguments, seed: int = 42) -> Dataset:
+    """The split named by `eval_split`, undecoded. A data folder that holds only that split is fine; a split
+    carved from train (`validation_split`) is carved with the training's seed, so it is the same one."""
+    if data_args.validation_split == 0:
+        data_args = dataclasses.replace(data_args, train_split=data_args.eval_split, max_train_samples=None)
+    data = load_data(data_args, seed)
+    split = canonical_split(data_args.eval_split)
+    if split not in data:
+        raise DataError(f"No '{data_args.eval_split}' split to evaluate; the data has {sorted(data)}.")
+    return data[split].cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
+
+
+def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, said: set[str]) -> tuple:
+    image_name, label_name = entry_name(image_entry), entry_name(label_entry)
+    try:
+        image = as_rgb(open_image(image_entry), image_name, said)
+        image.load()
+        label = decoder(open_image(label_entry), label_name)
+    except OSError as err:
+        raise DataError(f"{image_name} / {label_name} cannot be decoded ({err}); run `hf-segformer check-data`."
+                        ) from err
+    if label.shape != (image.height, image.width):
+        raise DataError(f"{image_name} is {image.width}×{image.height} but its mask {label_name} is "
+                        f"{label.shape[1]}×{label.shape[0]}; they must match pixel for pixel.")
+    return image, label, label_name
+
+
+def evaluate_shard(segmenter: Segmenter, dataset: Dataset, decoder: LabelDecoder, batch_size: int = 8,
+                   process_index: int = 0, num_processes: int = 1,
+                   keep: tuple[int, ...] | list[int] = ()) -> tuple[torch.Tensor, dict[int, Sample]]:
+    """Confusion matrix [C, C] (int64, rows label) of samples process_index, process_index + num_processes, ...,
+    each at its mask's native size; and (image, label, prediction) of the samples whose index is in `keep`."""
+    num_labels = segmenter.num_labels
+    confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=segmenter.device)
+    kept: dict[int, Sample] = {}
+    indices = list(range(process_index, len(dataset), num_processes))
+    said: set[str] = set()  # image modes whose conversion to RGB was logged
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start : start + batch_size]
+        rows = dataset[chunk]
+        pairs = [_decode_pair(i, m, decoder, said) for i, m in zip(rows["image"], rows["label"])]
+        images = [image for image, _, _ in pairs]
+        for index, (image, label, name), logits in zip(chunk, pairs, segmenter.logits(images)):
+            target = torch.from_numpy(label.astype(np.int64))[None]
+            try:
+                confusion += confusion_matrices(logits[None], target, num_labels, decoder.ignore_index)[0]
+            except ValueError as err:
+                raise DataError(f"{name}: {err} The model has {num_labels} classes; check the data with "
+                                "`hf-segformer check-data`.") from err
+            if index in keep:
+                kept[index] = (image, label, class_map(logits, label.shape).cpu().numpy())
+    return confusion, kept
+
+
+def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, str], samples: list[Sample],
+                  palette: np.ndarray, ignore_index: int, extra: dict[str, float]) -> dict[str, float]:
+    """eval_results.json, the per-class report, the confusion-matrix PNG, eval_samples.png and TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    metrics = {f"eval_{k}": v for k, v in flatten_metrics(metrics_from_confusion(confusion), id2label).items()}
+    metrics.update(extra)
+    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_class_report(output_dir, confusion, id2label, prefix="eval")
+    writer = SummaryWriter(log_dir=str(output_dir / "runs"))
+    for key, value in metrics.items():
+        writer.add_scalar(key.replace("eval_", "eval/", 1), value, 0)
+    if samples:
+        grid = sample_grid(samples, palette, ignore_index)
+        grid.save(output_dir / "eval_samples.png")
+        writer.add_image("eval/samples", np.asarray(grid), 0, dataformats="HWC")
+    writer.close()
+    return metrics
+
+
+def default_output_dir(model: str, split: str, args: InferenceArguments) -> Path:
+    if not Path(model).is_dir():
+        raise RecipeError(f"{model} is not a local folder: set --eval_output_dir for the results.")
+    tta = "_tta" if len(set(args.tta_scales)) > 1 or args.flip else ""
+    return Path(model) / f"evaluation_{split}_{args.mode}{tta}"
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    """`hf-segformer evaluate` / `recipes/evaluate.py`: the metrics on the main process ({} on the others)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from .train import label_decoder
+
+    data_args, inference_args, eval_args, recipe = parse_command(
+        argv, (DataArguments, InferenceArguments, EvaluateArguments))
+    model = inference_args.model_path(recipe)
+    split = canonical_split(data_args.eval_split)
+    output_dir = Path(eval_args.eval_output_dir or default_output_dir(model, split, inference_args))
+    writable_folder(output_dir, "eval_output_dir")  # before any work
+
+    # Without cpu=True, Accelerate starts no process group on a machine without GPUs: each process would do it all.
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = Accelerator(cpu=inference_args.device == "cpu" or no_gpu)
+    segmenter = inference_args.load(recipe, device=accelerator.device)
+    dataset = load_split(data_args, int(recipe.get("seed", 42)))
+    decoder = label_decoder(data_args)
+    keep = spread_indices(len(dataset), eval_args.grid_samples)
+    started = time.perf_counter()
+    try:
+        confusion, kept = evaluate_shard(segmenter, dataset, decoder, inference_args.batch_size,
+                                         accelerator.process_index, accelerator.num_processes, keep)
+        failure = None
+    except DataError as err:  # every process must learn of it, or the others would wait in `reduce` forever
+        failure = str(err)
+    failures = [f for f in gather_object([failure]) if f]
+    if failures:
+        raise DataError(failures[0])
+    confusion = accelerator.reduce(confusion, reduction="sum").cpu().numpy()
+    samples = {index: sample for shard in gather_object([kept]) for index, sample in shard.items()}
+    runtime = time.perf_counter() - started
+
+    extra = {"eval_samples": len(dataset), "eval_runtime": round(runtime, 4),
+             "eval_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3)}
+    metrics = {}
+    if accelerator.is_main_process:
+        settings = {"model": model, "split": split, "processes": accelerator.num_processes,
+                    **{f.name: getattr(inference_args, f.name) for f in dataclasses.fields(inference_args)}}
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "eval_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        palette = dataset_palette(segmenter.num_labels, data_args)
+        metrics = write_results(output_dir, confusion, segmenter.id2label, [samples[i] for i in sorted(samples)],
+                                palette, data_args.ignore_index, extra)
+        print(f"{split}: mIoU {metrics['eval_mean_iou']:.4f}, pixel accuracy {metrics['eval_overall_accuracy']:.4f} "
+              f"over {len(dataset)} images in {runtime:.1f} s ({inference_args.mode}); results in {output_dir}")
+    accelerator.wait_for_everyone()
+    return metrics

@@ -1,0 +1,175 @@
+"""`hf-segformer predict`: images (folders, glob patterns or files) → class-id masks, streamed in batches.
+
+Each image `<stem>.<ext>` gives `<predictions_dir>/<stem>.png`, a palette PNG whose pixel values are class
+ids and whose palette is the dataset's colours (16-bit PNG beyond 256 classes), and with `--overlays true`
+`<predictions_dir>/overlays/<stem>.jpg` (the image blended with its mask, legend of class names). Sub-folders
+of an input folder are kept. Only file paths are listed up front; images are decoded one batch ahead in a
+background thread. Outputs are written under a temporary name and renamed, so an interrupted run leaves no
+half-written file, and a rerun skips images whose outputs exist (resumable). An image that cannot be decoded
+is reported and skipped; the exit status is 1 if any was.
+
+    hf-segformer predict --config recipes/my-data.yaml --inputs photos/ --predictions_dir outputs/masks --overlays true
+    hf-segformer predict --model outputs/my-run --inputs "scans/**/*.tif" --predictions_dir out --mode slide
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .configs import DataArguments
+from .data import IMAGE_EXTENSIONS
+from .errors import DataError, RecipeError, problems_message
+from .inference import InferenceArguments, Segmenter, as_rgb, writable_folder
+from .parser import parse_command
+from .visuals import dataset_palette, mask_image, overlay
+
+DATA_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are
+
+
+@dataclass
+class PredictArguments:
+    """What `hf-segformer predict` reads and writes."""
+
+    inputs: list[str] | None = field(default=None, metadata={
+        "help": "Image folder(s) (searched recursively), glob pattern(s) (quote them) or image file(s)."})
+    predictions_dir: str | None = field(default=None, metadata={"help": "Where the masks (<stem>.png) are written."})
+    overlays: bool = field(default=False, metadata={
+        "help": "Also write overlays/<stem>.jpg: the image blended with its coloured mask, with a legend."})
+    overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlays."})
+    colour_map: str | None = field(default=None, metadata={
+        "help": "Class colours as the recipe's colour_map ({'#RRGGBB': class_id}); default: the recipe's data."})
+    overwrite: bool = field(default=False, metadata={"help": "Redo images whose outputs exist (default: skip them)."})
+
+
+@dataclass
+class Job:
+    """One input image and the files it becomes."""
+
+    source: Path
+    mask: Path
+    overlay: Path | None
+
+    def done(self) -> bool:
+        return self.mask.is_file() and (self.overlay is None or self.overlay.is_file())
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_jobs(inputs: list[str], predictions_dir: str | os.PathLike, overlays: bool) -> list[Job]:
+    """Every input image with its output paths; inputs matching nothing, and two images that would write the
+    same output (same stem), are errors before any work. Files under predictions_dir itself are left out."""
+    out = Path(predictions_dir).resolve()
+    sources: dict[Path, Path] = {}  # output stem (relative) → image
+    problems = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_image(p)]
+        elif path.is_file():
+            found = [(path, Path(path.name))] if _is_image(path) else []
+        else:
+            matches = [Path(p) for p in sorted(glob.glob(entry, recursive=True))]
+            found = [(p, Path(p.name)) for p in matches if _is_image(p)]
+        found = [(p, rel) for p, rel in found if out not in p.resolve().parents]
+        if not found:
+            problems.append(f"{entry}: no image here (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        for image, relative in found:
+            stem = relative.with_suffix("")
+            if stem in sources and sources[stem] != image:
+                problems.append(f"{sources[stem]} and {image} would both be written as {stem}.png")
+            sources[stem] = image
+    if problems:
+        raise DataError(problems_message("Cannot predict these inputs", problems, "Give existing folders, files or "
+                                         "glob patterns; rename images whose stems clash."))
+    return [Job(image, out / stem.with_name(stem.name + ".png"),
+                out / "overlays" / stem.with_name(stem.name + ".jpg") if overlays else None)
+            for stem, image in sources.items()]
+
+
+def _decode(jobs: list[Job], said: set[str]) -> tuple[list[Job], list[Image.Image], list[str]]:
+    """Decoded RGB images of a batch, and one message per image that could not be decoded."""
+    decoded, images, failures = [], [], []
+    for job in jobs:
+        try:
+            image = Image.open(job.source)
+            image.load()
+            images.append(as_rgb(image, str(job.source), said))
+            decoded.append(job)
+        except Exception as err:  # noqa: BLE001 - whatever PIL raises for one file, the others go on
+            failures.append(f"{job.source}: {type(err).__name__}: {err}")
+    return decoded, images, failures
+
+
+def decoded_batches(jobs: list[Job], batch_size: int) -> Iterator[tuple[list[Job], list[Image.Image], list[str]]]:
+    """`_decode` of consecutive batches, each decoded in a background thread while the previous one is predicted."""
+    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+    said: set[str] = set()  # image modes whose conversion to RGB was logged
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(_decode, batches[0], said) if batches else None
+        for i in range(len(batches)):
+            current = upcoming.result()
+            if i + 1 < len(batches):
+                upcoming = pool.submit(_decode, batches[i + 1], said)
+            yield current
+
+
+def _save(image: Image.Image, path: Path, **params) -> None:
+    """Write under a temporary name, then rename: a file that exists is always complete (resumable runs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, **params)
+    os.replace(partial, path)
+
+
+def predict_files(segmenter: Segmenter, jobs: list[Job], palette: np.ndarray, batch_size: int = 8,
+                  overlay_alpha: float = 0.5, progress: bool = True) -> list[str]:
+    """Predict and write every job; returns the messages of the images that could not be decoded."""
+    failures: list[str] = []
+    with tqdm(total=len(jobs), unit="image", disable=not progress or None) as bar:
+        for batch, images, failed in decoded_batches(jobs, batch_size):
+            failures += failed
+            for job, image, mask in zip(batch, images, segmenter.masks(images)):
+                mask = mask.cpu().numpy()
+                _save(mask_image(mask, palette), job.mask, format="PNG")
+                if job.overlay is not None:
+                    _save(overlay(image, mask, palette, segmenter.id2label, overlay_alpha), job.overlay,
+                          format="JPEG", quality=90)
+            bar.update(len(batch) + len(failed))
+    return failures
+
+
+def main(argv: list[str]) -> int:
+    """`hf-segformer predict`: 0 when every image was predicted (or already was), 1 when some could not be read."""
+    inference_args, predict_args, recipe = parse_command(argv, (InferenceArguments, PredictArguments))
+    if not predict_args.inputs or not predict_args.predictions_dir:
+        raise RecipeError("predict needs --inputs (folders, glob patterns or files) and --predictions_dir.")
+    writable_folder(predict_args.predictions_dir, "predictions_dir")  # before any work
+    jobs = find_jobs(predict_args.inputs, predict_args.predictions_dir, predict_args.overlays)
+    pending = jobs if predict_args.overwrite else [job for job in jobs if not job.done()]
+    segmenter = inference_args.load(recipe)
+    data_keys = {key: recipe[key] for key in DATA_KEYS if recipe.get(key) is not None}
+    if predict_args.colour_map:
+        data_keys["colour_map"] = predict_args.colour_map
+    palette = dataset_palette(segmenter.num_labels, DataArguments(**data_keys))
+    failures = predict_files(segmenter, pending, palette, inference_args.batch_size, predict_args.overlay_alpha)
+    written = len(pending) - len(failures)
+    print(f"Wrote {written} mask{'s' if written != 1 else ''} to {predict_args.predictions_dir}"
+          + (f" ({len(jobs) - len(pending)} already there, skipped)" if len(jobs) > len(pending) else ""))
+    if failures:
+        print(problems_message(f"{len(failures)} of {len(pending)} images could not be read and were skipped",
+                               failures, "Fix or remove them and run the same command again: finished images "
+                               "are skipped."), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,228 @@
+"""Pictures of predictions: class colours, palette PNG masks, overlays with a legend, and sample grids
+(image | ground truth | prediction | error) for evaluations and for TensorBoard during training.
+
+Everything is drawn with PIL and numpy (no pyplot), so it is cheap enough to run at every evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from transformers import TrainerCallback
+
+from .configs import DataArguments
+from .data import MASK_EXTENSIONS
+from .inference import Segmenter, as_rgb
+from .labels import LabelDecoder
+from .transforms import entry_name, open_image, to_rgb
+
+IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels in masks; class 0 is black in the default palette
+WRONG_COLOUR = (230, 25, 45)
+GRID_TILE_HEIGHT = 256
+GRID_COLUMNS = ("image", "ground truth", "prediction", "error")
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """Distinct colours per class id [N, 3] uint8: the PASCAL VOC colour map (class 0 black, 1 dark red, ...).
+
+    The bits of the class id are spread over the high bits of R, G and B, so neighbouring ids get unlike colours.
+    """
+    ids = np.arange(num_classes)
+    colours = np.zeros((num_classes, 3), dtype=np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            colours[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
+    return colours.astype(np.uint8)
+
+
+def dataset_palette(num_classes: int, data_args: DataArguments | None = None) -> np.ndarray:
+    """The dataset's own class colours where it has them, else `default_palette`.
+
+    From the recipe's `colour_map` (RGB masks: colour → class id), or from the palette of the dataset's mask
+    files when they are palette PNGs (VOC style); classes the dataset gives no colour keep the default one.
+    """
+    palette = default_palette(num_classes)
+    if data_args is None:
+        return palette
+    if data_args.colour_map_rgb:
+        for rgb, class_id in data_args.colour_map_rgb.items():
+            if 0 <= class_id < num_classes:
+                palette[class_id] = rgb
+        return palette
+    mask = _first_mask_file(data_args)
+    if mask is not None:
+        with Image.open(mask) as image:
+            if image.mode == "P" and image.getpalette():
+                colours = np.array(image.getpalette(), dtype=np.uint8).reshape(-1, 3)[:num_classes]
+                palette[: len(colours)] = colours
+    return palette
+
+
+def _first_mask_file(data_args: DataArguments) -> Path | None:
+    mask_dir = data_args.mask_dir or (data_args.data_dir and os.path.join(data_args.data_dir, "masks"))
+    if not mask_dir or not os.path.isdir(mask_dir):
+        return None
+    return next((p for p in Path(mask_dir).rglob("*") if p.suffix.lower() in MASK_EXTENSIONS - {".npy"}), None)
+
+
+def mask_image(mask: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """A class-id mask as a PNG-ready image: palette mode ("P", pixel values = class ids, shown in the dataset's
+    colours) up to 256 classes, 16-bit grey ("I;16", values = class ids) beyond."""
+    if len(palette) <= 256:
+        image = Image.fromarray(mask.astype(np.uint8), "P")
+        image.putpalette(palette.reshape(-1).tolist())
+        return image
+    return Image.fromarray(mask.astype(np.uint16))
+
+
+def colourise(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """Class ids → RGB [H, W, 3]; ignored (or unknown) ids are white."""
+    colours = np.concatenate([palette, np.array([IGNORED_COLOUR], dtype=np.uint8)])
+    ids = np.where((mask >= 0) & (mask < len(palette)) & (mask != ignore_index), mask, len(palette))
+    return colours[ids]
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType: the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, id2label: dict[int, str],
+            alpha: float = 0.5) -> Image.Image:
+    """The image blended with its coloured mask, and a legend (colour, class name, share of the image) to the
+    right, listing the classes present, largest first."""
+    image = to_rgb(image)
+    blended = Image.blend(image, Image.fromarray(colourise(mask, palette)), alpha)
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(palette))
+    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    font_size = max(10, min(24, image.height // 30))
+    row = font_size + 6
+    font = _font(font_size)
+    lines = [f"{id2label.get(c, str(c))}  {100 * counts[c] / mask.size:.1f}%" for c in present]
+    measure = ImageDraw.Draw(blended)
+    text_width = max((measure.textlength(line, font=font) for line in lines), default=0)
+    legend_width = int(text_width) + row + 16
+    canvas = Image.new("RGB", (image.width + legend_width, max(image.height, row * len(lines) + 8)), "white")
+    canvas.paste(blended, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, (class_id, line) in enumerate(zip(present, lines)):
+        top = 4 + i * row
+        left = image.width + 6
+        draw.rectangle((left, top, left + row - 6, top + row - 6), fill=tuple(int(v) for v in palette[class_id]),
+                       outline="black")
+        draw.text((left + row, top), line, fill="black", font=font)
+    return canvas
+
+
+def error_map(image: Image.Image, label: np.ndarray, prediction: np.ndarray, ignore_index: int) -> np.ndarray:
+    """The image dimmed to grey, wrong pixels red, unlabelled (ignored) pixels white."""
+    grey = np.asarray(to_rgb(image).convert("L"), dtype=np.float32) * 0.45
+    out = np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
+    ignored = label == ignore_index
+    out[(label != prediction) & ~ignored] = WRONG_COLOUR
+    out[ignored] = IGNORED_COLOUR
+    return out
+
+
+def sample_grid(samples: Sequence[tuple[Image.Image, np.ndarray, np.ndarray]], palette: np.ndarray,
+                ignore_index: int, tile_height: int = GRID_TILE_HEIGHT) -> Image.Image:
+    """One row per (image, label, prediction) sample: image | ground truth | prediction | error, each tile
+    scaled to `tile_height` (aspect kept; masks with nearest-neighbour), column titles on top."""
+    rows = []
+    for image, label, prediction in samples:
+        image = to_rgb(image)
+        tiles = [image, Image.fromarray(colourise(label, palette, ignore_index)),
+                 Image.fromarray(colourise(prediction, palette)),
+                 Image.fromarray(error_map(image, label, prediction, ignore_index))]
+        width = max(1, round(image.width * tile_height / image.height))
+        rows.append([tile.resize((width, tile_height), Image.BILINEAR if i == 0 else Image.NEAREST)
+                     for i, tile in enumerate(tiles)])
+    gap, title = 4, 22
+    column_width = max((row[0].width for row in rows), default=tile_height)
+    grid = Image.new("RGB", (len(GRID_COLUMNS) * (column_width + gap) - gap,
+                             title + len(rows) * (tile_height + gap)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(14)
+    for c, name in enumerate(GRID_COLUMNS):
+        draw.text((c * (column_width + gap) + 4, 3), name, fill="black", font=font)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            grid.paste(tile, (c * (column_width + gap), title + r * (tile_height + gap)))
+    return grid
+
+
+def spread_indices(count: int, num_samples: int) -> list[int]:
+    """`num_samples` indices spread evenly over a dataset of `count` (first and last included)."""
+    if count <= 0 or num_samples <= 0:
+        return []
+    return sorted({round(i * (count - 1) / max(num_samples - 1, 1)) for i in range(min(num_samples, count))})
+
+
+class SampleGridCallback(TrainerCallback):
+    """At each evaluation of a training run, predict a few validation images (whole-image inference, as the
+    evaluation does) and log image | ground truth | prediction | error to TensorBoard (`eval/samples`), and
+    to `output_dir/eval_samples.png` (the latest evaluation's grid).
+
+    `dataset`: the evaluation split with undecoded `image` / `label` columns. The model and the image
+    processor come from the Trainer; TensorBoard is written through the Trainer's own TensorBoard writer.
+    """
+
+    def __init__(self, dataset, decoder: LabelDecoder, num_samples: int = 4, palette: np.ndarray | None = None):
+        self.indices = spread_indices(len(dataset), num_samples)
+        self.dataset = dataset
+        self.decoder = decoder
+        self.palette = palette
+        self.trainer = None
+        self._samples: list[tuple[Image.Image, np.ndarray]] | None = None
+
+    @classmethod
+    def attach(cls, trainer, dataset, decoder: LabelDecoder, num_samples: int = 4,
+               palette: np.ndarray | None = None) -> SampleGridCallback:
+        """Add the callback to `trainer` (it needs the trainer to find its TensorBoard writer)."""
+        callback = cls(dataset, decoder, num_samples, palette)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+        return callback
+
+    def _load_samples(self) -> list[tuple[Image.Image, np.ndarray]]:
+        if self._samples is None:
+            self._samples = []
+            for index in self.indices:
+                row = self.dataset[index]
+                image = as_rgb(open_image(row["image"]), entry_name(row["image"]))
+                self._samples.append((image, self.decoder(open_image(row["label"]), entry_name(row["label"]))))
+        return self._samples
+
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not state.is_world_process_zero or model is None or processing_class is None or not self.indices:
+            return
+        samples = self._load_samples()
+        was_training = model.training
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        segmenter = Segmenter(model, processing_class, device=model.device, precision=precision)
+        predictions = [mask.cpu().numpy() for mask in segmenter.masks([image for image, _ in samples])]
+        model.train(was_training)
+        palette = self.palette if self.palette is not None else default_palette(model.config.num_labels)
+        grid = sample_grid([(image, label, prediction) for (image, label), prediction in zip(samples, predictions)],
+                           palette, self.decoder.ignore_index)
+        grid.save(Path(args.output_dir) / "eval_samples.png")
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            writer.add_image("eval/samples", np.asarray(grid), state.global_step, dataformats="HWC")
+            writer.flush()
+
+    def _tensorboard_writer(self):
+        from transformers.integrations import TensorBoardCallback
+
+        if self.trainer is None:
+            return None
+        for callback in self.trainer.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                return callback.tb_writer
+        return None

@@ -1,0 +1,153 @@
+"""`hf-segformer evaluate` and the training sample grid.
+
+A user relies on: the metrics being those of the predictions at each mask's native size (every labelled pixel
+counted once, also on two processes), the report, confusion matrix and sample grid being written (and the grid
+reaching TensorBoard), bad masks and unwritable output folders being one clear error, and training runs
+logging a sample grid at each evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_segformer.cli import main
+from hf_segformer.inference import InferenceSettings, Segmenter
+from hf_segformer.metrics import confusion_from_arrays, metrics_from_confusion
+
+ROOT = Path(__file__).resolve().parents[1]
+ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
+MASK_SIZES = [(32, 32), (24, 40), (40, 28), (20, 44), (36, 36)]  # (height, width), a validation split only
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def validation_data(tmp_path, write_image, write_mask):
+    """Five image/mask pairs of different sizes, ~10 % of the pixels ignored (255); returns the data folder."""
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate(MASK_SIZES):
+        mask = rng.integers(0, len(ID2LABEL), (height, width))
+        mask[rng.random((height, width)) < 0.1] = 255
+        write_image(tmp_path / f"data/images/validation/{i:03d}.png", size=(width, height), seed=i)
+        write_mask(tmp_path / f"data/masks/validation/{i:03d}.png", mask)
+    return tmp_path / "data"
+
+
+def expected_confusion(model: Path, data: Path, settings: InferenceSettings) -> np.ndarray:
+    """The confusion matrix of the Segmenter's masks against the mask files, counted in numpy."""
+    segmenter = Segmenter.from_pretrained(model, settings)
+    total = np.zeros((5, 5), dtype=np.int64)
+    for image_path in sorted((data / "images/validation").glob("*.png")):
+        label = np.asarray(Image.open(data / "masks/validation" / image_path.name))
+        total += confusion_from_arrays(segmenter(str(image_path)), label, len(ID2LABEL), 255)
+    return total[:4, :4]
+
+
+def test_evaluate_writes_native_resolution_metrics_report_and_pictures(tmp_path, validation_data, saved_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, out = saved_model(ID2LABEL), tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model), "--data_dir", str(validation_data), "--eval_output_dir", str(out),
+                 "--mode", "slide", "--slide_crop", "32", "--slide_stride", "24", "--grid_samples", "3"]) == 0
+
+    confusion = np.load(out / "eval_confusion_matrix.npy")
+    labelled = sum(int((np.asarray(Image.open(p)) != 255).sum()) for p in (validation_data / "masks").rglob("*.png"))
+    assert confusion.sum() == labelled  # every labelled pixel once, at its mask's own size
+    settings = InferenceSettings(mode="slide", slide_crop=[32], slide_stride=[24])
+    np.testing.assert_array_equal(confusion, expected_confusion(model, validation_data, settings))
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics["eval_mean_iou"] == pytest.approx(metrics_from_confusion(confusion)["mean_iou"])
+    assert {"eval_iou_road", "eval_dice_sky", "eval_overall_accuracy"} <= metrics.keys()
+    assert metrics["eval_samples"] == 5
+    assert "| 1 | road |" in (out / "eval_per_class.md").read_text()
+    assert json.loads((out / "eval_settings.json").read_text())["mode"] == "slide"
+    assert Image.open(out / "eval_confusion_matrix.png").size[0] > 100
+    grid = Image.open(out / "eval_samples.png")
+    assert grid.height == 22 + 3 * (256 + 4)  # title row + three samples
+
+    events = EventAccumulator(str(out / "runs"))
+    events.Reload()
+    assert "eval/samples" in events.Tags()["images"] and "eval/mean_iou" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_like_one(tmp_path, validation_data, saved_model):
+    model = saved_model(ID2LABEL)
+    assert main(["evaluate", "--model", str(model), "--data_dir", str(validation_data),
+                 "--eval_output_dir", str(tmp_path / "one"), "--batch_size", "2"]) == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+               str(ROOT / "accelerate_configs/cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+               str(ROOT / "recipes/evaluate.py"),
+               "--model", str(model), "--data_dir", str(validation_data), "--eval_output_dir", str(tmp_path / "two"),
+               "--batch_size", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "two/eval_settings.json").read_text())["processes"] == 2
+    np.testing.assert_array_equal(np.load(tmp_path / "two/eval_confusion_matrix.npy"),
+                                  np.load(tmp_path / "one/eval_confusion_matrix.npy"))
+    one, two = (json.loads((tmp_path / name / "eval_results.json").read_text()) for name in ("one", "two"))
+    assert {k: v for k, v in two.items() if "runtime" not in k and "per_second" not in k} == pytest.approx(
+        {k: v for k, v in one.items() if "runtime" not in k and "per_second" not in k}, nan_ok=True)
+    assert Image.open(tmp_path / "two/eval_samples.png").height == Image.open(tmp_path / "one/eval_samples.png").height
+
+
+def test_a_mask_value_outside_the_classes_is_an_error_naming_the_file(tmp_path, validation_data, saved_model,
+                                                                      write_mask, capsys):
+    write_mask(validation_data / "masks/validation/002.png", np.full((40, 28), 7))  # image 002 is 40 high, 28 wide
+    assert main(["evaluate", "--model", str(saved_model(ID2LABEL)), "--data_dir", str(validation_data),
+                 "--eval_output_dir", str(tmp_path / "eval")]) == 1
+    error = capsys.readouterr().err
+    assert "masks/validation/002.png" in error and "[7]" in error
+
+
+def test_an_unwritable_output_folder_is_an_error_before_any_work(tmp_path, validation_data, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["evaluate", "--model", str(tmp_path / "no-model-here"), "--data_dir", str(validation_data),
+                 "--eval_output_dir", str(tmp_path / "file/eval")]) == 1
+    assert "file/eval" in capsys.readouterr().err  # the folder is named, the model was never loaded
+
+
+def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path, validation_data, tiny_segformer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+    from hf_segformer.evaluation import load_split
+    from hf_segformer.metrics import SegmentationMetrics
+    from hf_segformer.modeling import build_image_processor
+    from hf_segformer.train import label_decoder
+    from hf_segformer.trainer import SegformerTrainer
+    from hf_segformer.transforms import EvalTransform, SegmentationCollator, TrainTransform
+    from hf_segformer.visuals import SampleGridCallback
+
+    data_args = DataArguments(data_dir=str(validation_data), id2label=json.dumps(ID2LABEL), eval_size=32)
+    split, decoder = load_split(data_args), label_decoder(data_args)
+    args = SegformerTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2,
+        eval_strategy="steps", eval_steps=1, save_strategy="no", use_cpu=True, report_to="tensorboard",
+        dataloader_num_workers=0)
+    trainer = SegformerTrainer(
+        model=tiny_segformer(ID2LABEL), args=args, eval_dataset=split.with_transform(EvalTransform(decoder, 32)),
+        train_dataset=split.with_transform(TrainTransform(decoder, 32, (64, 32), cat_max_ratio=1.0)),
+        data_collator=SegmentationCollator(), processing_class=build_image_processor(32),
+        compute_metrics=SegmentationMetrics(len(ID2LABEL), ID2LABEL), ignore_index=255)
+    SampleGridCallback.attach(trainer, split, decoder, num_samples=2)
+    trainer.train()
+
+    assert Image.open(tmp_path / "run/eval_samples.png").height == 22 + 2 * (256 + 4)
+    events = EventAccumulator(str(next((tmp_path / "run/runs").iterdir())))
+    events.Reload()
+    assert [event.step for event in events.Images("eval/samples")] == [1, 2]
