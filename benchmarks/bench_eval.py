@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_memory import memory_gb
+
 RESULT_PREFIX = "RESULT "
 MEAN_IOU_RESULT_KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
@@ -45,16 +47,6 @@ MEAN_IOU_RESULT_KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_ca
 # Worker side (a fresh process per case; torch is imported only here)
 # ---------------------------------------------------------------------------------------------------------------
 
-def memory_gb(field: str) -> float:
-    """VmHWM (peak) or VmRSS (now) of this process in GB, from /proc (ru_maxrss where there is no /proc)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def camvid_like(n: int, image_size: int, label_size: tuple[int, int], num_labels: int, seed: int = 0):

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from process_memory import memory_gb
+
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, SIZE, BATCH = 150, 512, 2
 CASES = {
@@ -34,11 +36,6 @@ CASES = {
 }
 
 
-def memory_gb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / 1e9
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def worker(case: str, precision: str) -> dict:

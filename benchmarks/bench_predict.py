@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_memory import memory_gb
+
 RESULT_PREFIX = "RESULT "
 PREDICT_VARIANTS = {"predict fp32": ("fp32", False), "predict bf16": ("bf16", False), "predict compile": ("fp32", True)}
 LATENCY_VARIANTS = {"fp32": ("fp32", False), "bf16 autocast": ("bf16", False), "torch.compile": ("fp32", True),
@@ -49,16 +51,6 @@ LATENCY_VARIANTS = {"fp32": ("fp32", False), "bf16 autocast": ("bf16", False), "
 # Worker side (a fresh process per case; torch is imported only here)
 # ---------------------------------------------------------------------------------------------------------------
 
-def memory_gb(field: str) -> float:
-    """VmHWM (peak) or VmRSS (now) of this process in GB, from /proc (ru_maxrss where there is no /proc)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def make_image(seed: int, height: int, width: int):

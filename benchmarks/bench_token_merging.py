@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_memory import memory_gb
+
 import torch
 
 from hf_segformer.configs import DataArguments, ModelArguments
@@ -86,12 +88,6 @@ def cases(with_onnx: bool) -> list[tuple[str, str]]:
 # Memory: one case per fresh process
 # ---------------------------------------------------------------------------------------------------------------
 
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
 
 def memory_worker(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
@@ -112,9 +108,9 @@ def memory_worker(args: argparse.Namespace) -> dict:
         before = torch.cuda.memory_allocated(device)
         run(pixels)
         return {"forward_peak_mb": (torch.cuda.max_memory_allocated(device) - before) / 2**20}
-    before = rss_mb("VmRSS")
+    before = 1000 * memory_gb("VmRSS")
     run(pixels)
-    return {"forward_peak_mb": rss_mb("VmHWM") - before, "process_peak_mb": rss_mb("VmHWM")}
+    return {"forward_peak_mb": 1000 * memory_gb("VmHWM") - before, "process_peak_mb": 1000 * memory_gb("VmHWM")}
 
 
 def measure_memory(args: argparse.Namespace, size: str, case: str, precision: str, onnx_path: str | None) -> dict:
