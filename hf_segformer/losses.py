@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import RecipeError
 from .metrics import label_size, upsample_logits
 from .transforms import LABEL_PAD
 
@@ -118,11 +119,11 @@ def validate_class_weights(weights: Sequence[float], num_labels: int) -> list[fl
     """Explicit weights: one finite, non-negative float per class, not all zero (a zero drops a class)."""
     values = [float(w) for w in weights]
     if len(values) != num_labels:
-        raise ValueError(f"{len(values)} class weights for {num_labels} classes.")
+        raise RecipeError(f"class_weights: {len(values)} weights for {num_labels} classes; give one per class id.")
     if any(not math.isfinite(w) or w < 0 for w in values):
-        raise ValueError(f"Class weights must be finite and non-negative, got {values}.")
+        raise RecipeError(f"class_weights must be finite and non-negative, got {values}.")
     if not any(values):
-        raise ValueError("Class weights are all zero: no pixel would carry any loss.")
+        raise RecipeError("class_weights are all zero: no pixel would carry any loss.")
     return values
 
 

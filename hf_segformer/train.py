@@ -66,6 +66,10 @@ def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict
     if id2label is None:
         raise DataError("The class names are unknown: set id2label (or num_labels) in the recipe, "
                         "or put an id2label.json next to the data.")
+    if len(id2label) == 1:
+        raise DataError("One class: a binary task needs both classes named (e.g. {0: background, 1: foreground}); "
+                        "SegFormer's softmax over those two logits is the sigmoid model. (The losses in "
+                        "hf_segformer.losses also take single-channel logits for custom heads.)")
     if data_args.num_labels and data_args.num_labels != len(id2label):
         raise DataError(f"num_labels={data_args.num_labels} but id2label names {len(id2label)} classes.")
     return data, id2label

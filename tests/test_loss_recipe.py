@@ -41,3 +41,16 @@ def test_histogram_weights_need_the_data_check(tmp_path, train_tiny):
 def test_bad_loss_fields_are_recipe_errors(tmp_path, field, value):
     with pytest.raises(RecipeError, match=field):
         SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+def test_explicit_class_weights_of_the_wrong_length_stop_before_training(tmp_path, train_tiny):
+    with pytest.raises(RecipeError, match="class_weights: 3 weights for 4 classes"):
+        train_tiny(tmp_path, "--max_steps", "1", "--class_weights", "[1.0, 2.0, 3.0]")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_single_class_is_refused_with_the_binary_recipe(tmp_path, train_tiny):
+    from hf_segformer.errors import DataError
+
+    with pytest.raises(DataError, match="binary task needs both classes named"):
+        train_tiny(tmp_path, "--max_steps", "1", "--id2label", '{"0": "membrane"}')

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from hf_segformer import losses
 from hf_segformer.checks import DataReport, SplitReport
+from hf_segformer.errors import RecipeError
 from hf_segformer.losses import (
     SegmentationLoss,
     class_weights,
@@ -332,7 +333,7 @@ def test_clip_example():
 
 def test_class_weight_validation():
     assert class_weights(COUNTS, [1, 2, 0, 4]) == [1.0, 2.0, 0.0, 4.0]  # explicit weights pass through
-    with pytest.raises(ValueError, match="3 class weights for 4 classes"):
+    with pytest.raises(RecipeError, match="3 weights for 4 classes"):
         class_weights(COUNTS, [1, 2, 3])
     with pytest.raises(ValueError, match="non-negative"):
         validate_class_weights([1, -1], 2)
