@@ -232,9 +232,9 @@ class SegformerTrainingArguments(TrainingArguments):
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
-        if self.bf16 and not self.use_cpu and not _has_accelerator():
+        if self.bf16 and not self.use_cpu and not has_accelerator():
             self.use_cpu = True  # bf16 on a machine without an accelerator means CPU autocast
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator():
             # A multi-process launch (torchrun, accelerate --multi_gpu) on a machine without an accelerator: without
             # use_cpu, Accelerate starts no process group and every process would train on its own, on all the data.
             self.use_cpu = True
@@ -250,5 +250,5 @@ def _parse_mapping(value: dict | str, name: str) -> dict[str, float]:
         raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err
 
 
-def _has_accelerator() -> bool:
+def has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()

@@ -18,10 +18,12 @@ import logging
 import os
 import shutil
 import uuid
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from .configs import has_accelerator
 from .errors import RecipeError
 
 logger = logging.getLogger("hf_segformer")
@@ -127,8 +129,31 @@ def check_output_dir(output_dir: str | os.PathLike, min_free_gb: float = 1.0) ->
                           "another disk.")
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU computes in bf16 natively (AVX-512 BF16 or AMX); None where /proc/cpuinfo is absent."""
+    try:
+        flags = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    return any(flag in flags.split() for flag in CPU_BF16_FLAGS)
+
+
+def check_cpu_bf16(training_args: Any) -> None:
+    """bf16 autocast on a CPU without native bf16 is emulated and slower than fp32: say so, it is a config choice."""
+    on_cpu = getattr(training_args, "use_cpu", False) or not has_accelerator()
+    if on_cpu and effective_precision(training_args) == "bf16" and cpu_has_native_bf16() is False:
+        logger.warning("bf16 autocast on a CPU without %s is emulated (slower than fp32): set bf16: false in the "
+                       "recipe and mixed_precision: 'no' in the Accelerate config on this machine.",
+                       " or ".join(CPU_BF16_FLAGS))
+
+
 def check_run(training_args: Any, min_free_gb: float = 1.0) -> None:
-    """All run checks, in order: mixed precision source, fp16 device, output_dir writable with free space."""
+    """All run checks, in order: mixed precision source, fp16 device, CPU bf16 support, output_dir writable with
+    free space."""
     check_mixed_precision(training_args)
     check_fp16_device(training_args)
+    check_cpu_bf16(training_args)
     check_output_dir(training_args.output_dir, min_free_gb)

@@ -34,7 +34,7 @@ def free_port() -> int:
 def evaluate_with(config: str, model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
-               "--main_process_port", str(free_port()), str(ROOT / "tests/ddp_eval_script.py"),
+               "--mixed_precision", "no", "--main_process_port", str(free_port()), str(ROOT / "tests/ddp_eval_script.py"),
                "--model_dir", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir)]
     result = subprocess.run(command, cwd=output_dir.parent, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -14,7 +14,8 @@ import yaml
 from hf_segformer import runchecks
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.runchecks import check_fp16_device, check_mixed_precision, check_output_dir, check_run
+from hf_segformer.runchecks import (check_cpu_bf16, check_fp16_device, check_mixed_precision, check_output_dir,
+                                    check_run, cpu_has_native_bf16)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
 REQUIRED_KEYS = ("compute_environment", "distributed_type", "mixed_precision", "num_processes", "num_machines")
@@ -203,3 +204,25 @@ def test_slurm_script_syntax_and_launch_line():
     for needle in ("accelerate launch --config_file", '--machine_rank "$SLURM_NODEID"', "--main_process_ip",
                    "--main_process_port", 'recipes/finetune.py --config "$RECIPE"', "SLURM_JOB_NODELIST"):
         assert needle in text
+
+
+def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n")
+    without.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
+    assert cpu_has_native_bf16(with_bf16) is True and cpu_has_native_bf16(without) is False
+    assert cpu_has_native_bf16(tmp_path / "absent") is None
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, caplog):
+    import hf_segformer.runchecks as runchecks
+
+    monkeypatch.setattr(runchecks, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="hf_segformer"):
+        check_cpu_bf16(args(tmp_path, bf16=True, use_cpu=True))
+    assert "emulated (slower than fp32)" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(runchecks, "cpu_has_native_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="hf_segformer"):
+        check_cpu_bf16(args(tmp_path, bf16=True, use_cpu=True))
+    assert caplog.text == ""
