@@ -95,6 +95,7 @@ class RunFacts:
     license: str | None = None  # overrides the default (the NVIDIA licence when fine-tuning NVIDIA weights)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     hardware: str = ""
+    space_id: str | None = None  # a Space serving the model's demo (`hf-segformer demo --export-space`)
 
 
 def describe_hardware(training_args: Any | None = None) -> str:
@@ -153,7 +154,7 @@ def run_facts(training_args: Any, data_args: Any, model_args: Any, repo_id: str)
     name = dataset_id or (Path(folder).name if folder else "local data")  # a folder's name, never its path
     return RunFacts(repo_id=repo_id, base_model=hub_repo_id(model_args.model_name_or_path), dataset_id=dataset_id,
                     dataset_name=name, eval_split=data_args.eval_split,
-                    license=model_args.model_license,
+                    license=model_args.model_license, space_id=model_args.hub_space_id,
                     hyperparameters=training_hyperparameters(training_args, data_args),
                     hardware=describe_hardware(training_args))
 
@@ -288,6 +289,8 @@ def _training_section(output_dir: Path, facts: RunFacts) -> str:
 
 def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCard:
     """The model card of a finished run, from its output folder (config, results, confusion matrix, history)."""
+    from .space import space_link  # space.py imports this module
+
     output_dir = Path(output_dir)
     config = _read_json(output_dir / "config.json")
     if config is None:
@@ -313,6 +316,7 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
         f"{_architecture(config)} {origin} on {dataset} for semantic segmentation: it assigns every pixel of an "
         f"image one of {len(id2label)} classes ({names}). Trained with the hf-segformer recipes and the Hugging "
         "Face `Trainer`.",
+        *([space_link(facts.space_id)] if facts.space_id else []),
         _evaluation_section(output_dir, facts, by_split, id2label),
         "## How to use\n\n" + _usage(facts.repo_id),
         "## Intended uses and limitations\n\n"

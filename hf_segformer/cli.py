@@ -1,11 +1,11 @@
-"""`hf-segformer` command line: train, check-data, make-synthetic."""
+"""`hf-segformer` command line: train, check-data, make-synthetic, evaluate, predict, coco-to-masks, push-dataset."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .errors import DataError, RecipeError
+from .errors import DataError, RecipeError, TrainingError
 from .parser import parse_recipe
 
 
@@ -37,7 +37,7 @@ def run_train(argv: list[str], default_config: str | None = None) -> int:
 def _report_user_errors(command, *args) -> int:
     try:
         return command(*args)
-    except (DataError, RecipeError) as err:
+    except (DataError, RecipeError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
@@ -57,10 +57,104 @@ def _make_synthetic(argv: list[str]) -> int:
     return 0
 
 
+def _evaluate(argv: list[str]) -> int:
+    from .evaluation import main
+
+    main(argv)
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    from .predict import main
+
+    return main(argv)
+
+
+def _coco_to_masks(argv: list[str]) -> int:
+    from .coco import CATEGORY_MAP_FILE, RULES, convert_coco
+
+    parser = argparse.ArgumentParser(
+        prog="hf-segformer coco-to-masks",
+        description="Convert COCO instance annotations (polygons, RLE) into a data_dir of class-id masks. Rules: "
+                    + "; ".join(f"{key}: {text}" for key, text in RULES.items()) + ".")
+    parser.add_argument("output_dir", help="gets images/<split>/ (links), masks/<split>/, id2label.json and "
+                                           f"{CATEGORY_MAP_FILE}")
+    parser.add_argument("--split", nargs=3, action="append", required=True, metavar=("NAME", "ANNOTATIONS", "IMAGE_DIR"),
+                        help="a split name (train, validation, test), its COCO json and its image folder; repeatable")
+    parser.add_argument("--background_name", default="background", help="name of class 0 (pixels no annotation covers)")
+    parser.add_argument("--no_background", action="store_true",
+                        help="no background class: uncovered pixels become ignore_index, categories start at 0")
+    parser.add_argument("--ignore_index", type=int, default=255)
+    parser.add_argument("--copy_images", action="store_true", help="copy the images instead of linking them")
+    args = parser.parse_args(argv)
+    splits = {name: (annotations, image_dir) for name, annotations, image_dir in args.split}
+    summaries = convert_coco(splits, args.output_dir, None if args.no_background else args.background_name,
+                             args.ignore_index, args.copy_images)
+    for s in summaries:
+        print(f"{s.split}: {s.images} images, {s.annotations} annotations ({s.crowd_annotations} crowd)")
+    print(f"Masks, id2label.json and {CATEGORY_MAP_FILE} in {args.output_dir}")
+    return 0
+
+
+def _push_dataset(argv: list[str]) -> int:
+    from .hub import push_dataset
+
+    parser = argparse.ArgumentParser(
+        prog="hf-segformer push-dataset", allow_abbrev=False,
+        description="Check a recipe's data and publish it on the Hub (Parquet shards, dataset card, id2label.json). "
+                    "Other options are recipe fields: --config recipe.yaml, --data_dir, --id2label, ...")
+    parser.add_argument("--repo_id", required=True, help="namespace/name of the dataset repository")
+    parser.add_argument("--card", help="hand-written card to build on, e.g. data_cards/dubai-aerial.md")
+    parser.add_argument("--license", help="Hub licence id (overrides the card's)")
+    parser.add_argument("--pretty_name")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--max_shard_size", help="e.g. 500MB")
+    parser.add_argument("--dry_run", metavar="DIR", help="write README.md and id2label.json to DIR, push nothing")
+    args, recipe_argv = parser.parse_known_args(argv)
+    data_args, _, training_args = parse_recipe(recipe_argv)
+    where = push_dataset(data_args, args.repo_id, card=args.card, license=args.license, pretty_name=args.pretty_name,
+                         private=True if args.private else None, seed=training_args.seed,
+                         max_shard_size=args.max_shard_size, dry_run_dir=args.dry_run)
+    print(f"Dataset card written to {where}" if args.dry_run else f"Dataset published: {where}")
+    return 0
+
+
+def _export_onnx(argv: list[str]) -> int:
+    from .onnx_export import DEFAULT_OPSET, export_onnx
+
+    parser = argparse.ArgumentParser(
+        prog="hf-segformer export-onnx",
+        description="Export a saved model folder to ONNX (dynamic batch, height, width) and compare ONNX Runtime "
+                    "with PyTorch (max |logit difference|, argmax agreement). Needs pip install 'hf-segformer[onnx]'.")
+    parser.add_argument("model_dir", help="a saved model folder (config.json, model.safetensors)")
+    parser.add_argument("output_path", help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--sample_size", type=int, nargs=2, metavar=("H", "W"),
+                        help="tracing input size (default: the saved image processor's size)")
+    parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
+                        help="input size compared with PyTorch; repeatable (default: two sizes)")
+    parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
+    args = parser.parse_args(argv)
+    checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo)
+    return 0 if all(check.passed for check in checks) else 1
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "train": (_train, "fine-tune from a recipe: --config recipe.yaml [--field value ...]"),
     "check-data": (_check_data, "run the pre-flight data check of a recipe and print the class histogram"),
     "make-synthetic": (_make_synthetic, "write the synthetic shapes dataset to a folder"),
+    "coco-to-masks": (_coco_to_masks, "convert COCO polygons/RLE annotations into a folder of class-id masks"),
+    "push-dataset": (_push_dataset, "check a recipe's data and publish it on the Hub with a dataset card"),
+    "evaluate": (_evaluate, "evaluate a saved model on a split at native resolution (whole, slide, TTA)"),
+    "predict": (_predict, "images (folder, glob, files) → class-id PNG masks and overlays"),
+    "export-onnx": (_export_onnx, "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
+    "demo": (_demo, "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
 }
 
 

@@ -132,6 +132,11 @@ class ModelArguments:
         metadata={"help": "Hub licence id for the model card. Unset: NVIDIA's SegFormer licence (non-commercial) when "
                           "fine-tuning nvidia/mit-* or nvidia/segformer-* weights, otherwise none declared."},
     )
+    hub_space_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub Space (namespace/name) serving this model's demo (`hf-segformer demo --export-space`); "
+                          "the model card written by push_to_hub links to it."},
+    )
     token_merging: str | None = field(
         default=None,
         metadata={"help": "Token merging in the encoder's attention (SegFormer++): hq, fast, 2x2, none, or one "

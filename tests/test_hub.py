@@ -234,6 +234,16 @@ def test_card_redacts_local_paths_and_tokens_that_come_in_through_names(hub_run,
     assert "license" not in card_metadata(card) and "No licence was declared" in card
 
 
+def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
+    from hf_segformer.cards import RunFacts, build_model_card
+
+    _, _, work, _ = hub_run
+    with_space = str(build_model_card(work / "run", RunFacts(repo_id="tester/x", space_id="tester/x-demo")))
+    without = str(build_model_card(work / "run", RunFacts(repo_id="tester/x")))
+    assert "https://huggingface.co/spaces/tester/x-demo" in with_space
+    assert "spaces/" not in without
+
+
 def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp_path):
     from hf_segformer.cards import run_facts
     from hf_segformer.parser import parse_recipe
