@@ -1,4 +1,4 @@
-"""`hf-segformer` command line: train, check-data, make-synthetic, evaluate, predict, coco-to-masks, push-dataset."""
+"""`hf-segformer` command line: one sub-command per task (train, check-data, evaluate, predict, demo, ...)."""
 
 from __future__ import annotations
 
