@@ -184,9 +184,12 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, image_processor: Any = None, settings: InferenceSettings | None = None,
-                 device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False):
+                 device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
+                 onnx_session: Any = None):
         if precision not in PRECISIONS:
             raise RecipeError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'.")
+        if onnx_session is not None and (precision != "fp32" or compile):
+            raise RecipeError("An ONNX model runs in ONNX Runtime in float32: leave precision fp32 and compile off.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.settings = settings or InferenceSettings()
@@ -197,13 +200,18 @@ class Segmenter:
         self._table = normalisation_table(image_processor).to(self.device).view(-1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
         self._forward = torch.compile(self.model) if compile else self.model
+        self._onnx = onnx_session  # set: the forward pass runs in ONNX Runtime (`hf-segformer export-onnx`)
         self._converted_modes: set[str] = set()  # image modes whose conversion to RGB was logged
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str | Path, settings: InferenceSettings | None = None,
                         device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
-                        token_merging: str | None = None, **load_kwargs: Any) -> Segmenter:
-        """A saved model folder (ours, or any `save_pretrained` one) or a Hub id, with its image processor."""
+                        token_merging: str | None = None, onnx: str | Path | None = None,
+                        **load_kwargs: Any) -> Segmenter:
+        """A saved model folder (ours, or any `save_pretrained` one) or a Hub id, with its image processor;
+        `onnx`: the model exported by `hf-segformer export-onnx`, run by ONNX Runtime instead of PyTorch."""
+        if onnx and token_merging:
+            raise RecipeError("token_merging cannot be applied to an exported ONNX model; export without it.")
         model = AutoModelForSemanticSegmentation.from_pretrained(model_name_or_path, **load_kwargs)
         try:
             image_processor = AutoImageProcessor.from_pretrained(model_name_or_path)
@@ -215,7 +223,12 @@ class Segmenter:
             from .token_merging import apply_token_merging
 
             apply_token_merging(model, token_merging)  # patches the encoder's attention in place
-        return cls(model, image_processor, settings, device, precision, compile)
+        session = None
+        if onnx:
+            from .onnx_export import load_onnx_session
+
+            session = load_onnx_session(onnx, torch.get_num_threads())
+        return cls(model, image_processor, settings, device, precision, compile, session)
 
     def __call__(self, images: Any, batch_size: int = 8) -> np.ndarray | list[np.ndarray]:
         """Class-id masks (uint8 up to 256 classes, else int32) at each image's own size. `images`: one path, PIL
@@ -289,6 +302,10 @@ class Segmenter:
         return self._table.index_select(0, index.reshape(-1)).view(index.shape)
 
     def _forward_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._onnx is not None:
+            from .onnx_export import onnx_logits
+
+            return onnx_logits(self._onnx, pixels).to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             return self._forward(pixel_values=pixels).logits
 
@@ -325,6 +342,10 @@ class InferenceArguments(InferenceSettings):
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first batch, then faster)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
     token_merging: str | None = field(default=None, metadata={"help": "Token-merging preset applied to the encoder."})
+    onnx: str | None = field(default=None, metadata={
+        "help": "An .onnx file written by `hf-segformer export-onnx` from this model: the forward pass runs in ONNX "
+                "Runtime (pip install 'hf-segformer[onnx]'; 2.3–2.6× faster than PyTorch fp32 on the development "
+                "CPU, benchmarks/README.md). --model still gives the class names and the image processor."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -344,7 +365,7 @@ class InferenceArguments(InferenceSettings):
         model = self.model_path(recipe)
         try:
             return Segmenter.from_pretrained(model, self, device or self.device, self.precision, self.compile,
-                                             self.token_merging)
+                                             self.token_merging, self.onnx)
         except OSError as err:
             where = "" if Path(model).is_dir() else " (no such folder here, so it was tried as a Hub id)"
             raise RecipeError(f"Cannot load a model from {model}{where}: {err}") from err

@@ -71,3 +71,23 @@ def test_missing_model_and_merged_model_are_refused(tmp_path):
     apply_token_merging(model, "hq")
     with pytest.raises(RecipeError, match="without token merging"):
         export_model(model, tmp_path / "merged.onnx", sample_size=(64, 64))
+
+
+def test_predict_runs_the_exported_model_in_onnx_runtime(model_dir, tmp_path, write_image):
+    from hf_segformer.inference import InferenceSettings, Segmenter
+
+    path = tmp_path / "model.onnx"
+    export_onnx(model_dir, path, opset=17, check_sizes=[(64, 64)])
+    images = [write_image(tmp_path / f"images/{i}.png", size=(50 + 13 * i, 40), seed=i) for i in range(3)]
+    for settings in (InferenceSettings(), InferenceSettings(mode="slide", slide_crop=[32], slide_stride=[20])):
+        expected = Segmenter.from_pretrained(model_dir, settings)(images)
+        onnx = Segmenter.from_pretrained(model_dir, settings, onnx=path)
+        assert onnx._onnx is not None
+        for got, want in zip(onnx(images), expected):
+            assert got.shape == want.shape and (got == want).mean() > 0.999
+
+    code = cli_main(["predict", "--model", str(model_dir), "--onnx", str(path), "--inputs", str(tmp_path / "images"),
+                     "--predictions_dir", str(tmp_path / "masks")])
+    assert code == 0 and len(list((tmp_path / "masks").glob("*.png"))) == 3
+    with pytest.raises(RecipeError, match="float32"):
+        Segmenter.from_pretrained(model_dir, onnx=path, precision="bf16")
