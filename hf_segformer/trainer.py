@@ -92,13 +92,14 @@ class SegformerTrainer(Trainer):
         if torch.isfinite(loss):
             return loss
         self.nonfinite_losses += 1
+        value = loss.detach().item()
         allowed = getattr(self.args, "max_nonfinite_losses", 0)
         step, epoch = self.state.global_step + 1, self.state.epoch or 0.0
         if self.nonfinite_losses > allowed:
-            raise TrainingError(nonfinite_loss_message(float(loss), step, epoch, self.args,
+            raise TrainingError(nonfinite_loss_message(value, step, epoch, self.args,
                                                        self._get_learning_rate() if self.lr_scheduler else None))
         logger.warning("Training loss is %s at step %d (epoch %.2f): batch skipped (%d of %d allowed).",
-                       float(loss), step, epoch, self.nonfinite_losses, allowed)
+                       value, step, epoch, self.nonfinite_losses, allowed)
         return torch.stack([param.sum() for param in model.parameters() if param.requires_grad]).sum() * 0.0
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
