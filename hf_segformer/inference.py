@@ -36,6 +36,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .errors import DataError, RecipeError
+from .head_folding import FoldedSegformer, can_fold
 from .metrics import upsample_logits, upsampled_argmax
 from .runchecks import check_output_dir
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, open_image, rescale_factor, to_rgb, upright
@@ -66,6 +67,9 @@ class InferenceSettings:
         "help": "Test-time augmentation: resize factors of the inference size, e.g. 0.75 1.0 1.25; logits averaged."})
     flip: bool = field(default=False, metadata={"help": "Test-time augmentation: also the horizontally flipped image."})
     window_batch: int = field(default=8, metadata={"help": "Slide windows per forward pass (bounds the memory)."})
+    fold_head: bool = field(default=True, metadata={
+        "help": "Fold the decode head's fusion and BatchNorm into per-stage 1×1 maps (hf_segformer.head_folding): "
+                "the same logits up to float rounding, B0 about 3× faster on the CPU. false: the model as saved."})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -199,7 +203,8 @@ class Segmenter:
         self.autocast = PRECISIONS[precision]
         self._table = normalisation_table(image_processor).to(self.device).view(-1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
-        self._forward = torch.compile(self.model) if compile else self.model
+        forward = FoldedSegformer(self.model) if self.settings.fold_head and can_fold(self.model) else self.model
+        self._forward = torch.compile(forward) if compile else forward
         self._onnx = onnx_session  # set: the forward pass runs in ONNX Runtime (`hf-segformer export-onnx`)
         self._converted_modes: set[str] = set()  # image modes whose conversion to RGB was logged
 

@@ -115,8 +115,8 @@ def test_slide_windows_go_through_the_model_in_batches_no_larger_than_the_cap(sa
         segmenter = Segmenter.from_pretrained(saved_model(ID2LABEL), InferenceSettings(
             mode="slide", slide_crop=[32], slide_stride=[20], window_batch=cap))
         batch_sizes.clear()
-        segmenter.model.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
-            kwargs["pixel_values"].shape[0]), with_kwargs=True)
+        segmenter.model.segformer.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(
+            (args[0] if args else kwargs["pixel_values"]).shape[0]), with_kwargs=True)  # the encoder: every path
         results[cap] = next(segmenter.logits([image]))
         assert sum(batch_sizes) == 4 * 3 and max(batch_sizes) <= cap  # 3 rows × 4 columns of windows
     torch.testing.assert_close(results[2], results[16])  # batching changes nothing but the memory

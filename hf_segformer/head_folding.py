@@ -1,0 +1,77 @@
+"""An exact, cheaper SegFormer decode head for inference: the 1×1 fusion folded into each stage's projection.
+
+SegFormer's all-MLP head projects each encoder stage to D channels, upsamples all four to 1/4 resolution,
+concatenates them (4·D channels) and fuses them with a 1×1 convolution back to D, then BatchNorm, ReLU and
+the classifier. Projection, fusion and (in eval mode) BatchNorm are linear maps on the channels, and bilinear
+upsampling is a linear map on the positions, so they commute: the head equals
+
+    ReLU( Σ_i upsample(A_i · x_i) + b )    with A_i = s ⊙ (F_i · P_i),  b = s ⊙ (Σ_i F_i · p_i − μ) + β
+
+(F_i: the fusion's block for stage i, P_i / p_i: its projection, s = γ / √(σ² + ε), μ, β: BatchNorm). Each
+stage is mapped straight to D channels at its own resolution, and the 4·D-channel tensor at 1/4 resolution —
+the largest activation of a B0 forward and the most expensive convolution at high resolution — is never
+built. Results equal the original head up to float rounding. Inference only: BatchNorm is folded with its
+running statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
+
+
+class FoldedDecodeHead(nn.Module):
+    """The eval-mode `SegformerDecodeHead` with fusion and BatchNorm folded into per-stage 1×1 maps."""
+
+    def __init__(self, head: SegformerDecodeHead):
+        super().__init__()
+        if head.training:
+            raise ValueError("fold_decode_head needs the model in eval mode (BatchNorm is folded with running stats).")
+        bn, fuse = head.batch_norm, head.linear_fuse.weight[:, :, 0, 0].double()  # [D, 4·D]
+        dim, stages = fuse.shape[0], len(head.linear_projections)
+        scale = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps))
+        bias = bn.bias.double() - scale * bn.running_mean.double()
+        weights = []
+        for i, projection in enumerate(head.linear_projections):
+            block = fuse[:, (stages - 1 - i) * dim : (stages - i) * dim]  # the concatenation is in reverse order
+            weights.append((scale[:, None] * (block @ projection.proj.weight.double())).float())
+            bias = bias + scale * (block @ projection.proj.bias.double())
+        self.stage_weights = nn.ParameterList(nn.Parameter(w, requires_grad=False) for w in weights)
+        self.bias = nn.Parameter(bias.float(), requires_grad=False)
+        self.classifier = head.classifier
+        self.config = head.config
+
+    def forward(self, encoder_hidden_states: tuple[torch.Tensor, ...], **kwargs) -> torch.Tensor:
+        size = encoder_hidden_states[0].shape[2:]
+        fused = None
+        for hidden, weight in zip(encoder_hidden_states, self.stage_weights):
+            mapped = torch.einsum("oc,bchw->bohw", weight.to(hidden.dtype), hidden)
+            if mapped.shape[2:] != size:
+                mapped = F.interpolate(mapped, size=size, mode="bilinear", align_corners=False)
+            fused = mapped if fused is None else fused + mapped
+        return self.classifier(torch.relu(fused + self.bias.to(fused.dtype)[None, :, None, None]))
+
+
+class FoldedSegformer(nn.Module):
+    """`SegformerForSemanticSegmentation` for inference with a folded head, sharing (not copying or changing) the
+    model's encoder: the model itself keeps its head, so it can go on training."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        head = model.decode_head
+        if not isinstance(head, SegformerDecodeHead) or getattr(head.config, "reshape_last_stage", True) is False:
+            raise ValueError("Head folding expects transformers' SegformerDecodeHead with 4-D stage outputs.")
+        self.segformer = model.segformer
+        self.decode_head = FoldedDecodeHead(head).to(next(head.parameters()).device)
+
+    def forward(self, pixel_values: torch.Tensor) -> SemanticSegmenterOutput:
+        hidden_states = self.segformer(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        return SemanticSegmenterOutput(logits=self.decode_head(hidden_states))
+
+
+def can_fold(model: nn.Module) -> bool:
+    """Whether `model` is a SegFormer whose head can be folded."""
+    return isinstance(getattr(model, "decode_head", None), SegformerDecodeHead) and hasattr(model, "segformer")
