@@ -11,10 +11,11 @@ fresh subprocess (clean peak memory, no compile cache shared), side by side in o
               predict ...     `predict.predict_files` (what `hf-segformer predict` runs): decode one batch ahead in
                               a thread, batched forward, upsample + arg-max, palette PNG; fp32, bf16 autocast, and
                               torch.compile (fp32)
-              The masks of every method are compared pixel for pixel with the pipeline's: predict fp32 must be
-              identical to the batched pipeline's (same batches; the script fails otherwise). Against one at a
-              time, batched float arithmetic may flip a few near-tie pixels (the batched pipeline's too), and
-              bf16 / compile are approximations: all reported as % of pixels that agree.
+              The masks of every method are compared pixel for pixel with the pipeline's: predict fp32 (whose
+              decode head is folded, the same logits up to float rounding) must agree with the batched
+              pipeline's on all but near-tie pixels (at most MAX_NEAR_TIES; the script fails otherwise). Against
+              one at a time, batched float arithmetic flips a few near-tie pixels too, and bf16 / compile are
+              approximations: all reported as % of pixels that agree.
   slide       one H×W image (--slide_size, Cityscapes-like 1024×2048): whole (the processor's 512²), whole at
               native size, and slide windows (crop/stride/window_batch as MMSegmentation's Cityscapes setting and
               a 512 one): median time and peak memory above the loaded model (VmHWM − RSS before inference).
@@ -42,6 +43,7 @@ from pathlib import Path
 from process_memory import memory_gb
 
 RESULT_PREFIX = "RESULT "
+MAX_NEAR_TIES = 1e-5  # share of pixels whose class may flip between mathematically equal computations
 PREDICT_VARIANTS = {"predict fp32": ("fp32", False), "predict bf16": ("bf16", False), "predict compile": ("fp32", True)}
 LATENCY_VARIANTS = {"fp32": ("fp32", False), "bf16 autocast": ("bf16", False), "torch.compile": ("fp32", True),
                     "torch.compile + bf16": ("bf16", True)}
@@ -230,15 +232,16 @@ def throughput_table(args: argparse.Namespace) -> list[str]:
                     continue
                 differing, total = compare_masks(out[reference], out[name])
                 agreement.append("identical" if differing == 0 else f"{100 * (1 - differing / total):.4f} % agree")
-                if differing and reference == batched and name == "predict fp32":
+                if differing > MAX_NEAR_TIES * total and reference == batched and name == "predict fp32":
                     problems.append(f"{size}: predict fp32 masks differ from {batched}'s in {differing} of {total} "
-                                    "pixels")
+                                    "pixels, more than float rounding explains")
             ratios = [fmt(rate[name] / rate[r] if name in rate and r in rate else None, ".2f")
                       for r in ("pipeline 1", batched)]
             print(f"| {size} | {name} | {fmt(run.get('seconds'), '.2f')} | {fmt(rate.get(name), '.2f')} | "
                   f"{' | '.join(ratios)} | {' | '.join(agreement)} |", flush=True)
-    print(f"\npredict fp32 must match {batched} exactly (same batches, same arithmetic). Against pipeline 1 a few "
-          f"near-tie pixels may differ: the batched matrix products round differently, as {batched} itself shows.")
+    print(f"\npredict fp32 (folded decode head: the same logits up to float rounding) must agree with {batched} on "
+          f"all but near-tie pixels (at most {MAX_NEAR_TIES:.0e} of them; the script fails otherwise). The batched "
+          f"pipeline itself differs from one-at-a-time in such pixels: matrix products round differently.")
     return problems
 
 
