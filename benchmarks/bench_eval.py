@@ -28,18 +28,14 @@ upsamples one image at a time instead (a fairer, lighter baseline than the examp
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from process_memory import memory_gb
+from workers import emit, fmt, memory_gb, run_worker
 
-RESULT_PREFIX = "RESULT "
 MEAN_IOU_RESULT_KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
 
@@ -171,18 +167,8 @@ def run_case(args: argparse.Namespace, mode: str, n: int, num_labels: int) -> di
                "--baseline_upsample", args.baseline_upsample]
     if args.label_size:
         command += ["--label_size", *map(str, args.label_size)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if result.returncode != 0 or not lines:
-        why = "killed (out of memory?)" if result.returncode in (-9, 137) else f"exit {result.returncode}"
-        print(f"  {mode} N={n} C={num_labels}: {why}\n{result.stderr[-2000:]}", file=sys.stderr)
-        return {"error": why}
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return run_worker(command, args.threads, f"{mode} N={n} C={num_labels}", stderr_tail=2000)
 
-
-def fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -209,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
+        emit(worker(args))
         return
     if args.quick:
         args.sizes, args.many_size, args.image_size, args.label_size = [4, 8], 4, 64, None

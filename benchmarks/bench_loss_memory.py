@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from process_memory import memory_gb
+from workers import memory_gb
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, SIZE, BATCH = 150, 512, 2

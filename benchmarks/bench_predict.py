@@ -13,7 +13,7 @@ fresh subprocess (clean peak memory, no compile cache shared), side by side in o
                               torch.compile (fp32)
               The masks of every method are compared pixel for pixel with the pipeline's: predict fp32 (whose
               decode head is folded, the same logits up to float rounding) must agree with the batched
-              pipeline's on all but near-tie pixels (at most MAX_NEAR_TIES; the script fails otherwise). Against
+              pipeline's on all but near-tie pixels (at most MAX_NEAR_TIES of them or 10; the script fails otherwise). Against
               one at a time, batched float arithmetic flips a few near-tie pixels too, and bf16 / compile are
               approximations: all reported as % of pixels that agree.
   slide       one H×W image (--slide_size, Cityscapes-like 1024×2048): whole (the processor's 512²), whole at
@@ -34,15 +34,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from process_memory import memory_gb
+from workers import emit, fmt, memory_gb, run_worker
 
-RESULT_PREFIX = "RESULT "
 MAX_NEAR_TIES = 1e-5  # share of pixels whose class may flip between mathematically equal computations
 PREDICT_VARIANTS = {"predict fp32": ("fp32", False), "predict bf16": ("bf16", False), "predict compile": ("fp32", True)}
 LATENCY_VARIANTS = {"fp32": ("fp32", False), "bf16 autocast": ("bf16", False), "torch.compile": ("fp32", True),
@@ -178,15 +176,7 @@ def run_case(args: argparse.Namespace, worker: str, **options) -> dict:
                "--repeats", str(args.repeats), "--sizes", *args.sizes]
     for key, value in options.items():
         command += [f"--{key}"] if value is True else [f"--{key}", str(value)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if result.returncode != 0 or not lines:
-        why = "killed (out of memory?)" if result.returncode in (-9, 137) else f"exit {result.returncode}"
-        print(f"  {worker} {options}: {why}\n{result.stderr[-3000:]}", file=sys.stderr)
-        return {"error": why}
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return run_worker(command, args.threads, f"{worker} {options}")
 
 
 def compare_masks(reference: Path, other: Path) -> tuple[int, int]:
@@ -201,9 +191,6 @@ def compare_masks(reference: Path, other: Path) -> tuple[int, int]:
         total += a.size
     return differing, total
 
-
-def fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def throughput_table(args: argparse.Namespace) -> list[str]:
@@ -232,7 +219,7 @@ def throughput_table(args: argparse.Namespace) -> list[str]:
                     continue
                 differing, total = compare_masks(out[reference], out[name])
                 agreement.append("identical" if differing == 0 else f"{100 * (1 - differing / total):.4f} % agree")
-                if differing > MAX_NEAR_TIES * total and reference == batched and name == "predict fp32":
+                if differing > max(MAX_NEAR_TIES * total, 10) and reference == batched and name == "predict fp32":
                     problems.append(f"{size}: predict fp32 masks differ from {batched}'s in {differing} of {total} "
                                     "pixels, more than float rounding explains")
             ratios = [fmt(rate[name] / rate[r] if name in rate and r in rate else None, ".2f")
@@ -240,7 +227,7 @@ def throughput_table(args: argparse.Namespace) -> list[str]:
             print(f"| {size} | {name} | {fmt(run.get('seconds'), '.2f')} | {fmt(rate.get(name), '.2f')} | "
                   f"{' | '.join(ratios)} | {' | '.join(agreement)} |", flush=True)
     print(f"\npredict fp32 (folded decode head: the same logits up to float rounding) must agree with {batched} on "
-          f"all but near-tie pixels (at most {MAX_NEAR_TIES:.0e} of them; the script fails otherwise). The batched "
+          f"all but near-tie pixels (at most {MAX_NEAR_TIES:.0e} of them or 10; the script fails otherwise). The batched "
           f"pipeline itself differs from one-at-a-time in such pixels: matrix products round differently.")
     return problems
 
@@ -308,7 +295,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-        print(RESULT_PREFIX + json.dumps(WORKERS[args.worker](args)), flush=True)
+        emit(WORKERS[args.worker](args))
         return
     if args.quick:
         args.sizes, args.n, args.num_labels, args.processor_size = ["64x64", "96x160"], 4, 20, 64

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from process_memory import memory_gb
+from workers import memory_gb
 
 import torch
 

@@ -1,0 +1,46 @@
+"""What the benchmarks share: each case runs in a fresh worker process (clean peak memory, no warm caches), which
+prints one `RESULT {json}` line; the parent runs it, reads the result, and formats the tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+RESULT_PREFIX = "RESULT "
+
+
+def memory_gb(field: str) -> float:
+    """VmHWM (peak) or VmRSS (now) of this process in GB, from /proc (ru_maxrss where there is no /proc)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def emit(result: dict) -> None:
+    """The worker's side: print its result for `run_worker`."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(command: list[str], threads: int, label: str, stderr_tail: int = 3000) -> dict:
+    """The parent's side: run a worker with `threads` torch threads, offline; its result, or {"error": why}."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if result.returncode != 0 or not lines:
+        why = "killed (out of memory?)" if result.returncode in (-9, 137) else f"exit {result.returncode}"
+        print(f"  {label}: {why}\n{result.stderr[-stderr_tail:]}", file=sys.stderr)
+        return {"error": why}
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A table cell: the value formatted, or a dash where there is none."""
+    return "—" if value is None else format(value, spec)
