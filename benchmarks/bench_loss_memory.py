@@ -13,16 +13,11 @@ built-in loss `model(pixel_values, labels=labels).loss` measured the same way, a
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 
-from workers import memory_gb
+from workers import emit, memory_gb, run_worker
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES, SIZE, BATCH = 150, 512, 2
 CASES = {
     "builtin": None,
@@ -68,12 +63,7 @@ def worker(case: str, precision: str) -> dict:
 
 
 def measure(case: str, precision: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, __file__, "--worker", case, "--precision", precision],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
-    if result.returncode != 0:
-        return {"error": result.stderr[-500:]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker([sys.executable, __file__, "--worker", case, "--precision", precision], 2, f"{case} {precision}")
 
 
 def main() -> None:
@@ -84,7 +74,7 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.worker:
-        print(json.dumps(worker(cli.worker, cli.precision[0])))
+        emit(worker(cli.worker, cli.precision[0]))
         return
 
     print(f"SegFormer-B0, {NUM_CLASSES} classes, batch {BATCH} × {SIZE}², one training step on the CPU; "
@@ -97,7 +87,7 @@ def main() -> None:
             runs = [measure(case, precision) for _ in range(cli.repeats)]
             peaks = [r["step_peak_gb"] for r in runs if "step_peak_gb" in r]
             if not peaks:
-                print(f"| {case} | {precision} | failed: {runs[0].get('error', '')[-200:]!r} | |")
+                print(f"| {case} | {precision} | failed: {runs[0].get('error')} | |")
                 continue
             peak = statistics.median(peaks)
             builtin = peak if case == "builtin" else builtin
