@@ -40,6 +40,7 @@ from workers import memory_gb
 import torch
 
 from hf_segformer.configs import DataArguments, ModelArguments
+from hf_segformer.head_folding import FoldedSegformer
 from hf_segformer.modeling import build_model
 from hf_segformer.token_merging import PRESETS, apply_token_merging
 
@@ -144,9 +145,11 @@ def time_cases(args: argparse.Namespace, size: tuple[int, int], device: torch.de
         session = load_onnx_session(onnx_path, args.threads)
     pixels = torch.randn(args.batch_size, 3, *size, generator=torch.Generator().manual_seed(0))
     on_device = pixels.to(device)
+    # --fold_head: the inference path of Segmenter/predict (the head folded, the encoder and its merging shared)
+    forward = FoldedSegformer(model) if args.fold_head else model
     runners = {}
     for case, precision in cases(onnx_path is not None):
-        runners[(case, precision)] = make_runner(model, case, precision, device, session)
+        runners[(case, precision)] = make_runner(forward, case, precision, device, session)
     timings: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
     for warm_up in (True, False):
         for _ in range(1 if warm_up else args.rounds):
@@ -163,7 +166,8 @@ def time_cases(args: argparse.Namespace, size: tuple[int, int], device: torch.de
 
 def speed_table(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
-    print(f"SegFormer-{args.variant.upper()} (random init, {args.num_labels} classes), batch {args.batch_size}, "
+    print(f"SegFormer-{args.variant.upper()} (random init, {args.num_labels} classes"
+          f"{', folded decode head' if args.fold_head else ''}), batch {args.batch_size}, "
           f"device {device} ({platform.processor() or platform.machine()}), {args.threads} threads, "
           f"torch {torch.__version__}, median of {args.rounds} rounds; ratios are to `none` of the same precision "
           "in the same rounds (ONNX: to fp32 none).\n")
@@ -237,6 +241,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fold_head", action="store_true",
+                        help="time the model with its decode head folded, as Segmenter / predict run it")
     parser.add_argument("--skip_onnx", action="store_true")
     parser.add_argument("--skip_memory", action="store_true")
     parser.add_argument("--skip_speed", action="store_true")
