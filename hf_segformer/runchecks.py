@@ -21,8 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .configs import has_accelerator
 from .errors import RecipeError
 
@@ -72,17 +70,14 @@ def check_mixed_precision(training_args: Any) -> None:
         )
 
 
-def _fp16_device_available(training_args: Any) -> bool:
-    """A device on which Accelerate runs fp16 autocast (CUDA, XPU, MPS) and the run is not forced onto the CPU."""
-    if getattr(training_args, "use_cpu", False):
-        return False
-    return (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-            or torch.backends.mps.is_available())
+def _on_accelerator(training_args: Any) -> bool:
+    """The run trains on an accelerator (CUDA, XPU, MPS: where Accelerate runs fp16 autocast), not the CPU."""
+    return not getattr(training_args, "use_cpu", False) and has_accelerator()
 
 
 def check_fp16_device(training_args: Any) -> None:
     """fp16 on the CPU: Accelerate turns autocast off there, so the run would silently train in float32."""
-    if effective_precision(training_args) != "fp16" or _fp16_device_available(training_args):
+    if effective_precision(training_args) != "fp16" or _on_accelerator(training_args):
         return
     source = ("the recipe sets fp16: true" if recipe_precision(training_args) == "fp16"
               else f"the Accelerate config sets mixed_precision: fp16 ({ENV_MIXED_PRECISION}=fp16)")
@@ -143,8 +138,7 @@ def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | 
 
 def check_cpu_bf16(training_args: Any) -> None:
     """bf16 autocast on a CPU without native bf16 is emulated and slower than fp32: say so, it is a config choice."""
-    on_cpu = getattr(training_args, "use_cpu", False) or not has_accelerator()
-    if on_cpu and effective_precision(training_args) == "bf16" and cpu_has_native_bf16() is False:
+    if not _on_accelerator(training_args) and effective_precision(training_args) == "bf16" and cpu_has_native_bf16() is False:
         logger.warning("bf16 autocast on a CPU without %s is emulated (slower than fp32): set bf16: false in the "
                        "recipe and mixed_precision: 'no' in the Accelerate config on this machine.",
                        " or ".join(CPU_BF16_FLAGS))

@@ -41,7 +41,7 @@ def launcher(monkeypatch):
 def gpu(monkeypatch):
     """Pretend a CUDA device is (True) or is not (False) there."""
     def set_gpu(present: bool) -> None:
-        monkeypatch.setattr(runchecks, "_fp16_device_available", lambda a: present and not a.use_cpu)
+        monkeypatch.setattr(runchecks, "_on_accelerator", lambda a: present and not a.use_cpu)
     return set_gpu
 
 
