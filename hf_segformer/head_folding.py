@@ -61,11 +61,10 @@ class FoldedSegformer(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        head = model.decode_head
-        if not isinstance(head, SegformerDecodeHead) or getattr(head.config, "reshape_last_stage", True) is False:
+        if not can_fold(model):
             raise ValueError("Head folding expects transformers' SegformerDecodeHead with 4-D stage outputs.")
         self.segformer = model.segformer
-        self.decode_head = FoldedDecodeHead(head).to(next(head.parameters()).device)
+        self.decode_head = FoldedDecodeHead(model.decode_head).to(next(model.decode_head.parameters()).device)
 
     def forward(self, pixel_values: torch.Tensor) -> SemanticSegmenterOutput:
         hidden_states = self.segformer(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
@@ -73,5 +72,7 @@ class FoldedSegformer(nn.Module):
 
 
 def can_fold(model: nn.Module) -> bool:
-    """Whether `model` is a SegFormer whose head can be folded."""
-    return isinstance(getattr(model, "decode_head", None), SegformerDecodeHead) and hasattr(model, "segformer")
+    """Whether `model` is a SegFormer whose head can be folded (stage outputs as 4-D maps, the default)."""
+    head = getattr(model, "decode_head", None)
+    return (isinstance(head, SegformerDecodeHead) and hasattr(model, "segformer")
+            and getattr(head.config, "reshape_last_stage", True) is not False)

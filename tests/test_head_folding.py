@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import build_tiny_segformer
 
-from hf_segformer.head_folding import FoldedSegformer
+from hf_segformer.head_folding import FoldedSegformer, can_fold
 from hf_segformer.inference import InferenceSettings, Segmenter
 
 ID2LABEL = {0: "sky", 1: "road", 2: "car", 3: "tree"}
@@ -51,3 +51,11 @@ def test_segmenter_masks_match_with_and_without_folding(model):
 def test_training_mode_head_is_refused(model):
     with pytest.raises(ValueError, match="eval mode"):
         FoldedSegformer(model.train())
+
+
+def test_a_head_that_cannot_be_folded_runs_as_saved(model):
+    model.config.reshape_last_stage = False  # last stage as tokens: outside what the folding handles
+    assert not can_fold(model)
+    with pytest.raises(ValueError, match="4-D stage outputs"):
+        FoldedSegformer(model)
+    assert Segmenter(model, settings=InferenceSettings(fold_head=True))._forward is model
