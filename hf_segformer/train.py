@@ -170,7 +170,8 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     model = build_model(model_args, id2label, data_args.ignore_index)
     if model_args.token_merging:
         apply_token_merging(model, model_args.token_merging)
-    if training_args.sync_batchnorm and training_args.world_size > 1:
+    sync_batchnorm = training_args.sync_batchnorm and training_args.world_size > 1
+    if sync_batchnorm:
         model = convert_sync_batchnorm(model, on_gpu=training_args.device.type == "cuda")
     logger.info("%d process(es) (%s), per-device train batch %d × gradient accumulation %d → %d images per "
                 "optimizer step; decode-head BatchNorm %s", training_args.world_size,
@@ -178,7 +179,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
                 training_args.gradient_accumulation_steps,
                 training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                 * training_args.world_size,
-                "synchronised" if training_args.sync_batchnorm and training_args.world_size > 1 else "per process")
+                "synchronised" if sync_batchnorm else "per process")
     image_processor = build_image_processor(data_args.eval_size)
     metrics = (LogitsMeanIoU(hub_mean_iou, id2label, data_args.ignore_index) if hub_mean_iou is not None
                else SegmentationMetrics(len(id2label), id2label))
