@@ -7,6 +7,7 @@ The helpers are exposed as fixtures so that test files never copy-paste file-wri
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,6 +22,13 @@ HEIGHT, WIDTH = 32, 48
 # Palette whose colours are NOT grey levels: index i is drawn as a saturated colour, so decoding the
 # palette colours (or converting to "L") instead of reading indices gives values far from 0, 1, 2, ...
 PALETTE_COLOURS = [(200, 30, 60), (20, 180, 90), (70, 40, 230), (250, 220, 10), (130, 0, 130)]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for accelerate's rendezvous, app servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def save_image(path: str | Path, array: np.ndarray | None = None, size: tuple[int, int] = (WIDTH, HEIGHT),

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
 
-from conftest import build_tiny_segformer, save_image  # noqa: E402
+from conftest import build_tiny_segformer, free_port, save_image  # noqa: E402
 
 from hf_segformer import cli  # noqa: E402
 from hf_segformer.demo import DemoModel, launch, read_upload  # noqa: E402
@@ -44,12 +43,6 @@ COLOURS = [(10, 20, 30), (200, 40, 40), (40, 200, 90)]  # the "dataset's" colour
 SIZE = (64, 48)  # width, height of the uploaded test images
 MAX_PIXELS = 64 * 64  # the test apps' cap: SIZE fits, the "huge" image does not
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -23,12 +23,6 @@ ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
 # Five validation images (an odd number, batch 2 per process) whose masks have different native sizes.
 MASK_SIZES = [(32, 32), (24, 40), (40, 28), (20, 20), (36, 36)]
 RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second", "preparation_time")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def evaluate_with(config: str, model_dir: Path, data_dir: Path, output_dir: Path) -> dict:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from hf_segformer.cli import main
@@ -26,12 +26,6 @@ from hf_segformer.metrics import confusion_from_arrays, metrics_from_confusion
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
 MASK_SIZES = [(32, 32), (24, 40), (40, 28), (20, 44), (36, 36)]  # (height, width), a validation split only
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
