@@ -144,7 +144,8 @@ class _Prepared:
 
 def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Labels [B, H, W] → [B, h, w]: the most frequent value (ignore and padding included) of each cell when
-    H, W are multiples of h, w (ties: the smallest value); nearest-neighbour otherwise."""
+    H, W are multiples of h, w (ties: the smallest value, as torch.mode breaks them on the CPU);
+    nearest-neighbour otherwise."""
     (height, width), (h, w) = labels.shape[-2:], size
     if (height, width) == (h, w):
         return labels

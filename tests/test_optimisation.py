@@ -160,6 +160,8 @@ def test_downsample_labels_takes_each_cells_majority():
                            [3, 3, 255, 255],
                            [3, 1, 255, 2]])[None]
     assert downsample_labels(labels, (2, 2)).tolist() == [[[0, 1], [3, 255]]]
+    tie = torch.tensor([[5, 5], [2, 2]])[None]  # two labels, two pixels each: the smaller wins
+    assert downsample_labels(tie, (1, 1)).tolist() == [[[2]]]
     odd = torch.arange(30).reshape(1, 5, 6)  # not a multiple: nearest neighbour
     assert downsample_labels(odd, (2, 3)).shape == (1, 2, 3)
 
