@@ -25,6 +25,7 @@ from .coco import CATEGORY_MAP_FILE
 from .configs import DataArguments, ModelArguments
 from .errors import DataError, RecipeError
 from .labels import ID2LABEL_FILE, LabelDecoder
+from .transforms import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def _class_id_masks(data: DatasetDict, decoder: LabelDecoder) -> DatasetDict:
         labels = []
         for entry in batch["label"]:
             name = entry.get("path") or "mask"
-            mask = PILImage.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
-            labels.append({"bytes": _png(np.asarray(decoder(mask, name))), "path": Path(name).with_suffix(".png").name})
+            labels.append({"bytes": _png(np.asarray(decoder(open_image(entry), name))), "path": Path(name).with_suffix(".png").name})
         return {"label": labels}
 
     raw = DatasetDict({split: ds.cast_column("label", Image(decode=False)) for split, ds in data.items()})
