@@ -203,9 +203,10 @@ class Segmenter:
         self.autocast = PRECISIONS[precision]
         self._table = normalisation_table(image_processor).to(self.device).view(-1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
-        forward = FoldedSegformer(self.model) if self.settings.fold_head and can_fold(self.model) else self.model
-        self._forward = torch.compile(forward) if compile else forward
         self._onnx = onnx_session  # set: the forward pass runs in ONNX Runtime (`hf-segformer export-onnx`)
+        fold = self.settings.fold_head and onnx_session is None and can_fold(self.model)
+        forward = FoldedSegformer(self.model) if fold else self.model
+        self._forward = torch.compile(forward) if compile else forward
         self._converted_modes: set[str] = set()  # image modes whose conversion to RGB was logged
 
     @classmethod
