@@ -38,6 +38,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 from .errors import DataError, RecipeError
 from .head_folding import FoldedSegformer, can_fold
 from .metrics import upsample_logits, upsampled_argmax
+from .onnx_export import load_onnx_session, onnx_logits
 from .runchecks import check_output_dir
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, open_image, rescale_factor, to_rgb, upright
 
@@ -231,8 +232,6 @@ class Segmenter:
             apply_token_merging(model, token_merging)  # patches the encoder's attention in place
         session = None
         if onnx:
-            from .onnx_export import load_onnx_session
-
             session = load_onnx_session(onnx, torch.get_num_threads())
         return cls(model, image_processor, settings, device, precision, compile, session)
 
@@ -309,8 +308,6 @@ class Segmenter:
 
     def _forward_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._onnx is not None:
-            from .onnx_export import onnx_logits
-
             return onnx_logits(self._onnx, pixels).to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             return self._forward(pixel_values=pixels).logits
