@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,6 +24,16 @@ HEIGHT, WIDTH = 32, 48
 # Palette whose colours are NOT grey levels: index i is drawn as a saturated colour, so decoding the
 # palette colours (or converting to "L") instead of reading indices gives values far from 0, 1, 2, ...
 PALETTE_COLOURS = [(200, 30, 60), (20, 180, 90), (70, 40, 230), (250, 220, 10), (130, 0, 130)]
+
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def run_offline(command: list[str], cwd: str | Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a training/evaluation process the way the tests launch them: offline, one torch thread each (the
+    machine has two cores), unbuffered output, stdout and stderr captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def free_port() -> int:

@@ -8,17 +8,13 @@ Trainer's `gather_for_metrics` must drop it, so that every validation pixel is c
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import ACCELERATE, free_port, run_offline
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
 # Five validation images (an odd number, batch 2 per process) whose masks have different native sizes.
 MASK_SIZES = [(32, 32), (24, 40), (40, 28), (20, 20), (36, 36)]
@@ -26,11 +22,10 @@ RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second", "preparatio
 
 
 def evaluate_with(config: str, model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
                "--mixed_precision", "no", "--main_process_port", str(free_port()), str(ROOT / "tests/ddp_eval_script.py"),
                "--model_dir", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir)]
-    result = subprocess.run(command, cwd=output_dir.parent, env=env, capture_output=True, text=True, timeout=300)
+    result = run_offline(command, output_dir.parent)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     run = json.loads((output_dir / "result.json").read_text())
     run["seen"] = [json.loads(p.read_text())["seen"] for p in sorted(output_dir.glob("samples_rank*.json"))]

@@ -8,26 +8,23 @@ files with mean_iou-style keys, a saved model + image processor that `from_pretr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import ACCELERATE, run_offline
 
 from hf_segformer.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 def launch(recipe: Path, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu.yaml"),
                str(ROOT / "recipes/finetune.py"), "--config", str(recipe), *overrides]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_offline(command, cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")

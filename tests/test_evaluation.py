@@ -9,14 +9,11 @@ logging a sample grid at each evaluation.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import ACCELERATE, free_port, run_offline
 from PIL import Image
 
 from hf_segformer.cli import main
@@ -82,13 +79,12 @@ def test_two_processes_evaluate_like_one(tmp_path, validation_data, saved_model)
     model = saved_model(ID2LABEL)
     assert main(["evaluate", "--model", str(model), "--data_dir", str(validation_data),
                  "--eval_output_dir", str(tmp_path / "one"), "--batch_size", "2"]) == 0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+    command = [str(ACCELERATE), "launch", "--config_file",
                str(ROOT / "accelerate_configs/cpu_2proc.yaml"), "--main_process_port", str(free_port()),
                str(ROOT / "recipes/evaluate.py"),
                "--model", str(model), "--data_dir", str(validation_data), "--eval_output_dir", str(tmp_path / "two"),
                "--batch_size", "2"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = run_offline(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((tmp_path / "two/eval_settings.json").read_text())["processes"] == 2
     np.testing.assert_array_equal(np.load(tmp_path / "two/eval_confusion_matrix.npy"),

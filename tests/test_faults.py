@@ -10,7 +10,6 @@ and what to change instead of training on NaNs or dumping a CUDA trace.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ACCELERATE, run_offline
 
 import hf_segformer.train
 from hf_segformer.errors import TrainingError
 from hf_segformer.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 RUNTIME = ("runtime", "per_second")
 
 
@@ -43,8 +42,7 @@ def tiny_recipe(tmp_path: Path, **fields) -> Path:
 
 
 def run(command: list[str], cwd: Path, expect_code: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    result = run_offline(command, cwd)
     assert result.returncode == expect_code, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

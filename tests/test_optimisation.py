@@ -9,14 +9,12 @@ labels.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from conftest import ACCELERATE, run_offline
 from train_step_script import one_step, samples, tiny_model
 
 from hf_segformer.batchnorm import AllReduceBatchNorm2d, convert_sync_batchnorm
@@ -26,7 +24,6 @@ from hf_segformer.losses import SegmentationLoss, downsample_labels
 from hf_segformer.trainer import SegformerTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
 def assert_same_gradients(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -67,12 +64,11 @@ def test_activation_checkpointing_gives_the_same_gradients(one_batch_frozen_bn):
 @pytest.mark.slow
 def test_two_processes_train_like_one_batch(tmp_path):
     """2 CPU processes × batch 2 (gloo) with synchronised BatchNorm = 1 process × batch 4, BatchNorm training."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     output = tmp_path / "ddp.pt"
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_2proc.yaml"),
                "--main_process_port", "0", str(ROOT / "tests/train_step_script.py"), str(output), "--batch_size", "2",
                "--sync_batchnorm"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_offline(command, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     ddp = torch.load(output)
     single = one_step(4)
