@@ -43,7 +43,7 @@ from .data import IMAGE_EXTENSIONS
 from .inference import MODES, InferenceArguments, InferenceSettings, Segmenter, as_rgb
 from .parser import parse_command
 from .token_merging import PRESETS, apply_token_merging
-from .visuals import dataset_palette, default_palette, overlay
+from .visuals import dataset_palette, default_palette, overlay, pixels_per_class
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,8 @@ def fitted_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 
 def class_shares(mask: np.ndarray, id2label: dict[int, str]) -> list[list[Any]]:
     """[class name, share of the image in %, pixels] of each class present, largest first."""
-    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(id2label))
-    order = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
-    return [[id2label.get(c, str(c)), round(100 * float(counts[c]) / mask.size, 2), int(counts[c])] for c in order]
+    return [[id2label.get(c, str(c)), round(100 * pixels / mask.size, 2), pixels]
+            for c, pixels in pixels_per_class(mask, len(id2label))]
 
 
 def legend_html(id2label: dict[int, str], palette: np.ndarray) -> str:

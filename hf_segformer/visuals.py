@@ -93,25 +93,30 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def pixels_per_class(mask: np.ndarray, num_classes: int) -> list[tuple[int, int]]:
+    """(class id, pixels) of each class present in a class-id mask, largest first (ties: the lower id)."""
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=num_classes)
+    return [(int(c), int(counts[c])) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+
+
 def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, id2label: dict[int, str],
             alpha: float = 0.5) -> Image.Image:
     """The image blended with its coloured mask, and a legend (colour, class name, share of the image) to the
     right, listing the classes present, largest first."""
     image = to_rgb(image)
     blended = Image.blend(image, Image.fromarray(colourise(mask, palette)), alpha)
-    counts = np.bincount(mask.ravel().astype(np.int64), minlength=len(palette))
-    present = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
+    present = pixels_per_class(mask, len(palette))
     font_size = max(10, min(24, image.height // 30))
     row = font_size + 6
     font = _font(font_size)
-    lines = [f"{id2label.get(c, str(c))}  {100 * counts[c] / mask.size:.1f}%" for c in present]
+    lines = [f"{id2label.get(c, str(c))}  {100 * pixels / mask.size:.1f}%" for c, pixels in present]
     measure = ImageDraw.Draw(blended)
     text_width = max((measure.textlength(line, font=font) for line in lines), default=0)
     legend_width = int(text_width) + row + 16
     canvas = Image.new("RGB", (image.width + legend_width, max(image.height, row * len(lines) + 8)), "white")
     canvas.paste(blended, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for i, (class_id, line) in enumerate(zip(present, lines)):
+    for i, ((class_id, _), line) in enumerate(zip(present, lines)):
         top = 4 + i * row
         left = image.width + 6
         draw.rectangle((left, top, left + row - 6, top + row - 6), fill=tuple(int(v) for v in palette[class_id]),
