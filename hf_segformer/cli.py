@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .errors import DataError, RecipeError, TrainingError
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:16s}{help_text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
+    if argv[0] != "train":  # training sets up its own logging (transformers' format, per-process levels)
+        logging.basicConfig(format="%(message)s", stream=sys.stdout)
+        logging.getLogger("hf_segformer").setLevel(logging.INFO)
     return _report_user_errors(command, argv[1:])
 
 

@@ -6,15 +6,14 @@ These dataclasses are the single source of truth for every option; the YAML reci
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
-import torch
 from transformers import TrainingArguments
 
 from .errors import RecipeError
 from .labels import normalise_id2label, parse_colour_map
 from .losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
+from .runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
 from .transforms import LABEL_PAD
 
 
@@ -143,6 +142,17 @@ class ModelArguments:
                           "{query, query_ratio, query_stride, kv, kv_ratio, kv_stride, proportional_attention} "
                           "mapping per stage. Applies to a loaded model without retraining; see benchmarks/README.md."},
     )
+    fuse_decode_head: bool = field(
+        default=True,
+        metadata={"help": "Train the decode head in its exact reordered form: each stage's projection and its slice "
+                          "of the 1×1 fusion applied as one map before upsampling, summed, then BatchNorm (the "
+                          "4·D-channel tensor at 1/4 resolution is never built). Same logits and gradients up to "
+                          "float rounding, same saved model; a faster step (README, \"Measured\")."},
+    )
+    channels_last: bool = field(
+        default=False,
+        metadata={"help": "Train with channels-last memory format (often faster on GPUs with tensor cores)."},
+    )
     drop_path_rate: float | None = field(
         default=None, metadata={"help": "Stochastic depth in the encoder (config default 0.1, as MMSegmentation)."}
     )
@@ -216,6 +226,22 @@ class SegformerTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
     )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto | fp32 | bf16 | fp16. auto: the Accelerate config's mixed_precision or the recipe's "
+                          "fp16/bf16 flag if either is set, else the fastest safe one here (bf16 on GPUs that have it, "
+                          "else fp16; bf16 on CPUs with AVX-512 BF16/AMX, else fp32). Contradictions are refused."},
+    )
+    torch_threads: int | None = field(
+        default=None,
+        metadata={"help": "Torch threads per process. Unset: OMP_NUM_THREADS if you set it, else the usable cores "
+                          "divided by the processes on this machine (a launcher's default of 1 is replaced)."},
+    )
+    dataloader_num_workers: str = field(
+        default="auto",
+        metadata={"help": "DataLoader worker processes, or auto: 1 for CPU training (0 on one core), up to 8 when "
+                          "an accelerator trains (cores per process - 1)."},
+    )
 
     def __post_init__(self) -> None:
         if self.metric_backend not in METRIC_BACKENDS:
@@ -237,12 +263,19 @@ class SegformerTrainingArguments(TrainingArguments):
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
-        if self.bf16 and not self.use_cpu and not has_accelerator():
-            self.use_cpu = True  # bf16 on a machine without an accelerator means CPU autocast
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator():
-            # A multi-process launch (torchrun, accelerate --multi_gpu) on a machine without an accelerator: without
-            # use_cpu, Accelerate starts no process group and every process would train on its own, on all the data.
-            self.use_cpu = True
+        on_cpu = self.use_cpu or not has_accelerator()
+        try:
+            chosen = choose_precision(self.precision, self.fp16, self.bf16, on_cpu, launcher_precision())
+            workers = choose_loader_workers(self.dataloader_num_workers, on_accelerator=not on_cpu)
+        except ValueError as err:
+            raise RecipeError(str(err)) from err
+        self.precision, self.precision_reason = str(chosen.value), chosen.why
+        self.fp16, self.bf16 = self.precision == "fp16", self.precision == "bf16"
+        self.dataloader_num_workers, self.loader_workers_reason = int(workers.value), workers.why
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
+        if on_cpu and not self.use_cpu:
+            self.use_cpu = True  # a machine without an accelerator: CPU (bf16 autocast needs use_cpu there)
         super().__post_init__()
 
 
@@ -253,7 +286,3 @@ def _parse_mapping(value: dict | str, name: str) -> dict[str, float]:
         return {str(k): float(v) for k, v in mapping.items()}
     except (ValueError, TypeError, AttributeError) as err:
         raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err
-
-
-def has_accelerator() -> bool:
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or torch.backends.mps.is_available()

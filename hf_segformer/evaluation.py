@@ -34,6 +34,7 @@ from .labels import LabelDecoder
 from .metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
 from .parser import parse_command
 from .reports import write_class_report
+from .runtime import has_accelerator
 from .transforms import entry_name, open_image
 from .visuals import dataset_palette, sample_grid, spread_indices
 
@@ -147,8 +148,7 @@ def main(argv: list[str]) -> dict[str, float]:
     writable_folder(output_dir, "eval_output_dir")  # before any work
 
     # Without cpu=True, Accelerate starts no process group on a machine without GPUs: each process would do it all.
-    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-    accelerator = Accelerator(cpu=inference_args.device == "cpu" or no_gpu)
+    accelerator = Accelerator(cpu=inference_args.device == "cpu" or not has_accelerator())
     segmenter = inference_args.load(recipe, device=accelerator.device)
     dataset = load_split(data_args, int(recipe.get("seed", 42)))
     decoder = label_decoder(data_args)

@@ -40,6 +40,7 @@ from .head_folding import FoldedSegformer, can_fold
 from .metrics import upsample_logits, upsampled_argmax
 from .onnx_export import load_onnx_session, onnx_logits
 from .runchecks import check_output_dir
+from .runtime import Choice, apply_threads, choose_precision
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, open_image, rescale_factor, to_rgb, upright
 
 logger = logging.getLogger(__name__)
@@ -341,7 +342,9 @@ class InferenceArguments(InferenceSettings):
         "help": "The fine-tuned model: a folder saved by training (or any save_pretrained one) or a Hub id. "
                 "Default: the recipe's output_dir, where training saved it."})
     batch_size: int = field(default=8, metadata={"help": "Images per forward pass (whole mode)."})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or autocast in bf16 (CPU or GPU) or fp16 (GPU)."})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (the fastest safe one here: bf16 on GPUs and CPUs that compute it natively, fp16 on older GPUs, "
+                "else fp32; fp32 with --onnx), fp32, or autocast in bf16 (CPU or GPU) or fp16 (GPU)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first batch, then faster)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
     token_merging: str | None = field(default=None, metadata={"help": "Token-merging preset applied to the encoder."})
@@ -352,8 +355,8 @@ class InferenceArguments(InferenceSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.precision not in PRECISIONS:
-            raise RecipeError(f"precision must be one of {', '.join(PRECISIONS)}; got '{self.precision}'.")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise RecipeError(f"precision must be auto or one of {', '.join(PRECISIONS)}; got '{self.precision}'.")
         if self.batch_size < 1:
             raise RecipeError(f"batch_size must be at least 1; got {self.batch_size}.")
 
@@ -364,10 +367,23 @@ class InferenceArguments(InferenceSettings):
                               "training recipe (the model is in its output_dir).")
         return str(model)
 
+    def resolved_precision(self, device: torch.device) -> Choice:
+        """`auto` settled for the device the model runs on (ONNX Runtime runs float32)."""
+        if self.precision != "auto":
+            return Choice(self.precision, "--precision")
+        if self.onnx:
+            return Choice("fp32", "auto: ONNX Runtime runs the model in float32")
+        return choose_precision("auto", False, False, on_cpu=device.type == "cpu")
+
     def load(self, recipe: dict, device: str | torch.device | None = None) -> Segmenter:
         model = self.model_path(recipe)
+        device = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        precision = self.resolved_precision(device)
+        threads = apply_threads()
+        logger.info("Device: %s; torch threads: %s (%s); precision: %s (%s)", device, threads.value, threads.why,
+                    precision.value, precision.why)
         try:
-            return Segmenter.from_pretrained(model, self, device or self.device, self.precision, self.compile,
+            return Segmenter.from_pretrained(model, self, device, str(precision.value), self.compile,
                                              self.token_merging, self.onnx)
         except OSError as err:
             where = "" if Path(model).is_dir() else " (no such folder here, so it was tried as a Hub id)"

@@ -14,8 +14,8 @@ import yaml
 from hf_segformer import runchecks
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.runchecks import (check_cpu_bf16, check_fp16_device, check_mixed_precision, check_output_dir,
-                                    check_run, cpu_has_native_bf16)
+from hf_segformer.runchecks import check_cpu_bf16, check_fp16_device, check_output_dir, check_run
+from hf_segformer.runtime import ENV_MIXED_PRECISION, cpu_has_native_bf16
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
 REQUIRED_KEYS = ("compute_environment", "distributed_type", "mixed_precision", "num_processes", "num_machines")
@@ -31,9 +31,9 @@ def launcher(monkeypatch):
     """Set ACCELERATE_MIXED_PRECISION as `accelerate launch --config_file ...` does (None: not launched)."""
     def set_precision(value: str | None) -> None:
         if value is None:
-            monkeypatch.delenv(runchecks.ENV_MIXED_PRECISION, raising=False)
+            monkeypatch.delenv(ENV_MIXED_PRECISION, raising=False)
         else:
-            monkeypatch.setenv(runchecks.ENV_MIXED_PRECISION, value)
+            monkeypatch.setenv(ENV_MIXED_PRECISION, value)
     return set_precision
 
 
@@ -45,43 +45,20 @@ def gpu(monkeypatch):
     return set_gpu
 
 
-# ---- mixed precision: one source of truth --------------------------------------------------------------
-
-@pytest.mark.parametrize("config, recipe_flag", [("fp16", "bf16"), ("bf16", "fp16")])
-def test_contradicting_precision_names_both(tmp_path, launcher, config, recipe_flag):
-    launcher(config)
-    with pytest.raises(RecipeError) as error:
-        check_mixed_precision(args(tmp_path, **{recipe_flag: True}))
-    message = str(error.value)
-    assert f"mixed_precision: {config}" in message and f"{recipe_flag}: true" in message
-    assert "ACCELERATE_MIXED_PRECISION" in message
-
-
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_agreeing_precision_passes(tmp_path, launcher, precision):
-    launcher(precision)
-    check_mixed_precision(args(tmp_path, **{precision: True}))
-
-
-@pytest.mark.parametrize("config", [None, "no"])
-def test_recipe_flag_without_config_precision_passes(tmp_path, launcher, config):
-    # `accelerate launch` without a config exports 'no'; quickstart.yaml sets bf16: true under it.
-    launcher(config)
-    check_mixed_precision(args(tmp_path, bf16=True))
-
-
-def test_config_precision_alone_warns_that_config_decides(tmp_path, launcher, caplog):
-    launcher("bf16")
-    with caplog.at_level(logging.WARNING, logger="hf_segformer"):
-        check_mixed_precision(args(tmp_path))
-    assert "Accelerate config decides" in caplog.text
-
+# ---- mixed precision: one source of truth (choose_precision itself: tests/test_runtime.py) ---------------
 
 def test_real_training_arguments_contradiction(tmp_path, launcher):
     launcher("fp16")
-    training_args = SegformerTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", bf16=True)
-    with pytest.raises(RecipeError, match="bf16: true"):
-        check_run(training_args)
+    with pytest.raises(RecipeError, match="bf16: true") as error:
+        SegformerTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", bf16=True)
+    assert "mixed_precision: fp16" in str(error.value) and "ACCELERATE_MIXED_PRECISION" in str(error.value)
+
+
+def test_config_precision_alone_decides(tmp_path, launcher):
+    launcher("bf16")
+    training_args = SegformerTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    assert training_args.bf16 and training_args.precision == "bf16"
+    assert "Accelerate config" in training_args.precision_reason
 
 
 # ---- fp16 needs a GPU ---------------------------------------------------------------------------------
@@ -91,14 +68,14 @@ def test_fp16_on_cpu_is_an_error(tmp_path, launcher, gpu):
     gpu(False)
     with pytest.raises(RecipeError, match="fp16 autocast does nothing on a CPU") as error:
         check_fp16_device(args(tmp_path, fp16=True))
-    assert "bf16" in str(error.value).split("CPU", 1)[1]
+    assert "precision: bf16" in str(error.value).split("CPU", 1)[1]
 
 
 def test_fp16_from_config_on_cpu_is_an_error(tmp_path, launcher, gpu):
     launcher("fp16")
     gpu(False)
     with pytest.raises(RecipeError, match=r"mixed_precision: fp16"):
-        check_run(args(tmp_path))
+        check_run(args(tmp_path, fp16=True))
 
 
 def test_fp16_with_use_cpu_is_an_error_even_with_a_gpu(tmp_path, launcher, gpu):
@@ -220,7 +197,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(runchecks, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="hf_segformer"):
         check_cpu_bf16(args(tmp_path, bf16=True, use_cpu=True))
-    assert "emulated (slower than fp32)" in caplog.text
+    assert "emulated (several times slower than fp32)" in caplog.text
     caplog.clear()
     monkeypatch.setattr(runchecks, "cpu_has_native_bf16", lambda: True)
     with caplog.at_level(logging.WARNING, logger="hf_segformer"):
