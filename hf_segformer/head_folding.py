@@ -76,3 +76,35 @@ def can_fold(model: nn.Module) -> bool:
     head = getattr(model, "decode_head", None)
     return (isinstance(head, SegformerDecodeHead) and hasattr(model, "segformer")
             and getattr(head.config, "reshape_last_stage", True) is not False)
+
+
+def fused_head_forward(self: SegformerDecodeHead, encoder_hidden_states: tuple[torch.Tensor, ...],
+                       **kwargs) -> torch.Tensor:
+    """`SegformerDecodeHead.forward` reordered for training, with the same parameters and the same result.
+
+    The fusion 1×1 convolution has no bias, so for each stage its block F_i composed with the stage's projection
+    (P_i, p_i) is one linear map applied before upsampling: Σ_i up(F_i P_i x_i + F_i p_i) equals the stock
+    fuse(concat(up(P_i x_i + p_i))). BatchNorm, ReLU, dropout and the classifier then run on that sum as before,
+    in training mode (batch statistics), so gradients reach P_i, p_i and F_i exactly as in the stock head. The
+    composed weight is rebuilt at every forward (D × D × C_i multiply-adds, negligible)."""
+    size = encoder_hidden_states[0].shape[2:]
+    fuse = self.linear_fuse.weight[:, :, 0, 0]
+    dim, stages = fuse.shape[0], len(self.linear_projections)
+    fused = None
+    for i, (hidden, projection) in enumerate(zip(encoder_hidden_states, self.linear_projections)):
+        block = fuse[:, (stages - 1 - i) * dim : (stages - i) * dim]  # the stock head concatenates in reverse
+        weight, bias = block @ projection.proj.weight, block @ projection.proj.bias
+        mapped = F.conv2d(hidden, weight[:, :, None, None], bias)
+        if mapped.shape[2:] != size:
+            mapped = F.interpolate(mapped, size=size, mode="bilinear", align_corners=False)
+        fused = mapped if fused is None else fused + mapped
+    return self.classifier(self.dropout(self.activation(self.batch_norm(fused))))
+
+
+def fuse_decode_head_for_training(model: nn.Module) -> bool:
+    """Run the model's decode head in the reordered form above (this instance only: the class, the parameters and
+    the saved model are untouched). Returns False, leaving the head as it is, where it cannot be reordered."""
+    if not can_fold(model) or model.decode_head.linear_fuse.bias is not None:
+        return False
+    model.decode_head.forward = fused_head_forward.__get__(model.decode_head)
+    return True

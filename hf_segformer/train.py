@@ -20,6 +20,7 @@ from .checks import DataReport, check_data
 from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from .data import canonical_split, load_data
 from .errors import DataError, RecipeError, TrainingError
+from .head_folding import fuse_decode_head_for_training
 from .hub import push_model
 from .labels import LabelDecoder, find_id2label_file
 from .losses import SegmentationLoss, class_weights_from_report, validate_class_weights
@@ -27,6 +28,7 @@ from .metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
 from .modeling import build_image_processor, build_model
 from .reports import write_class_report
 from .runchecks import check_run
+from .runtime import apply_threads
 from .synthetic import write_synthetic_dataset
 from .token_merging import apply_token_merging
 from .trainer import SegformerTrainer, out_of_memory_message
@@ -138,9 +140,20 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     return resume
 
 
+def log_runtime(training_args: SegformerTrainingArguments, threads: str) -> None:
+    """The first lines of a run: what it runs on and why, before anything else is printed."""
+    device = training_args.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
+    logger.info("Device: %s; torch threads: %s; loader workers: %d (%s); precision: %s (%s)", name, threads,
+                training_args.dataloader_num_workers, training_args.loader_workers_reason,
+                training_args.precision, training_args.precision_reason)
+
+
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: SegformerTrainingArguments) -> dict:
     setup_logging(training_args)
-    logger.info("Training arguments %s", training_args)
+    threads = apply_threads(training_args.torch_threads)
+    log_runtime(training_args, f"{threads.value} ({threads.why})")
+    logger.debug("Training arguments %s", training_args)
     check_run(training_args)  # precision agrees with the Accelerate config, output_dir writable with free space
     checkpoint = resolve_checkpoint(training_args)
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
@@ -168,6 +181,10 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     eval_dataset = undecoded[eval_split].with_transform(EvalTransform(decoder, data_args.eval_size)) if eval_split in undecoded else None
 
     model = build_model(model_args, id2label, data_args.ignore_index)
+    if model_args.fuse_decode_head and not fuse_decode_head_for_training(model):
+        logger.info("The decode head cannot be reordered (not transformers' SegformerDecodeHead): trained as it is.")
+    if model_args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if model_args.token_merging:
         apply_token_merging(model, model_args.token_merging)
     sync_batchnorm = training_args.sync_batchnorm and training_args.world_size > 1
@@ -199,6 +216,8 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     except torch.OutOfMemoryError as err:
         raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "training")) from err
     trainer.save_model()
+    if training_args.device.type == "cuda":
+        train_result.metrics["train_peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
