@@ -108,9 +108,9 @@ def worker(args: argparse.Namespace) -> dict:
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from hf_segformer.configs import ModelArguments, SegformerTrainingArguments
-    from hf_segformer.metrics import MEAN_IOU_MODULE_PATH, SegmentationMetrics, confusion_matrices
-    from hf_segformer.modeling import build_model
-    from hf_segformer.trainer import SegformerTrainer
+    from hf_segformer.evaluation.metrics import MEAN_IOU_MODULE_PATH, SegmentationMetrics, confusion_matrices
+    from hf_segformer.modeling.build import build_model
+    from hf_segformer.training.trainer import SegformerTrainer
 
     label_size = tuple(args.label_size or (args.image_size, args.image_size))
     dataset = camvid_like(args.n, args.image_size, label_size, args.num_labels)

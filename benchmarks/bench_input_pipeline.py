@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_segformer.labels import LabelDecoder
-from hf_segformer.modeling import build_image_processor
-from hf_segformer.synthetic import make_sample
-from hf_segformer.transforms import SegmentationCollator, TrainTransform
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.synthetic import make_sample
+from hf_segformer.data.transforms import SegmentationCollator, TrainTransform
+from hf_segformer.modeling.build import build_image_processor
 
 
 def synthetic_pairs(folder: Path, count: int, size: int) -> list[tuple[Path, Path]]:

@@ -37,8 +37,8 @@ def worker(case: str, precision: str) -> dict:
     import torch
     from transformers import SegformerForSemanticSegmentation
 
-    from hf_segformer.losses import SegmentationLoss
-    from hf_segformer.modeling import variant_config
+    from hf_segformer.modeling.build import variant_config
+    from hf_segformer.training.losses import SegmentationLoss
 
     torch.manual_seed(0)
     model = SegformerForSemanticSegmentation(variant_config("b0", num_labels=NUM_CLASSES)).train()

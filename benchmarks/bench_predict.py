@@ -67,9 +67,9 @@ def make_image(seed: int, height: int, width: int):
 def worker_setup(args: argparse.Namespace) -> dict:
     """Save the model and processor, and write the test images of every size."""
     import torch
-
-    from hf_segformer.modeling import build_image_processor, init_encoder_like_mit, variant_config
     from transformers import SegformerForSemanticSegmentation
+
+    from hf_segformer.modeling.build import build_image_processor, init_encoder_like_mit, variant_config
 
     torch.manual_seed(0)
     id2label = {i: f"class_{i}" for i in range(args.num_labels)}
@@ -111,8 +111,9 @@ def worker_pipeline(args: argparse.Namespace) -> dict:
 
 
 def worker_predict(args: argparse.Namespace) -> dict:
-    from hf_segformer.inference import Segmenter, load_image
-    from hf_segformer.predict import find_jobs, predict_files
+    from hf_segformer.data.images import load_image
+    from hf_segformer.inference.predict import find_jobs, predict_files
+    from hf_segformer.inference.segmenter import Segmenter
     from hf_segformer.visuals import default_palette
 
     segmenter = Segmenter.from_pretrained(args.work / "model", precision=args.precision, compile=args.compile)
@@ -126,7 +127,7 @@ def worker_predict(args: argparse.Namespace) -> dict:
 
 
 def worker_slide(args: argparse.Namespace) -> dict:
-    from hf_segformer.inference import InferenceSettings, Segmenter
+    from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 
     height, width = parse_size(args.size)
     settings = InferenceSettings(**json.loads(args.settings))
@@ -143,7 +144,7 @@ def worker_slide(args: argparse.Namespace) -> dict:
 
 
 def worker_latency(args: argparse.Namespace) -> dict:
-    from hf_segformer.inference import Segmenter
+    from hf_segformer.inference.segmenter import Segmenter
 
     segmenter = Segmenter.from_pretrained(args.work / "model", precision=args.precision, compile=args.compile)
     height, width = parse_size(args.size)

@@ -3,8 +3,8 @@
 Speed (default): SegFormer-B0 built from config (random init, seeded; `--num_labels` 150 as ADE20K, or 6 as the
 aerial set), batch `--batch_size`, per input size (default 512×512 and 1024×2048):
 
-  cases     none / hq / fast / 2x2 (`hf_segformer.token_merging` presets) in float32 and under bf16 autocast,
-            and the same model exported to ONNX (`hf_segformer.onnx_export`, float32) run by ONNX Runtime.
+  cases     none / hq / fast / 2x2 (`hf_segformer.modeling.token_merging` presets) in float32 and under bf16 autocast,
+            and the same model exported to ONNX (`hf_segformer.inference.onnx_export`, float32) run by ONNX Runtime.
   timing    side by side in one process: after one warm-up forward per case, each round runs every case once,
             in turn; a case's ms/image is its median over `--rounds` rounds, and its ratio is to `none` of the
             same precision (ONNX: to float32 `none`) in the same rounds, so machine load drifts cancel.
@@ -35,14 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from workers import memory_gb
 
-import torch
-
 from hf_segformer.configs import DataArguments, ModelArguments
-from hf_segformer.head_folding import FoldedSegformer
-from hf_segformer.modeling import build_model
-from hf_segformer.token_merging import PRESETS, apply_token_merging
+from hf_segformer.modeling.build import build_model
+from hf_segformer.modeling.head_folding import FoldedSegformer
+from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
 
 RESULT_PREFIX = "RESULT "
 PRESET_CASES = ("none", "hq", "fast", "2x2")
@@ -68,7 +67,7 @@ def synchronize(device: torch.device) -> None:
 def make_runner(model: torch.nn.Module, case: str, precision: str, device: torch.device, onnx_session=None):
     """A callable running one forward of `case` (after switching the model to it) on a batch of pixels."""
     if case == "onnx":
-        from hf_segformer.onnx_export import onnx_logits
+        from hf_segformer.inference.onnx_export import onnx_logits
 
         return lambda pixels: onnx_logits(onnx_session, pixels)
 
@@ -97,7 +96,7 @@ def memory_worker(args: argparse.Namespace) -> dict:
     model = build_b0(args.variant, args.num_labels, device)
     session = None
     if args.case == "onnx":
-        from hf_segformer.onnx_export import load_onnx_session
+        from hf_segformer.inference.onnx_export import load_onnx_session
 
         session = load_onnx_session(args.onnx_path, args.threads)
     elif args.case != "none":
@@ -140,7 +139,7 @@ def time_cases(args: argparse.Namespace, size: tuple[int, int], device: torch.de
     model = build_b0(args.variant, args.num_labels, device)
     session = None
     if onnx_path:
-        from hf_segformer.onnx_export import load_onnx_session
+        from hf_segformer.inference.onnx_export import load_onnx_session
 
         session = load_onnx_session(onnx_path, args.threads)
     pixels = torch.randn(args.batch_size, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -176,7 +175,7 @@ def speed_table(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = None
         if not args.skip_onnx:
-            from hf_segformer.onnx_export import export_model
+            from hf_segformer.inference.onnx_export import export_model
 
             onnx_path = str(export_model(build_b0(args.variant, args.num_labels, torch.device("cpu")),
                                          Path(tmp) / "model.onnx", sample_size=(64, 64)))
@@ -200,17 +199,17 @@ def speed_table(args: argparse.Namespace) -> None:
 def miou_table(args: argparse.Namespace) -> None:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from hf_segformer.evaluation import evaluate_shard, load_split
-    from hf_segformer.inference import InferenceSettings, Segmenter
-    from hf_segformer.metrics import metrics_from_confusion
+    from hf_segformer.data.prepare import build_label_decoder
+    from hf_segformer.evaluation.metrics import metrics_from_confusion
+    from hf_segformer.evaluation.run import evaluate_shard, load_split
+    from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
     from hf_segformer.parser import parse_command
-    from hf_segformer.train import label_decoder
 
     argv = ["--config", args.recipe] + (["--data_dir", args.data_dir] if args.data_dir else [])
     argv += ["--scale", *map(str, args.scale)] if args.scale else []
     data_args, settings, recipe = parse_command(argv, (DataArguments, InferenceSettings))
     dataset = load_split(data_args, int(recipe.get("seed", 42)))
-    decoder = label_decoder(data_args)
+    decoder = build_label_decoder(data_args)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir)
     processor = AutoImageProcessor.from_pretrained(args.model_dir)
     where = f"scale {args.scale}" if args.scale else "the image processor's size"

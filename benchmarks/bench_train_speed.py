@@ -37,7 +37,7 @@ from workers import RESULT_PREFIX, fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from hf_segformer.runtime import cpu_has_native_bf16  # noqa: E402
+from hf_segformer.runtime import cpu_has_native_bf16
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["--precision", "bf16"],

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
-
 from workers import emit, memory_gb
 
 MIT = {"b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256), "b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768)}

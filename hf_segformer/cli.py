@@ -6,12 +6,12 @@ import argparse
 import logging
 import sys
 
-from .errors import DataError, RecipeError, TrainingError
-from .parser import parse_recipe
+from hf_segformer.errors import DataError, RecipeError, TrainingError
+from hf_segformer.parser import parse_recipe
 
 
 def _check_data(argv: list[str]) -> int:
-    from .train import prepare_data, run_data_check
+    from hf_segformer.data.prepare import prepare_data, run_data_check
 
     data_args, _, training_args = parse_recipe(argv)
     data, id2label = prepare_data(data_args, training_args.seed)
@@ -24,7 +24,7 @@ def _check_data(argv: list[str]) -> int:
 
 
 def _train(argv: list[str], default_config: str | None = None) -> int:
-    from .train import main
+    from hf_segformer.training.run import main
 
     main(*parse_recipe(argv, default_config=default_config))
     return 0
@@ -44,7 +44,7 @@ def _report_user_errors(command, *args) -> int:
 
 
 def _make_synthetic(argv: list[str]) -> int:
-    from .synthetic import write_synthetic_dataset
+    from hf_segformer.data.synthetic import write_synthetic_dataset
 
     parser = argparse.ArgumentParser(prog="hf-segformer make-synthetic")
     parser.add_argument("output_dir")
@@ -59,20 +59,20 @@ def _make_synthetic(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    from .evaluation import main
+    from hf_segformer.evaluation.run import main
 
     main(argv)
     return 0
 
 
 def _predict(argv: list[str]) -> int:
-    from .predict import main
+    from hf_segformer.inference.predict import main
 
     return main(argv)
 
 
 def _coco_to_masks(argv: list[str]) -> int:
-    from .coco import CATEGORY_MAP_FILE, RULES, convert_coco
+    from hf_segformer.data.coco import CATEGORY_MAP_FILE, RULES, convert_coco
 
     parser = argparse.ArgumentParser(
         prog="hf-segformer coco-to-masks",
@@ -98,7 +98,7 @@ def _coco_to_masks(argv: list[str]) -> int:
 
 
 def _push_dataset(argv: list[str]) -> int:
-    from .hub import push_dataset
+    from hf_segformer.hub.publish import push_dataset
 
     parser = argparse.ArgumentParser(
         prog="hf-segformer push-dataset", allow_abbrev=False,
@@ -121,7 +121,7 @@ def _push_dataset(argv: list[str]) -> int:
 
 
 def _export_onnx(argv: list[str]) -> int:
-    from .onnx_export import DEFAULT_OPSET, export_onnx
+    from hf_segformer.inference.onnx_export import DEFAULT_OPSET, export_onnx
 
     parser = argparse.ArgumentParser(
         prog="hf-segformer export-onnx",
@@ -141,7 +141,7 @@ def _export_onnx(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo import main
+    from hf_segformer.app.demo import main
 
     return main(argv)
 

@@ -1,20 +1,76 @@
 """The recipe's fields: one dataclass per concern, parsed by `HfArgumentParser` from YAML + command line.
 
-These dataclasses are the single source of truth for every option; the YAML recipes only set values.
+These dataclasses are the single source of truth for every option; the YAML recipes only set values. They
+import nothing of the package but its errors and `runtime` (which settles precision, threads and loader workers
+before transformers' own `__post_init__` needs them), and parse the recipe values that are mappings
+(`id2label`, `colour_map`) here, where the fields are declared.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from transformers import TrainingArguments
 
-from .errors import RecipeError
-from .labels import normalise_id2label, parse_colour_map
-from .losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
-from .runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
-from .transforms import LABEL_PAD
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
+
+WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
+LOSS_TERMS = ("ce", "focal", "dice", "ohem")
+LOSS_RESOLUTIONS = ("labels", "logits")
+METRIC_BACKENDS = ("confusion", "evaluate_hub")
+
+
+def parse_colour(colour: Any) -> tuple[int, int, int]:
+    """Accept '#RRGGBB', 'r,g,b' or [r, g, b]."""
+    if isinstance(colour, str):
+        text = colour.strip()
+        if text.startswith("#") and len(text) == 7:
+            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+    else:
+        parts = list(colour)
+    if len(parts) != 3:
+        raise DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' or 'r,g,b'.")
+    rgb = tuple(int(p) for p in parts)
+    if not all(0 <= c <= 255 for c in rgb):
+        raise DataError(f"colour_map: colour {colour!r} has a channel outside 0..255.")
+    return rgb  # type: ignore[return-value]
+
+
+def parse_colour_map(colour_map: dict | str | None) -> dict[tuple[int, int, int], int] | None:
+    """Recipe form `{"#3C1098": 0, "110,193,228": 2}` (or a JSON file of it) → {(r, g, b): class_id}."""
+    if colour_map is None:
+        return None
+    if isinstance(colour_map, str):
+        text = Path(colour_map).read_text() if os.path.isfile(colour_map) else colour_map
+        colour_map = json.loads(text)
+    return {parse_colour(k): int(v) for k, v in colour_map.items()}
+
+
+def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
+    """Recipe value (mapping, JSON text or path to a JSON file) → {int id: name}, ids 0..n-1."""
+    if id2label is None:
+        return None
+    if isinstance(id2label, str):
+        text = Path(id2label).read_text() if os.path.isfile(id2label) else id2label
+        id2label = json.loads(text)
+    if isinstance(id2label, list):
+        id2label = dict(enumerate(id2label))
+    mapping = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(mapping) != list(range(len(mapping))):
+        raise DataError(f"id2label: class ids must be 0..{len(mapping) - 1} without gaps; got {sorted(mapping)}.")
+    return mapping
+
+
+def check_num_labels(num_labels: int | None, id2label: dict[int, str] | None) -> None:
+    """num_labels, when given, must match the number of named classes (wherever the names came from)."""
+    if num_labels and id2label and len(id2label) != num_labels:
+        raise RecipeError(f"num_labels={num_labels} but id2label names {len(id2label)} classes.")
 
 
 @dataclass
@@ -101,14 +157,11 @@ class DataArguments:
     def __post_init__(self) -> None:
         self.id2label_map = normalise_id2label(self.id2label)
         self.colour_map_rgb = parse_colour_map(self.colour_map)
-        if self.id2label_map and self.num_labels and len(self.id2label_map) != self.num_labels:
-            raise RecipeError(f"num_labels={self.num_labels} but id2label names {len(self.id2label_map)} classes.")
+        check_num_labels(self.num_labels, self.id2label_map)
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
         if len(self.train_scale) != 2 or len(self.ratio_range) != 2:
             raise RecipeError("train_scale and ratio_range take two numbers each.")
-        if self.ignore_index == LABEL_PAD:
-            raise RecipeError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; use 255 or -1.")
 
 
 @dataclass
@@ -160,15 +213,6 @@ class ModelArguments:
         default=None, metadata={"help": "Dropout before the decode head's classifier (config default 0.1)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-
-    def __post_init__(self) -> None:
-        if self.token_merging is not None:
-            from .token_merging import resolve_token_merging
-
-            resolve_token_merging(self.token_merging)  # a bad preset fails before any data work
-
-
-METRIC_BACKENDS = ("confusion", "evaluate_hub")
 
 
 @dataclass

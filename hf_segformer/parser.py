@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from .configs import DataArguments, ModelArguments, SegformerTrainingArguments
-from .errors import RecipeError
+from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.errors import RecipeError
 
 RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)
 

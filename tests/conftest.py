@@ -176,10 +176,10 @@ def tiny_segformer():
 
 @pytest.fixture
 def train_tiny():
-    """Run `hf_segformer.train.main` in-process on a tiny synthetic set (32×32, 8 + 4 images); returns the runner."""
+    """Run `hf_segformer.training.run.main` in-process on a tiny synthetic set (32×32, 8 + 4 images); returns the runner."""
+    from hf_segformer.data.synthetic import write_synthetic_dataset
     from hf_segformer.parser import parse_recipe
-    from hf_segformer.synthetic import write_synthetic_dataset
-    from hf_segformer.train import main
+    from hf_segformer.training.run import main
 
     def run(tmp_path: Path, *overrides: str) -> dict:
         data_dir = write_synthetic_dataset(tmp_path / "data", num_train=8, num_validation=4, size=32)
@@ -196,7 +196,7 @@ def train_tiny():
 def saved_model(tmp_path: Path):
     """Save a tiny SegFormer and its image processor (eval size 32) as training does (`Trainer.save_model` with
     the processor as processing class); returns a function (id2label, folder name) → the folder."""
-    from hf_segformer.modeling import build_image_processor
+    from hf_segformer.modeling.build import build_image_processor
 
     def save(id2label: dict[int, str], name: str = "model", eval_size: int = 32, seed: int = 0) -> Path:
         folder = tmp_path / name

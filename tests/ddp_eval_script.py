@@ -19,10 +19,10 @@ from datasets import Image
 from transformers import SegformerForSemanticSegmentation
 
 from hf_segformer.configs import DataArguments, SegformerTrainingArguments
-from hf_segformer.metrics import SegmentationMetrics
-from hf_segformer.train import label_decoder, prepare_data
-from hf_segformer.trainer import SegformerTrainer
-from hf_segformer.transforms import EvalTransform, SegmentationCollator
+from hf_segformer.data.prepare import build_label_decoder, prepare_data
+from hf_segformer.data.transforms import EvalTransform, SegmentationCollator
+from hf_segformer.evaluation.metrics import SegmentationMetrics
+from hf_segformer.training.trainer import SegformerTrainer
 
 
 class CountingCollator(SegmentationCollator):
@@ -49,7 +49,7 @@ def main() -> None:
     data_args = DataArguments(data_dir=cli.data_dir, id2label=json.dumps(id2label), eval_size=cli.eval_size)
     data, _ = prepare_data(data_args, seed=0)
     undecoded = data["validation"].cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
-    eval_dataset = undecoded.with_transform(EvalTransform(label_decoder(data_args), cli.eval_size))
+    eval_dataset = undecoded.with_transform(EvalTransform(build_label_decoder(data_args), cli.eval_size))
 
     output_dir = Path(cli.output_dir)
     args = SegformerTrainingArguments(output_dir=str(output_dir / "trainer"), per_device_eval_batch_size=cli.batch_size,

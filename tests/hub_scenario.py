@@ -27,11 +27,12 @@ def main(work: Path, data_dir: Path) -> None:
     from PIL import Image
     from transformers import SegformerForImageClassification, SegformerForSemanticSegmentation, pipeline
 
-    from hf_segformer.cli import main as cli, run_train
-    from hf_segformer.hub import push_model
-    from hf_segformer.modeling import build_image_processor, variant_config
+    from hf_segformer.cli import main as cli
+    from hf_segformer.cli import run_train
+    from hf_segformer.hub.publish import push_model
+    from hf_segformer.modeling.build import build_image_processor, variant_config
     from hf_segformer.parser import parse_recipe
-    from hf_segformer.trainer import SegformerTrainer
+    from hf_segformer.training.trainer import SegformerTrainer
 
     out: dict = {}
     out["push_dataset_rc"] = cli(["push-dataset", "--repo_id", "tester/shapes", "--card",

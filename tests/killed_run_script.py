@@ -14,7 +14,7 @@ import sys
 
 from transformers import TrainerCallback
 
-import hf_segformer.train
+import hf_segformer.training.run
 from hf_segformer.cli import run_train
 
 
@@ -32,12 +32,12 @@ if __name__ == "__main__":
     at = argv.index("--kill_at_step")
     kill_step = int(argv[at + 1])
     del argv[at : at + 2]
-    trainer_class = hf_segformer.train.SegformerTrainer
+    trainer_class = hf_segformer.training.run.SegformerTrainer
 
     class KilledTrainer(trainer_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(KillAt(kill_step))
 
-    hf_segformer.train.SegformerTrainer = KilledTrainer
+    hf_segformer.training.run.SegformerTrainer = KilledTrainer
     sys.exit(run_train(argv))

@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 
-
 def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 

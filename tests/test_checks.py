@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from hf_segformer import cli
-from hf_segformer.checks import DataReport, check_data, check_split
-from hf_segformer.configs import DataArguments
-from hf_segformer.data import load_data
+from hf_segformer.configs import DataArguments, parse_colour_map
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import load_data
+from hf_segformer.data.preflight import DataReport, check_data, check_split
 from hf_segformer.errors import DataError
-from hf_segformer.labels import LabelDecoder, parse_colour_map
 
 
 def run_check(root, num_labels: int = 3, decoder: LabelDecoder | None = None, **data_kwargs) -> DataReport:

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_segformer.coco import (CATEGORY_MAP_FILE, CategoryMap, convert_coco, decode_compressed_counts, decode_rle,
-                               polygon_mask, semantic_mask)
+from hf_segformer.data.coco import (
+    CATEGORY_MAP_FILE,
+    CategoryMap,
+    convert_coco,
+    decode_compressed_counts,
+    decode_rle,
+    polygon_mask,
+    semantic_mask,
+)
 from hf_segformer.errors import DataError
 
 CATEGORIES = [{"id": 7, "name": "cup", "supercategory": "kitchen"}, {"id": 3, "name": "table", "supercategory": "furniture"}]
@@ -121,10 +128,10 @@ def _write_split(root: Path, name: str, annotations: list[dict]) -> tuple[Path, 
 
 
 def test_converted_folder_is_a_data_dir_that_loads_and_passes_the_data_check(tmp_path):
-    from hf_segformer.checks import check_data
     from hf_segformer.configs import DataArguments
-    from hf_segformer.data import load_data
-    from hf_segformer.labels import LabelDecoder, find_id2label_file
+    from hf_segformer.data.labels import LabelDecoder, find_id2label_file
+    from hf_segformer.data.loading import load_data
+    from hf_segformer.data.preflight import check_data
 
     cup = {"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]]}
     crowd = {"id": 2, "image_id": 2, "category_id": 3, "iscrowd": 1,

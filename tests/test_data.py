@@ -11,11 +11,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_segformer.configs import DataArguments
-from hf_segformer.data import load_data, load_folder_dataset, pair_files
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import load_data, load_folder_dataset, pair_files
+from hf_segformer.data.prepare import build_label_decoder
+from hf_segformer.data.transforms import EvalTransform
 from hf_segformer.errors import DataError
-from hf_segformer.labels import LabelDecoder
-from hf_segformer.train import label_decoder
-from hf_segformer.transforms import EvalTransform
 
 
 def undecoded(ds: Dataset) -> Dataset:
@@ -102,7 +102,7 @@ def test_rgb_colour_masks_map_to_class_ids(data_root, make_pairs, stripes):
     rgb, ids = colour_mask(stripes)
     make_pairs(data_root, ["a", "b"], mask_mode="RGB", mask=rgb)
     args = DataArguments(data_dir=str(data_root), colour_map=COLOUR_MAP)
-    for label in decoded_labels(load_data(args)["train"], label_decoder(args)):
+    for label in decoded_labels(load_data(args)["train"], build_label_decoder(args)):
         np.testing.assert_array_equal(label, ids)
 
 
@@ -112,7 +112,7 @@ def test_unknown_colour_is_a_data_error_naming_file_and_colour(data_root, make_p
     make_pairs(data_root, ["a"], mask_mode="RGB", mask=rgb)
     args = DataArguments(data_dir=str(data_root), colour_map=COLOUR_MAP)
     with pytest.raises(DataError) as err:
-        decoded_labels(load_data(args)["train"], label_decoder(args))
+        decoded_labels(load_data(args)["train"], build_label_decoder(args))
     assert "a.png" in str(err.value) and "#12ABEF" in str(err.value)
 
 

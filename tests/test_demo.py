@@ -29,14 +29,15 @@ gr = pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e
 
 from conftest import build_tiny_segformer, free_port, save_image  # noqa: E402
 
-from hf_segformer import cli  # noqa: E402
-from hf_segformer.demo import DemoModel, launch, read_upload  # noqa: E402
-from hf_segformer.errors import DataError, RecipeError  # noqa: E402
-from hf_segformer.inference import InferenceSettings, Segmenter  # noqa: E402
-from hf_segformer.modeling import build_image_processor  # noqa: E402
-from hf_segformer.space import MODEL_ENV, space_link  # noqa: E402
-from hf_segformer.token_merging import apply_token_merging, has_token_merging  # noqa: E402
-from hf_segformer.visuals import colourise  # noqa: E402
+from hf_segformer import cli
+from hf_segformer.app.demo import DemoModel, launch, read_upload
+from hf_segformer.app.space import MODEL_ENV
+from hf_segformer.hub.cards import space_link
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.build import build_image_processor
+from hf_segformer.modeling.token_merging import apply_token_merging, has_token_merging
+from hf_segformer.visuals import colourise
 
 ID2LABEL = {0: "background", 1: "road", 2: "building"}
 COLOURS = [(10, 20, 30), (200, 40, 40), (40, 200, 90)]  # the "dataset's" colours, unlike the default palette

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import ACCELERATE, run_offline
 
-from hf_segformer.synthetic import write_synthetic_dataset
+from hf_segformer.data.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

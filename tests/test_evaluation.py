@@ -17,8 +17,8 @@ from conftest import ACCELERATE, free_port, run_offline
 from PIL import Image
 
 from hf_segformer.cli import main
-from hf_segformer.inference import InferenceSettings, Segmenter
-from hf_segformer.metrics import confusion_from_arrays, metrics_from_confusion
+from hf_segformer.evaluation.metrics import confusion_from_arrays, metrics_from_confusion
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
@@ -115,16 +115,16 @@ def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from hf_segformer.configs import DataArguments, SegformerTrainingArguments
-    from hf_segformer.evaluation import load_split
-    from hf_segformer.metrics import SegmentationMetrics
-    from hf_segformer.modeling import build_image_processor
-    from hf_segformer.train import label_decoder
-    from hf_segformer.trainer import SegformerTrainer
-    from hf_segformer.transforms import EvalTransform, SegmentationCollator, TrainTransform
-    from hf_segformer.visuals import SampleGridCallback
+    from hf_segformer.data.prepare import build_label_decoder
+    from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
+    from hf_segformer.evaluation.metrics import SegmentationMetrics
+    from hf_segformer.evaluation.run import load_split
+    from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.training.callbacks import SampleGridCallback
+    from hf_segformer.training.trainer import SegformerTrainer
 
     data_args = DataArguments(data_dir=str(validation_data), id2label=json.dumps(ID2LABEL), eval_size=32)
-    split, decoder = load_split(data_args), label_decoder(data_args)
+    split, decoder = load_split(data_args), build_label_decoder(data_args)
     args = SegformerTrainingArguments(
         output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2,
         eval_strategy="steps", eval_steps=1, save_strategy="no", use_cpu=True, report_to="tensorboard",

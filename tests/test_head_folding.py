@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import build_tiny_segformer
 
-from hf_segformer.head_folding import FoldedSegformer, can_fold, fuse_decode_head_for_training
-from hf_segformer.inference import InferenceSettings, Segmenter
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold, fuse_decode_head_for_training
 
 ID2LABEL = {0: "sky", 1: "road", 2: "car", 3: "tree"}
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hub_server import HubServer, card_metadata
 from PIL import Image
 
-from hub_server import HubServer, card_metadata
-from hf_segformer.synthetic import SYNTHETIC_ID2LABEL, write_synthetic_dataset
+from hf_segformer.data.synthetic import SYNTHETIC_ID2LABEL, write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_FakeTokenForTheLocalHub0123456789"
@@ -157,7 +157,7 @@ def test_push_model_from_a_folder_pushes_its_files_and_existing_card(hub_run):
 
 def test_push_model_refuses_a_folder_without_card_or_safetensors_before_contacting_the_hub(tmp_path):
     from hf_segformer.errors import DataError
-    from hf_segformer.hub import push_model
+    from hf_segformer.hub.publish import push_model
 
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(DataError, match="README.md"):
@@ -220,7 +220,7 @@ def test_pushed_model_loads_into_the_image_segmentation_pipeline(hub_run):
 # --- in-process pieces ----------------------------------------------------------------------------------------
 
 def test_card_redacts_local_paths_and_tokens_that_come_in_through_names(hub_run, tmp_path):
-    from hf_segformer.cards import RunFacts, build_model_card
+    from hf_segformer.hub.cards import RunFacts, build_model_card
 
     _, _, work, _ = hub_run
     run = tmp_path / "run"
@@ -235,7 +235,7 @@ def test_card_redacts_local_paths_and_tokens_that_come_in_through_names(hub_run,
 
 
 def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
-    from hf_segformer.cards import RunFacts, build_model_card
+    from hf_segformer.hub.cards import RunFacts, build_model_card
 
     _, _, work, _ = hub_run
     with_space = str(build_model_card(work / "run", RunFacts(repo_id="tester/x", space_id="tester/x-demo")))
@@ -245,7 +245,7 @@ def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
 
 
 def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp_path):
-    from hf_segformer.cards import run_facts
+    from hf_segformer.hub.cards import run_facts
     from hf_segformer.parser import parse_recipe
 
     (tmp_path / "ckpt").mkdir()
@@ -259,7 +259,7 @@ def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp
 
 def test_colour_masks_are_published_as_class_ids(data_root, make_pairs):
     from hf_segformer.configs import DataArguments
-    from hf_segformer.hub import publishable_data
+    from hf_segformer.hub.publish import publishable_data
 
     colours = np.zeros((32, 48, 3), dtype=np.uint8)
     colours[:, :16] = (132, 41, 246)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from hf_segformer.errors import RecipeError
-from hf_segformer.inference import InferenceSettings, Segmenter, window_starts
-from hf_segformer.metrics import upsample_logits
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter, window_starts
+from hf_segformer.logits import upsample_logits
 
 ID2LABEL = {0: "background", 1: "road", 2: "car"}
 SIZES = [(48, 32), (32, 32), (70, 41), (20, 90)]  # (width, height)
@@ -53,16 +53,16 @@ def test_saved_model_works_with_pipeline_and_auto_classes_and_masks_match_exactl
     assert any(len(np.unique(mask)) > 1 for mask in ours), "test premise: masks with several classes"
 
 
-def test_config_without_class_names_falls_back_to_numbers_with_a_warning(tiny_segformer, caplog):
+def test_config_without_class_names_falls_back_to_numbered_classes_with_a_warning(tiny_segformer, caplog):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
     config = tiny_segformer(ID2LABEL).config.to_dict()
     for key in ("id2label", "label2id"):
         config.pop(key)
     model = SegformerForSemanticSegmentation(SegformerConfig(**config, num_labels=3))
-    with caplog.at_level(logging.WARNING, logger="hf_segformer.inference"):
+    with caplog.at_level(logging.WARNING, logger="hf_segformer"):
         segmenter = Segmenter(model, device="cpu")
-    assert segmenter.id2label == {0: "0", 1: "1", 2: "2"}
+    assert segmenter.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}  # as training names them
     assert "no class names" in caplog.text
     assert segmenter(noise((32, 32))).shape == (32, 32)
 
@@ -72,7 +72,7 @@ def test_other_image_modes_are_converted_and_said_once_per_mode(saved_model, cap
     grey = np.random.default_rng(1).integers(0, 256, (40, 36), dtype=np.uint8)
     sixteen_bit = Image.fromarray((grey.astype(np.uint16) * 257))  # 16-bit PNG content: scaled back to 8 bits
     palette = Image.fromarray(grey, "L").convert("P")
-    with caplog.at_level(logging.WARNING, logger="hf_segformer.inference"):
+    with caplog.at_level(logging.WARNING, logger="hf_segformer"):
         masks = segmenter([Image.fromarray(grey, "L"), sixteen_bit, Image.fromarray(grey, "L"), palette,
                            np.dstack([grey] * 3 + [grey])])  # an RGBA array
     assert [m.shape for m in masks] == [(40, 36)] * 5

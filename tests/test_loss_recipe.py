@@ -8,8 +8,8 @@ import pytest
 
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.losses import SegmentationLoss
-from hf_segformer.trainer import SegformerTrainer
+from hf_segformer.training.losses import SegmentationLoss
+from hf_segformer.training.trainer import SegformerTrainer
 
 
 def test_recipe_loss_and_histogram_class_weights_are_used_and_saved(tmp_path, train_tiny, monkeypatch):

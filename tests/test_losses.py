@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_segformer import losses
-from hf_segformer.checks import DataReport, SplitReport
+from hf_segformer.data.preflight import DataReport, SplitReport
 from hf_segformer.errors import RecipeError
-from hf_segformer.losses import (
+from hf_segformer.logits import LABEL_PAD
+from hf_segformer.training import losses
+from hf_segformer.training.losses import (
     SegmentationLoss,
     class_weights,
     class_weights_from_report,
@@ -21,7 +22,6 @@ from hf_segformer.losses import (
     ohem_cross_entropy_loss,
     validate_class_weights,
 )
-from hf_segformer.transforms import LABEL_PAD
 
 IGNORE = 255
 C = 3

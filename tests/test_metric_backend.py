@@ -23,20 +23,19 @@ import torch
 from huggingface_hub import constants as hub_constants
 from torch.utils.data import Dataset
 
-from hf_segformer import train
 from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.data.transforms import SegmentationCollator
 from hf_segformer.errors import RecipeError
-from hf_segformer.metrics import (
+from hf_segformer.evaluation.metrics import (
     MEAN_IOU_MODULE_PATH,
     LogitsMeanIoU,
     SegmentationMetrics,
     confusion_matrices,
     load_hub_mean_iou,
-    pack_labels,
-    unpack_label,
 )
-from hf_segformer.trainer import SegformerTrainer
-from hf_segformer.transforms import LABEL_PAD, SegmentationCollator
+from hf_segformer.logits import LABEL_PAD, pack_labels, unpack_label
+from hf_segformer.training import run as train
+from hf_segformer.training.trainer import SegformerTrainer
 
 ID2LABEL = {0: "road", 1: "sky", 2: "car", 3: "tree", 4: "sign"}
 RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second", "preparation_time")

@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_segformer import metrics
-from hf_segformer.metrics import (
+from hf_segformer import logits as logits_module
+from hf_segformer.evaluation import metrics
+from hf_segformer.evaluation.metrics import (
     MEAN_IOU_MODULE_PATH,
     SegmentationMetrics,
     confusion_from_arrays,
     confusion_matrices,
     flatten_metrics,
     metrics_from_confusion,
-    upsampled_argmax,
 )
-from hf_segformer.transforms import LABEL_PAD
+from hf_segformer.logits import LABEL_PAD, upsampled_argmax
 
 MEAN_IOU_KEYS = ["mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy"]
 EXTRA_KEYS = ["mean_dice", "per_category_dice", "frequency_weighted_iou"]
@@ -234,7 +234,7 @@ def test_upsampled_argmax_chunked_equals_plain(monkeypatch, chunk_classes):
     logits[:, 0, 0] = 1.0  # a pixel where every class ties
     size = (13, 11)
     plain = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
-    monkeypatch.setattr(metrics, "UPSAMPLE_CHUNK_ELEMENTS", size[0] * size[1] * chunk_classes)
+    monkeypatch.setattr(logits_module, "UPSAMPLE_CHUNK_ELEMENTS", size[0] * size[1] * chunk_classes)
     chunked = upsampled_argmax(logits, size)
     assert torch.equal(chunked, plain)
     assert chunked[0, 0] == 0
@@ -447,7 +447,7 @@ def _assert_png(path: Path):
 
 
 def test_class_report_writes_confusion_png(tmp_path):
-    from hf_segformer.reports import write_class_report
+    from hf_segformer.evaluation.reports import write_class_report
 
     confusion = np.array([[50, 3, 0], [4, 20, 1], [0, 0, 0]])
     write_class_report(tmp_path, confusion, {0: "background", 1: "a rather long class name here", 2: "$5 bill $"},
@@ -458,7 +458,7 @@ def test_class_report_writes_confusion_png(tmp_path):
 
 
 def test_confusion_png_for_150_classes(tmp_path):
-    from hf_segformer.reports import plot_confusion_matrix
+    from hf_segformer.evaluation.reports import plot_confusion_matrix
 
     rng = np.random.default_rng(4)
     confusion = rng.integers(0, 5, size=(150, 150)) + np.diag(rng.integers(10, 100, size=150))
@@ -470,11 +470,12 @@ def test_confusion_png_for_150_classes(tmp_path):
 @pytest.mark.parametrize("chunk", [None, 1000])
 def test_confusion_and_loss_equal_the_separate_computations(monkeypatch, chunk):
     """Evaluation shares one upsampling between the loss and the confusion matrices: same numbers as apart."""
-    from hf_segformer.losses import cross_entropy_loss
-    from hf_segformer.metrics import confusion_and_loss
+    from hf_segformer.evaluation.metrics import confusion_and_loss
+    from hf_segformer.training.losses import cross_entropy_loss
 
     if chunk is not None:  # force the chunked arg-max path for the large sample
         monkeypatch.setattr(metrics, "UPSAMPLE_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(logits_module, "UPSAMPLE_CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(5)
     sizes = [(13, 17), (9, 21), (16, 8)]
     labels = [torch.from_numpy(rng.integers(0, 4, size=s)) for s in sizes]

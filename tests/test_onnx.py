@@ -10,17 +10,11 @@ from conftest import build_tiny_segformer
 pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
 
-from hf_segformer.cli import main as cli_main  # noqa: E402
-from hf_segformer.errors import RecipeError  # noqa: E402
-from hf_segformer.modeling import build_image_processor  # noqa: E402
-from hf_segformer.onnx_export import (  # noqa: E402
-    export_model,
-    export_onnx,
-    load_onnx_session,
-    onnx_logits,
-    onnx_metadata,
-)
-from hf_segformer.token_merging import apply_token_merging  # noqa: E402
+from hf_segformer.cli import main as cli_main
+from hf_segformer.errors import RecipeError
+from hf_segformer.inference.onnx_export import export_model, export_onnx, load_onnx_session, onnx_logits, onnx_metadata
+from hf_segformer.modeling.build import build_image_processor
+from hf_segformer.modeling.token_merging import apply_token_merging
 
 ID2LABEL = {0: "sky", 1: "road", 2: "car"}
 
@@ -74,7 +68,7 @@ def test_missing_model_and_merged_model_are_refused(tmp_path):
 
 
 def test_predict_runs_the_exported_model_in_onnx_runtime(model_dir, tmp_path, write_image):
-    from hf_segformer.inference import InferenceSettings, Segmenter
+    from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 
     path = tmp_path / "model.onnx"
     export_onnx(model_dir, path, opset=17, check_sizes=[(64, 64)])

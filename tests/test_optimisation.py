@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from conftest import ACCELERATE, run_offline
+from torch import nn
 from train_step_script import one_step, samples, tiny_model
 
-from hf_segformer.batchnorm import AllReduceBatchNorm2d, convert_sync_batchnorm
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.losses import SegmentationLoss, downsample_labels
-from hf_segformer.trainer import SegformerTrainer
+from hf_segformer.modeling.batchnorm import AllReduceBatchNorm2d, convert_sync_batchnorm
+from hf_segformer.training.losses import SegmentationLoss, downsample_labels
+from hf_segformer.training.trainer import SegformerTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
-from hf_segformer.parser import RecipeError, parse_recipe
+from hf_segformer.errors import RecipeError
+from hf_segformer.parser import parse_recipe
 
 
 @pytest.fixture

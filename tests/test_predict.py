@@ -12,7 +12,7 @@ from PIL import Image
 
 from hf_segformer.cli import main
 from hf_segformer.configs import DataArguments
-from hf_segformer.inference import Segmenter
+from hf_segformer.inference.segmenter import Segmenter
 from hf_segformer.visuals import dataset_palette, default_palette, mask_image
 
 ID2LABEL = {0: "background", 1: "road", 2: "car"}

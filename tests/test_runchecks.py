@@ -1,4 +1,4 @@
-"""Run checks (hf_segformer.runchecks) and the Accelerate config files (accelerate_configs/)."""
+"""Run checks (hf_segformer.training.run_checks) and the Accelerate config files (accelerate_configs/)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hf_segformer import runchecks
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.runchecks import check_cpu_bf16, check_fp16_device, check_output_dir, check_run
+from hf_segformer.outputs import check_output_dir
 from hf_segformer.runtime import ENV_MIXED_PRECISION, cpu_has_native_bf16
+from hf_segformer.training import run_checks as runchecks
+from hf_segformer.training.run_checks import check_cpu_bf16, check_fp16_device, check_run
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
 REQUIRED_KEYS = ("compute_environment", "distributed_type", "mixed_precision", "num_processes", "num_machines")
@@ -192,7 +193,7 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, caplog):
-    import hf_segformer.runchecks as runchecks
+    import hf_segformer.training.run_checks as runchecks
 
     monkeypatch.setattr(runchecks, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="hf_segformer"):

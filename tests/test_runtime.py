@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ACCELERATE, free_port
 
 from hf_segformer import runtime
 from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
 from hf_segformer.runtime import choose_loader_workers, choose_precision, choose_threads
-
-from conftest import ACCELERATE, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +144,7 @@ def launch_forms() -> dict[str, list[str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("form", list(launch_forms()))
 def test_every_launch_form_uses_all_cores_and_says_so(tmp_path, form):
-    from hf_segformer.synthetic import write_synthetic_dataset
+    from hf_segformer.data.synthetic import write_synthetic_dataset
 
     data_dir = write_synthetic_dataset(tmp_path / "data", num_train=4, num_validation=2, size=32)
     recipe = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--crop_size", "32",

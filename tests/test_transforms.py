@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
-from hf_segformer.labels import LabelDecoder
-from hf_segformer.transforms import LABEL_PAD, EvalTransform, SegmentationCollator, TrainTransform
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
+from hf_segformer.logits import LABEL_PAD
 
 IGNORE = 255
 CLASSES = (0, 2, 4, 6)  # gaps between ids: any interpolated label value would be a value not in this set

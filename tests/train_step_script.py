@@ -17,10 +17,10 @@ import tempfile
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, TrainerCallback
 
-from hf_segformer.batchnorm import convert_sync_batchnorm
 from hf_segformer.configs import SegformerTrainingArguments
-from hf_segformer.losses import SegmentationLoss
-from hf_segformer.trainer import SegformerTrainer
+from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
+from hf_segformer.training.losses import SegmentationLoss
+from hf_segformer.training.trainer import SegformerTrainer
 
 NUM_SAMPLES, SIZE, NUM_LABELS = 4, 32, 3
 

@@ -15,13 +15,12 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from .configs import DataArguments
-from .errors import DataError, problems_message
+from hf_segformer.configs import DataArguments
+from hf_segformer.data.images import IMAGE_EXTENSIONS, MASK_EXTENSIONS, is_image_file
+from hf_segformer.errors import DataError, problems_message
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-MASK_EXTENSIONS = {".png", ".npy", ".tif", ".tiff", ".bmp"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
                  "valid": "validation", "test": "test", "testing": "test"}
 
@@ -110,8 +109,7 @@ def load_folder_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
         return DatasetDict({"train": _pairs_to_dataset(pair_files(image_dir, mask_dir, image_suffix, mask_suffix))})
     problems = [f"{image_splits[s]}: no mask folder for split '{s}' in {mask_dir}" for s in image_splits.keys() - mask_splits.keys()]
     problems += [f"{mask_splits[s]}: no image folder for split '{s}' in {image_dir}" for s in mask_splits.keys() - image_splits.keys()]
-    problems += [f"{p}: file outside the split folders" for p in sorted(image_dir.iterdir())
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    problems += [f"{p}: file outside the split folders" for p in sorted(image_dir.iterdir()) if is_image_file(p)]
     if problems:
         raise DataError(problems_message(f"The split folders of {image_dir} and {mask_dir} do not match", problems,
                                          "Use the same split sub-folders (train/, validation|val/, test/) on both sides."))
@@ -141,6 +139,14 @@ def _load_hub_or_disk(args: DataArguments) -> DatasetDict:
                 raise DataError(f"Dataset {name} column '{column}' is {ds.features[column]}, not datasets.Image.")
         renamed[canonical_split(split)] = ds
     return DatasetDict(renamed)
+
+
+def undecoded(dataset: Dataset, columns: tuple[str, ...] = ("image", "label")) -> Dataset:
+    """The dataset with its image columns left as {path, bytes}: the transforms and the check open them themselves
+    (reading masks as their palette indices, decoding large JPEGs at reduced scale)."""
+    for column in columns:
+        dataset = dataset.cast_column(column, Image(decode=False))
+    return dataset
 
 
 def load_data(args: DataArguments, seed: int = 42) -> DatasetDict:

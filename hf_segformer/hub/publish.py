@@ -19,13 +19,15 @@ from datasets import DatasetDict, Image
 from huggingface_hub import CommitOperationAdd, HfApi
 from PIL import Image as PILImage
 
-from .cards import DatasetFacts, build_dataset_card, run_facts, write_model_card
-from .checks import DataReport, check_data
-from .coco import CATEGORY_MAP_FILE
-from .configs import DataArguments, ModelArguments
-from .errors import DataError, RecipeError
-from .labels import ID2LABEL_FILE, LabelDecoder
-from .transforms import open_image
+from hf_segformer.configs import DataArguments, ModelArguments
+from hf_segformer.data.coco import CATEGORY_MAP_FILE
+from hf_segformer.data.images import open_image
+from hf_segformer.data.labels import ID2LABEL_FILE, LabelDecoder
+from hf_segformer.data.loading import undecoded
+from hf_segformer.data.preflight import DataReport, check_data
+from hf_segformer.data.prepare import build_label_decoder, prepare_data
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.hub.cards import DatasetFacts, build_dataset_card, run_facts, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +53,15 @@ def _class_id_masks(data: DatasetDict, decoder: LabelDecoder) -> DatasetDict:
             labels.append({"bytes": _png(np.asarray(decoder(open_image(entry), name))), "path": Path(name).with_suffix(".png").name})
         return {"label": labels}
 
-    raw = DatasetDict({split: ds.cast_column("label", Image(decode=False)) for split, ds in data.items()})
+    raw = DatasetDict({split: undecoded(ds, ("label",)) for split, ds in data.items()})
     encoded = raw.map(encode, batched=True, batch_size=16, desc="Encoding class-id masks")
     return DatasetDict({split: ds.cast_column("label", Image()) for split, ds in encoded.items()})
 
 
 def publishable_data(data_args: DataArguments, seed: int = 42) -> tuple[DatasetDict, dict[int, str], DataReport]:
     """Load the recipe's data as training would, check every pair, and make the masks plain class ids."""
-    from .train import label_decoder, prepare_data
-
     data, id2label = prepare_data(data_args, seed)
-    decoder = label_decoder(data_args)
+    decoder = build_label_decoder(data_args)
     report = check_data(data, decoder, len(id2label), id2label, data_args.check_num_proc)
     if data_args.colour_map_rgb or data_args.reduce_labels:
         data = _class_id_masks(data, decoder)

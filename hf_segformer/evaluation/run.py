@@ -23,20 +23,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, Image
+from datasets import Dataset
 from PIL import Image as PILImage
 
-from .configs import DataArguments
-from .data import canonical_split, load_data
-from .errors import DataError, RecipeError
-from .inference import InferenceArguments, Segmenter, as_rgb, class_map, writable_folder
-from .labels import LabelDecoder
-from .metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
-from .parser import parse_command
-from .reports import write_class_report
-from .runtime import has_accelerator
-from .transforms import entry_name, open_image
-from .visuals import dataset_palette, sample_grid, spread_indices
+from hf_segformer.configs import DataArguments
+from hf_segformer.data.images import as_rgb, entry_name, open_image
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import canonical_split, load_data, undecoded
+from hf_segformer.data.prepare import build_label_decoder
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.evaluation.metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
+from hf_segformer.evaluation.reports import write_class_report
+from hf_segformer.inference.segmenter import InferenceArguments, Segmenter, class_map
+from hf_segformer.outputs import writable_folder
+from hf_segformer.parser import parse_command
+from hf_segformer.runtime import has_accelerator
+from hf_segformer.visuals import dataset_palette, sample_grid, spread_indices
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def load_split(data_args: DataArguments, seed: int = 42) -> Dataset:
     split = canonical_split(data_args.eval_split)
     if split not in data:
         raise DataError(f"No '{data_args.eval_split}' split to evaluate; the data has {sorted(data)}.")
-    return data[split].cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
+    return undecoded(data[split])
 
 
 def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, said: set[str]) -> tuple:
@@ -138,7 +140,6 @@ def main(argv: list[str]) -> dict[str, float]:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    from .train import label_decoder
 
     data_args, inference_args, eval_args, recipe = parse_command(
         argv, (DataArguments, InferenceArguments, EvaluateArguments))
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> dict[str, float]:
     accelerator = Accelerator(cpu=inference_args.device == "cpu" or not has_accelerator())
     segmenter = inference_args.load(recipe, device=accelerator.device)
     dataset = load_split(data_args, int(recipe.get("seed", 42)))
-    decoder = label_decoder(data_args)
+    decoder = build_label_decoder(data_args)
     keep = spread_indices(len(dataset), eval_args.grid_samples)
     started = time.perf_counter()
     try:

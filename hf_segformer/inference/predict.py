@@ -26,14 +26,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .configs import DataArguments
-from .data import IMAGE_EXTENSIONS
-from .errors import DataError, RecipeError, problems_message
-from .inference import InferenceArguments, Segmenter, as_rgb, writable_folder
-from .parser import parse_command
-from .visuals import dataset_palette, mask_image, overlay
-
-DATA_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are
+from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
+from hf_segformer.errors import DataError, RecipeError, problems_message
+from hf_segformer.inference.segmenter import InferenceArguments, Segmenter
+from hf_segformer.outputs import writable_folder
+from hf_segformer.parser import parse_command
+from hf_segformer.visuals import dataset_palette, mask_image, overlay, recipe_data_args
 
 
 @dataclass
@@ -63,10 +61,6 @@ class Job:
         return self.mask.is_file() and (self.overlay is None or self.overlay.is_file())
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def find_jobs(inputs: list[str], predictions_dir: str | os.PathLike, overlays: bool) -> list[Job]:
     """Every input image with its output paths; inputs matching nothing, and two images that would write the
     same output (same stem), are errors before any work. Files under predictions_dir itself are left out."""
@@ -76,12 +70,12 @@ def find_jobs(inputs: list[str], predictions_dir: str | os.PathLike, overlays: b
     for entry in inputs:
         path = Path(entry)
         if path.is_dir():
-            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if _is_image(p)]
+            found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if is_image_file(p)]
         elif path.is_file():
-            found = [(path, Path(path.name))] if _is_image(path) else []
+            found = [(path, Path(path.name))] if is_image_file(path) else []
         else:
             matches = [Path(p) for p in sorted(glob.glob(entry, recursive=True))]
-            found = [(p, Path(p.name)) for p in matches if _is_image(p)]
+            found = [(p, Path(p.name)) for p in matches if is_image_file(p)]
         found = [(p, rel) for p, rel in found if out not in p.resolve().parents]
         if not found:
             problems.append(f"{entry}: no image here (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -159,10 +153,7 @@ def main(argv: list[str]) -> int:
     jobs = find_jobs(predict_args.inputs, predict_args.predictions_dir, predict_args.overlays)
     pending = jobs if predict_args.overwrite else [job for job in jobs if not job.done()]
     segmenter = inference_args.load(recipe)
-    data_keys = {key: recipe[key] for key in DATA_KEYS if recipe.get(key) is not None}
-    if predict_args.colour_map:
-        data_keys["colour_map"] = predict_args.colour_map
-    palette = dataset_palette(segmenter.num_labels, DataArguments(**data_keys))
+    palette = dataset_palette(segmenter.num_labels, recipe_data_args(recipe, predict_args.colour_map))
     failures = predict_files(segmenter, pending, palette, inference_args.batch_size, predict_args.overlay_alpha)
     written = len(pending) - len(failures)
     print(f"Wrote {written} mask{'s' if written != 1 else ''} to {predict_args.predictions_dir}"

@@ -8,8 +8,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hf_segformer.metrics import confusion_from_arrays, metrics_from_confusion
-
+from hf_segformer.evaluation.metrics import confusion_from_arrays, metrics_from_confusion
 
 _DESCRIPTION = """
 IoU (Jaccard index) is the area of overlap between the predicted segmentation and the ground truth

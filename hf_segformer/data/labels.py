@@ -6,45 +6,18 @@ Every path that reads a mask (pre-flight check, training and evaluation transfor
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from hf_segformer.configs import normalise_id2label
+from hf_segformer.errors import DataError
 
 ID2LABEL_FILE = "id2label.json"
 
-
-def parse_colour(colour: Any) -> tuple[int, int, int]:
-    """Accept '#RRGGBB', 'r,g,b' or [r, g, b]."""
-    if isinstance(colour, str):
-        text = colour.strip()
-        if text.startswith("#") and len(text) == 7:
-            return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
-        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
-    else:
-        parts = list(colour)
-    if len(parts) != 3:
-        raise DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' or 'r,g,b'.")
-    rgb = tuple(int(p) for p in parts)
-    if not all(0 <= c <= 255 for c in rgb):
-        raise DataError(f"colour_map: colour {colour!r} has a channel outside 0..255.")
-    return rgb  # type: ignore[return-value]
-
-
-def parse_colour_map(colour_map: dict | str | None) -> dict[tuple[int, int, int], int] | None:
-    """Recipe form `{"#3C1098": 0, "110,193,228": 2}` (or a JSON file of it) → {(r, g, b): class_id}."""
-    if colour_map is None:
-        return None
-    if isinstance(colour_map, str):
-        text = Path(colour_map).read_text() if os.path.isfile(colour_map) else colour_map
-        colour_map = json.loads(text)
-    return {parse_colour(k): int(v) for k, v in colour_map.items()}
 
 
 def _rgb_key(rgb: np.ndarray) -> np.ndarray:
@@ -124,19 +97,10 @@ class LabelDecoder:
         return self._values[pos].astype(np.uint8 if self._values.max() < 256 else np.int32)
 
 
-def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
-    """Recipe value (mapping, JSON text or path to a JSON file) → {int id: name}, ids 0..n-1."""
-    if id2label is None:
-        return None
-    if isinstance(id2label, str):
-        text = Path(id2label).read_text() if os.path.isfile(id2label) else id2label
-        id2label = json.loads(text)
-    if isinstance(id2label, list):
-        id2label = dict(enumerate(id2label))
-    mapping = {int(k): str(v) for k, v in id2label.items()}
-    if sorted(mapping) != list(range(len(mapping))):
-        raise DataError(f"id2label: class ids must be 0..{len(mapping) - 1} without gaps; got {sorted(mapping)}.")
-    return mapping
+
+def numbered_classes(num_labels: int) -> dict[int, str]:
+    """Names for classes nobody named: class_0, class_1, ... (training, the model card, predict and the demo)."""
+    return {i: f"class_{i}" for i in range(num_labels)}
 
 
 def find_id2label_file(*folders: str | os.PathLike | None) -> dict[int, str] | None:

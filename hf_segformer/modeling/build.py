@@ -6,12 +6,11 @@ import logging
 import math
 
 from torch import nn
-
 from transformers import AutoConfig, SegformerConfig, SegformerForSemanticSegmentation
 from transformers.utils import is_torchvision_available
 
-from .configs import ModelArguments
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_segformer.configs import ModelArguments
+from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 if is_torchvision_available():
     from transformers import SegformerImageProcessor as _ImageProcessor

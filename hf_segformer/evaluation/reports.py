@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import metrics_from_confusion
+from hf_segformer.evaluation.metrics import metrics_from_confusion
 
 
 def class_rows(confusion: np.ndarray, id2label: dict[int, str]) -> list[dict]:

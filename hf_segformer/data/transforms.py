@@ -9,57 +9,21 @@ Masks are only ever resampled with nearest-neighbour. Evaluation keeps the mask 
 
 from __future__ import annotations
 
-import io
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .labels import LabelDecoder
+from hf_segformer.data.images import entry_name, open_image, rescale_factor, to_rgb, upright
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.logits import LABEL_PAD
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LABEL_PAD = -100  # pads labels to a common size in a batch; never a class or the ignore index
 
-
-def open_image(entry: Any) -> Image.Image:
-    """Open an entry of an undecoded `datasets.Image` column ({'path', 'bytes'}) or a PIL image, lazily."""
-    if isinstance(entry, Image.Image):
-        return entry
-    if isinstance(entry, dict):
-        return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
-    return Image.open(entry)
-
-
-def upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag (phone photos), as `datasets.Image` decoding does."""
-    orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "TIFF", "PNG", "WEBP") else 1
-    return ImageOps.exif_transpose(image) if orientation != 1 else image
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, palette, RGBA and 16-bit images become 8-bit RGB."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        peak = max(float(array.max()), 1.0)
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
-    return image.convert("RGB")
-
-
-def entry_name(entry: Any) -> str:
-    return entry.get("path") or "<in-memory image>" if isinstance(entry, dict) else str(getattr(entry, "filename", "image"))
-
-
-def rescale_factor(width: int, height: int, scale: tuple[float, float]) -> float:
-    """MMSegmentation keep-ratio rescale: the largest factor with long side ≤ scale[0], short side ≤ scale[1]."""
-    long_edge, short_edge = max(scale), min(scale)
-    return min(long_edge / max(width, height), short_edge / min(width, height))
 
 
 @dataclass

@@ -30,20 +30,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, RecipeError
+from hf_segformer.errors import DataError, RecipeError
 
 try:
     import gradio as gr
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise RecipeError("hf-segformer demo needs Gradio: pip install 'hf-segformer[demo]'.") from err
 
-from .cards import hub_repo_id
-from .configs import DataArguments
-from .data import IMAGE_EXTENSIONS
-from .inference import MODES, InferenceArguments, InferenceSettings, Segmenter, as_rgb
-from .parser import parse_command
-from .token_merging import PRESETS, apply_token_merging
-from .visuals import dataset_palette, default_palette, overlay, pixels_per_class
+from hf_segformer.app.space import export_space
+from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, list_images
+from hf_segformer.hub.cards import hub_repo_id
+from hf_segformer.inference.segmenter import MODES, InferenceArguments, InferenceSettings, Segmenter
+from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
+from hf_segformer.parser import parse_command
+from hf_segformer.visuals import dataset_palette, default_palette, overlay, pixels_per_class, recipe_data_args
 
 logger = logging.getLogger(__name__)
 
@@ -230,15 +230,6 @@ class DemoModel:
         return Prediction(image, self.segment(image, mode, token_merging), notes)
 
 
-def example_images(folder: str | Path) -> list[str]:
-    """The image files of an examples folder (not recursive), sorted; RecipeError when there are none."""
-    folder = Path(folder)
-    images = sorted(str(p) for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not images:
-        raise RecipeError(f"--examples: no image in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    return images
-
-
 def build_demo(model: ModelSource | DemoModel, examples: str | Path | Sequence[str | Path] | None = None, *,
                palette: Palette | None = None, name: str | None = None, max_pixels: int = MAX_PIXELS,
                mode: str = "whole", token_merging: str | None = None) -> gr.Blocks:
@@ -246,7 +237,7 @@ def build_demo(model: ModelSource | DemoModel, examples: str | Path | Sequence[s
     function that returns one; `examples`: a folder of images or a list of image files; `palette`: the
     dataset's class colours ([N, 3], or a function of the class count)."""
     demo_model = model if isinstance(model, DemoModel) else DemoModel(model, palette, name, max_pixels)
-    files = example_images(examples) if isinstance(examples, (str, Path)) else [str(p) for p in examples or []]
+    files = list_images(examples) if isinstance(examples, (str, Path)) else [str(p) for p in examples or []]
     merging_choices = list(PRESETS)
     token_merging = token_merging or "none"
 
@@ -367,12 +358,8 @@ class DemoArguments:
 
 def recipe_palette(recipe: dict, colour_map: str | None) -> Callable[[int], np.ndarray] | None:
     """The dataset's colours named by the recipe's data fields (as `predict` uses them), or None."""
-    from .predict import DATA_KEYS
-
-    data_keys = {key: recipe[key] for key in DATA_KEYS if recipe.get(key) is not None}
-    if colour_map:
-        data_keys["colour_map"] = colour_map
-    return functools.partial(dataset_palette, data_args=DataArguments(**data_keys)) if data_keys else None
+    data_args = recipe_data_args(recipe, colour_map)
+    return functools.partial(dataset_palette, data_args=data_args) if data_args else None
 
 
 def main(argv: list[str]) -> int:
@@ -382,8 +369,6 @@ def main(argv: list[str]) -> int:
     palette = recipe_palette(recipe, demo_args.colour_map)
     if demo_args.export_space:
         from transformers import AutoConfig
-
-        from .space import export_space
 
         model_id = demo_args.hub_model_id or hub_repo_id(model)
         if model_id is None:
@@ -402,7 +387,7 @@ def main(argv: list[str]) -> int:
         raise RecipeError(f"--model {model}: no such folder, and not a Hub id (namespace/name).")
     examples = demo_args.examples
     if examples is not None:
-        example_images(examples)  # an empty folder is an error before the server starts
+        list_images(examples)  # an empty folder is an error before the server starts
     launch(lambda: inference_args.load(recipe), examples, palette=palette, name=source_name(model),
            host=demo_args.host, port=demo_args.port, max_pixels=demo_args.max_pixels, mode=inference_args.mode,
            token_merging=inference_args.token_merging)

@@ -31,7 +31,7 @@ from transformers.models.segformer.modeling_segformer import (
     eager_attention_forward,
 )
 
-from .errors import RecipeError
+from hf_segformer.errors import RecipeError
 
 MODES = ("none", "bsm", "pool")
 # What the replacement forward uses of transformers' SegformerAttention (checked before patching).

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Image
+from datasets import Dataset, DatasetDict
 
-from .errors import DataError, problems_message
-from .labels import LabelDecoder
-from .transforms import entry_name, open_image, upright
+from hf_segformer.data.images import entry_name, open_image, upright
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import undecoded
+from hf_segformer.errors import DataError, problems_message
 
 
 @dataclass
@@ -109,7 +110,7 @@ def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels:
     """Decode every pair of one split (in parallel) and raise one DataError listing all problems."""
     if len(dataset) == 0:
         raise DataError(f"Split '{split}' is empty.")
-    raw = dataset.cast_column("image", Image(decode=False)).cast_column("label", Image(decode=False))
+    raw = undecoded(dataset)
 
     def check_batch(batch: dict) -> dict:
         results = [_check_pair(i, m, decoder, num_labels) for i, m in zip(batch["image"], batch["label"])]

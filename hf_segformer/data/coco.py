@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
-from .labels import ID2LABEL_FILE
+from hf_segformer.data.labels import ID2LABEL_FILE
+from hf_segformer.errors import DataError
 
 CATEGORY_MAP_FILE = "coco_category_map.json"
 RULES = {

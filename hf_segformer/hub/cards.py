@@ -7,7 +7,6 @@ paths, and never carry a token (`public_text` redacts any that slip in through u
 
 from __future__ import annotations
 
-import colorsys
 import json
 import os
 import platform
@@ -17,19 +16,19 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from .errors import DataError
+from hf_segformer.data.preflight import DataReport
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.evaluation.reports import class_table
+from hf_segformer.modeling.build import MIT_VARIANTS
+from hf_segformer.visuals import default_palette
 
-if TYPE_CHECKING:
-    from .checks import DataReport
-
-DATA_CARDS_DIR = Path(__file__).resolve().parent.parent / "data_cards"
-DATASET_CARD_TEMPLATE = DATA_CARDS_DIR / "template.md"
+DATASET_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # package data
 NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)
 NVIDIA_LICENSE = {"license": "other", "license_name": "nvidia-segformer",
                   "license_link": "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"}
@@ -117,7 +116,7 @@ def describe_hardware(training_args: Any | None = None) -> str:
 def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, Any]:
     """The hyper-parameters a reader needs to reproduce the run (no paths, no tokens)."""
     args = training_args
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    precision = args.precision  # settled by SegformerTrainingArguments (runtime.choose_precision)
     optimizer = getattr(args.optim, "value", args.optim)
     values = {
         "learning_rate": args.learning_rate,
@@ -160,8 +159,6 @@ def run_facts(training_args: Any, data_args: Any, model_args: Any, repo_id: str)
 
 
 def _architecture(config: dict) -> str:
-    from .modeling import MIT_VARIANTS
-
     for name, variant in MIT_VARIANTS.items():
         if config.get("depths") == variant["depths"] and config.get("hidden_sizes") == variant["hidden_sizes"]:
             return f"SegFormer-{name.upper()} (MiT-{name} encoder)"
@@ -264,8 +261,6 @@ def _evaluation_section(output_dir: Path, facts: RunFacts, by_split: dict[str, d
     if not by_split:
         parts.append("This run saved no evaluation results.")
     if (output_dir / "eval_confusion_matrix.npy").is_file():
-        from .reports import class_table
-
         parts.append(f"Per class (`{facts.eval_split}` split; IoU and accuracy as `evaluate`'s mean_iou, n/a for a "
                      "class absent from labels and predictions):\n\n"
                      + class_table(np.load(output_dir / "eval_confusion_matrix.npy"), id2label))
@@ -287,10 +282,19 @@ def _training_section(output_dir: Path, facts: RunFacts) -> str:
     return "\n\n".join(parts)
 
 
+def space_url(space_id: str) -> str:
+    return f"https://huggingface.co/spaces/{space_id}"
+
+
+def space_link(space_id: str) -> str:
+    """The model card's pointer to the model's demo Space (a Markdown paragraph)."""
+    if not REPO_ID.match(space_id) or "/" not in space_id:
+        raise RecipeError(f"hub_space_id must be a Hub Space id (namespace/name); got '{space_id}'.")
+    return f"**[Try it in the Space]({space_url(space_id)})**: upload an image and see its segmentation."
+
+
 def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCard:
     """The model card of a finished run, from its output folder (config, results, confusion matrix, history)."""
-    from .space import space_link  # space.py imports this module
-
     output_dir = Path(output_dir)
     config = _read_json(output_dir / "config.json")
     if config is None:
@@ -366,7 +370,7 @@ class DatasetFacts:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"Dataset card {path} does not exist (the cards of the recipes' datasets are in "
-                            f"{DATA_CARDS_DIR}).")
+                            "data_cards/ of the hf-segformer repository).")
         text = path.read_text()
         match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n(.*)$", text, re.DOTALL)
         metadata, body = (yaml.safe_load(match.group(1)) or {}, match.group(2)) if match else ({}, text)
@@ -374,16 +378,6 @@ class DatasetFacts:
         summary = re.sub(r"^# .*$", "", parts[0], count=1, flags=re.MULTILINE).strip()
         sections = {parts[i].strip(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
         return cls(metadata, summary, sections)
-
-
-def display_colours(count: int) -> dict[int, tuple[int, int, int]]:
-    """Distinct, stable colours for class ids (golden-ratio hue steps), for cards and previews."""
-    colours = {}
-    for class_id in range(count):
-        hue = (class_id * 0.618033988749895) % 1.0
-        r, g, b = colorsys.hsv_to_rgb(hue, 0.65 if class_id % 2 else 0.9, 0.95 if class_id % 3 else 0.75)
-        colours[class_id] = (round(255 * r), round(255 * g), round(255 * b))
-    return colours
 
 
 def _ordered_splits(report: DataReport) -> list[str]:
@@ -426,8 +420,8 @@ def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | N
                        template_path: str | os.PathLike = DATASET_CARD_TEMPLATE) -> DatasetCard:
     """The published dataset's card: the facts card's metadata and prose plus tables measured by the data check."""
     if not Path(template_path).is_file():
-        raise DataError(f"Dataset card template {template_path} not found: run from a checkout of hf-segformer "
-                        "(the template lives in data_cards/) or pass template_path.")
+        raise DataError(f"Dataset card template {template_path} not found: reinstall hf-segformer (the template "
+                        "is package data, hf_segformer/hub/templates/) or pass template_path.")
     facts = facts or DatasetFacts({}, "", {})
     metadata = {key: value for key, value in facts.metadata.items() if key not in ("configs", "dataset_info")}
     if license:
@@ -442,7 +436,7 @@ def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | N
     metadata["pretty_name"] = pretty_name or metadata.get("pretty_name") or repo_id.split("/")[-1]
     metadata["tags"] = sorted(set(metadata.get("tags") or []) | {"semantic-segmentation"})
     card_data = DatasetCardData(**metadata)
-    colours = source_colours or display_colours(report.num_labels)
+    colours = source_colours or {i: tuple(int(c) for c in rgb) for i, rgb in enumerate(default_palette(report.num_labels))}
     colour_note = ("the mask colour in the source data" if source_colours else
                    "a display colour only: the masks store class ids")
     sections = facts.sections

@@ -22,7 +22,6 @@ resize, the processor's own normalisation arithmetic (as a per-channel lookup ta
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,13 +34,15 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-from .errors import DataError, RecipeError
-from .head_folding import FoldedSegformer, can_fold
-from .metrics import upsample_logits, upsampled_argmax
-from .onnx_export import load_onnx_session, onnx_logits
-from .runchecks import check_output_dir
-from .runtime import Choice, apply_threads, choose_precision
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, open_image, rescale_factor, to_rgb, upright
+from hf_segformer.data.images import load_image, rescale_factor
+from hf_segformer.data.labels import numbered_classes
+from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_segformer.errors import RecipeError
+from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
+from hf_segformer.logits import upsample_logits, upsampled_argmax
+from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
+from hf_segformer.modeling.token_merging import apply_token_merging
+from hf_segformer.runtime import Choice, apply_threads, choose_precision
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class InferenceSettings:
     flip: bool = field(default=False, metadata={"help": "Test-time augmentation: also the horizontally flipped image."})
     window_batch: int = field(default=8, metadata={"help": "Slide windows per forward pass (bounds the memory)."})
     fold_head: bool = field(default=True, metadata={
-        "help": "Fold the decode head's fusion and BatchNorm into per-stage 1×1 maps (hf_segformer.head_folding): "
+        "help": "Fold the decode head's fusion and BatchNorm into per-stage 1×1 maps (hf_segformer.modeling.head_folding): "
                 "the same logits up to float rounding, B0 about 3× faster on the CPU. false: the model as saved."})
 
     def __post_init__(self) -> None:
@@ -100,39 +101,11 @@ def class_names(config: Any, source: str = "the model") -> dict[int, str]:
     """id2label of a model config; transformers' placeholders (LABEL_0, ...) mean it had none: ids instead."""
     id2label = {int(k): str(v) for k, v in (config.id2label or {}).items()}
     if len(id2label) != config.num_labels or all(v == f"LABEL_{k}" for k, v in id2label.items()):
-        logger.warning("%s has no class names (id2label in config.json): classes are named by their ids 0..%d. "
+        logger.warning("%s has no class names (id2label in config.json): classes are named class_0..class_%d. "
                        "Add id2label to its config.json to name them.", source, config.num_labels - 1)
-        return {i: str(i) for i in range(config.num_labels)}
+        return numbered_classes(config.num_labels)
     return id2label
 
-
-def as_rgb(image: Image.Image, name: str = "image", said: set[str] | None = None) -> Image.Image:
-    """Upright (EXIF orientation) 8-bit RGB, as the model expects. Grayscale, palette, RGBA (alpha dropped) and
-    16-bit images (scaled by their maximum) are converted and the log says so: once per image mode when the
-    caller passes its `said` set of modes already reported, else every time."""
-    image = upright(image)
-    if image.mode != "RGB":
-        if said is None or image.mode not in said:
-            logger.warning("%s is a %s image: converted to 8-bit RGB for the model%s.", name, image.mode,
-                           "" if said is None else f" (further {image.mode} images without a message)")
-            if said is not None:
-                said.add(image.mode)
-        image = to_rgb(image)
-    return image
-
-
-def load_image(item: str | Path | Image.Image | np.ndarray, name: str | None = None,
-               said: set[str] | None = None) -> Image.Image:
-    """A path, PIL image or uint8/uint16 array (H×W, H×W×3 or H×W×4) → upright 8-bit RGB PIL image."""
-    if isinstance(item, np.ndarray):
-        if item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3):
-            raise DataError(f"{name or 'array'}: an image array must be H×W or H×W×C of uint8 or uint16; "
-                            f"got shape {item.shape}, dtype {item.dtype}.")
-        item = Image.fromarray(item)
-    elif isinstance(item, (str, Path)):
-        name = name or str(item)
-    image = open_image(item)
-    return as_rgb(image, name or getattr(image, "filename", "") or "image", said)
 
 
 def processor_input_size(image_processor: Any) -> tuple[int, int] | None:
@@ -228,8 +201,6 @@ class Segmenter:
                            model_name_or_path, *DEFAULT_INPUT_SIZE)
             image_processor = None
         if token_merging:
-            from .token_merging import apply_token_merging
-
             apply_token_merging(model, token_merging)  # patches the encoder's attention in place
         session = None
         if onnx:
@@ -390,10 +361,3 @@ class InferenceArguments(InferenceSettings):
             raise RecipeError(f"Cannot load a model from {model}{where}: {err}") from err
 
 
-def writable_folder(folder: str | os.PathLike, option: str) -> None:
-    """The output folder of a command can be created and written (`runchecks.check_output_dir`), checked before
-    any work; the error names the command's option."""
-    try:
-        check_output_dir(folder, min_free_gb=0.01)
-    except RecipeError as err:
-        raise RecipeError(f"--{option}: {err}") from err

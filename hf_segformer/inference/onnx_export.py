@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import RecipeError
-from .token_merging import has_token_merging
+from hf_segformer import __version__
+from hf_segformer.errors import RecipeError
+from hf_segformer.modeling.token_merging import has_token_merging
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"

@@ -31,13 +31,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import RecipeError
-from .metrics import label_size, upsample_logits
-from .transforms import LABEL_PAD
+from hf_segformer.configs import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
+from hf_segformer.errors import RecipeError
+from hf_segformer.logits import LABEL_PAD, check_ignore_index, label_size, upsample_logits
 
-WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
-LOSS_TERMS = ("ce", "focal", "dice", "ohem")
-LOSS_RESOLUTIONS = ("labels", "logits")
 _TINY = torch.finfo(torch.float32).tiny  # denominator floor: 0/_TINY = 0 for a batch with nothing labelled
 
 
@@ -160,8 +157,7 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, reso
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"Expected logits [B, C, h, w] and labels [B, H, W] of one batch size; got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
-    if ignore_index == LABEL_PAD:
-        raise ValueError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch.")
+    check_ignore_index(ignore_index)
     labels = labels.to(logits.device).long()
     if resolution == "logits":
         raw = [(logits.float(), downsample_labels(labels, tuple(logits.shape[-2:])))]

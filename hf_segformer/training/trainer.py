@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .errors import TrainingError
-from .losses import SegmentationLoss
-from .metrics import confusion_and_loss, confusion_matrices, pack_labels
+from hf_segformer.errors import TrainingError
+from hf_segformer.evaluation.metrics import confusion_and_loss, confusion_matrices
+from hf_segformer.logits import pack_labels
+from hf_segformer.training.losses import SegmentationLoss
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A Hugging Face Space serving the demo of a pushed model (`export_space`), and the model card's link to it.
 
-The Space folder is self-contained: `app.py` runs `hf_segformer.demo` from a copy of this package placed
+The Space folder is self-contained: `app.py` runs `hf_segformer.app.demo` from a copy of this package placed
 beside it (so the Space runs exactly the app tested here), `requirements.txt` lists the package's own
 dependencies (Gradio itself comes from the Space's `sdk_version`) and `README.md` carries the Space metadata
 (sdk, sdk_version, app_file, models). The model is a Hub id; the environment variable `HF_SEGFORMER_MODEL`
@@ -18,24 +18,14 @@ from pathlib import Path
 import numpy as np
 from huggingface_hub import SpaceCard, SpaceCardData
 
-from .cards import REPO_ID, public_text
-from .errors import RecipeError
-from .inference import writable_folder
+from hf_segformer.data.images import list_images
+from hf_segformer.errors import RecipeError
+from hf_segformer.hub.cards import REPO_ID, public_text
+from hf_segformer.outputs import writable_folder
 
 MODEL_ENV = "HF_SEGFORMER_MODEL"
 APP_MARKER = "# Written by hf-segformer demo --export-space"  # tells a previous export from user files
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def space_url(space_id: str) -> str:
-    return f"https://huggingface.co/spaces/{space_id}"
-
-
-def space_link(space_id: str) -> str:
-    """The model card's pointer to the model's demo Space (a Markdown paragraph)."""
-    if not REPO_ID.match(space_id) or "/" not in space_id:
-        raise RecipeError(f"hub_space_id must be a Hub Space id (namespace/name); got '{space_id}'.")
-    return f"**[Try it in the Space]({space_url(space_id)})**: upload an image and see its segmentation."
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hf_segformer/, copied whole into the Space
 
 
 def space_requirements() -> list[str]:
@@ -52,12 +42,12 @@ def space_requirements() -> list[str]:
 def _app_source(model_id: str, palette: np.ndarray | None, mode: str, token_merging: str | None) -> str:
     colours = "None" if palette is None else repr([[int(v) for v in rgb] for rgb in palette])
     return f'''"""Gradio Space: semantic segmentation with {model_id}."""
-{APP_MARKER}; it runs hf_segformer.demo from the package copy beside it.
+{APP_MARKER}; it runs hf_segformer.app.demo from the package copy beside it.
 
 import os
 from pathlib import Path
 
-from hf_segformer.demo import launch
+from hf_segformer.app.demo import launch
 
 MODEL = os.environ.get("{MODEL_ENV}", "{model_id}")  # Hub model id; a local model folder to try it
 PALETTE = {colours}  # class colours [R, G, B] by class id; None: default colours
@@ -97,15 +87,13 @@ def export_space(folder: str | Path, model_id: str, *, examples: str | Path | Se
     """Write the Space folder serving the demo of the Hub model `model_id`; returns the folder.
 
     The folder must be new, empty, or an earlier export (whose files are replaced)."""
-    from .demo import example_images
-
     if not REPO_ID.match(model_id) or "/" not in model_id:
         raise RecipeError(f"The Space needs the model's Hub id (namespace/name); got '{model_id}'.")
     folder = Path(folder)
     app = folder / "app.py"
     if folder.is_dir() and any(folder.iterdir()) and not (app.is_file() and APP_MARKER in app.read_text()):
         raise RecipeError(f"--export-space: {folder} is not empty and not an earlier Space export; give a new folder.")
-    files = example_images(examples) if isinstance(examples, (str, Path)) else [str(p) for p in examples or []]
+    files = list_images(examples) if isinstance(examples, (str, Path)) else [str(p) for p in examples or []]
     writable_folder(folder, "export-space")
     for stale in ("hf_segformer", "examples"):
         shutil.rmtree(folder / stale, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Reading images the one way every command does: opened from a path or a `datasets` entry, turned upright
+(EXIF), converted to RGB with one log line per unusual mode, and found in folders by extension."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from hf_segformer.errors import DataError, RecipeError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+MASK_EXTENSIONS = {".png", ".npy", ".tif", ".tiff", ".bmp"}
+
+
+def open_image(entry: Any) -> Image.Image:
+    """Open an entry of an undecoded `datasets.Image` column ({'path', 'bytes'}) or a PIL image, lazily."""
+    if isinstance(entry, Image.Image):
+        return entry
+    if isinstance(entry, dict):
+        return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+    return Image.open(entry)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (phone photos), as `datasets.Image` decoding does."""
+    orientation = image.getexif().get(0x0112, 1) if image.format in ("JPEG", "TIFF", "PNG", "WEBP") else 1
+    return ImageOps.exif_transpose(image) if orientation != 1 else image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA and 16-bit images become 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = max(float(array.max()), 1.0)
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def entry_name(entry: Any) -> str:
+    return entry.get("path") or "<in-memory image>" if isinstance(entry, dict) else str(getattr(entry, "filename", "image"))
+
+
+def rescale_factor(width: int, height: int, scale: tuple[float, float]) -> float:
+    """MMSegmentation keep-ratio rescale: the largest factor with long side ≤ scale[0], short side ≤ scale[1]."""
+    long_edge, short_edge = max(scale), min(scale)
+    return min(long_edge / max(width, height), short_edge / min(width, height))
+
+
+def as_rgb(image: Image.Image, name: str = "image", said: set[str] | None = None) -> Image.Image:
+    """Upright (EXIF orientation) 8-bit RGB, as the model expects. Grayscale, palette, RGBA (alpha dropped) and
+    16-bit images (scaled by their maximum) are converted and the log says so: once per image mode when the
+    caller passes its `said` set of modes already reported, else every time."""
+    image = upright(image)
+    if image.mode != "RGB":
+        if said is None or image.mode not in said:
+            logger.warning("%s is a %s image: converted to 8-bit RGB for the model%s.", name, image.mode,
+                           "" if said is None else f" (further {image.mode} images without a message)")
+            if said is not None:
+                said.add(image.mode)
+        image = to_rgb(image)
+    return image
+
+
+def load_image(item: str | Path | Image.Image | np.ndarray, name: str | None = None,
+               said: set[str] | None = None) -> Image.Image:
+    """A path, PIL image or uint8/uint16 array (H×W, H×W×3 or H×W×4) → upright 8-bit RGB PIL image."""
+    if isinstance(item, np.ndarray):
+        if item.dtype not in (np.uint8, np.uint16) or item.ndim not in (2, 3):
+            raise DataError(f"{name or 'array'}: an image array must be H×W or H×W×C of uint8 or uint16; "
+                            f"got shape {item.shape}, dtype {item.dtype}.")
+        item = Image.fromarray(item)
+    elif isinstance(item, (str, Path)):
+        name = name or str(item)
+    image = open_image(item)
+    return as_rgb(image, name or getattr(image, "filename", "") or "image", said)
+
+
+def is_image_file(path: Path) -> bool:
+    """A file the loaders, predict and the demo read as an image: by extension, hidden files left out."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | Path, option: str = "--examples") -> list[str]:
+    """The image files of a folder (not recursive), sorted; RecipeError naming `option` when there are none."""
+    folder = Path(folder)
+    images = sorted(str(p) for p in folder.glob("*") if is_image_file(p))
+    if not images:
+        raise RecipeError(f"{option}: no image in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    return images

@@ -1,0 +1,63 @@
+"""From a recipe's data fields to a checked dataset: load (or generate) it, settle the class names, build the
+label decoder, run the pre-flight check. Shared by training, check-data, evaluation and push-dataset."""
+
+from __future__ import annotations
+
+import os
+
+from datasets import DatasetDict
+
+from hf_segformer.configs import DataArguments, normalise_id2label
+from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
+from hf_segformer.data.loading import load_data
+from hf_segformer.data.preflight import DataReport, check_data
+from hf_segformer.data.synthetic import write_synthetic_dataset
+from hf_segformer.errors import DataError
+from hf_segformer.configs import check_num_labels
+
+
+def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict[int, str]]:
+    """Load the data (generating the synthetic set first if asked) and settle the class names."""
+    if data_args.synthetic_data:
+        if not data_args.data_dir:
+            raise DataError("synthetic_data: true needs data_dir (where the generated dataset is written).")
+        write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
+                                data_args.synthetic_num_validation, data_args.synthetic_image_size)
+    data = load_data(data_args, seed)
+    id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    if id2label is None and data_args.dataset_name:
+        id2label = hub_id2label(data_args.dataset_name)
+    if id2label is None and data_args.num_labels:
+        id2label = numbered_classes(data_args.num_labels)
+    if id2label is None:
+        raise DataError("The class names are unknown: set id2label (or num_labels) in the recipe, "
+                        "or put an id2label.json next to the data.")
+    if len(id2label) == 1:
+        raise DataError("One class: a binary task needs both classes named (e.g. {0: background, 1: foreground}); "
+                        "SegFormer's softmax over those two logits is the sigmoid model. (The losses in "
+                        "hf_segformer.training.losses also take single-channel logits for custom heads.)")
+    check_num_labels(data_args.num_labels, id2label)
+    return data, id2label
+
+
+def hub_id2label(dataset_name: str) -> dict[int, str] | None:
+    """`id2label.json` from a Hub dataset repository, as transformers' example script reads it."""
+    if os.path.isdir(dataset_name):
+        return find_id2label_file(dataset_name)
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return normalise_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError):
+        return None
+
+
+def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
+    return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index)
+
+
+def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
+    report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+    print("\nPixels per class:\n" + report.class_table() + "\n")
+    return report

@@ -1,0 +1,77 @@
+"""Trainer callbacks: the sample grid (image | ground truth | prediction | error) at every evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from transformers import TrainerCallback
+
+from hf_segformer.data.images import as_rgb, entry_name, open_image
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.inference.segmenter import Segmenter
+from hf_segformer.visuals import default_palette, sample_grid, spread_indices
+
+
+class SampleGridCallback(TrainerCallback):
+    """At each evaluation of a training run, predict a few validation images (whole-image inference, as the
+    evaluation does) and log image | ground truth | prediction | error to TensorBoard (`eval/samples`), and
+    to `output_dir/eval_samples.png` (the latest evaluation's grid).
+
+    `dataset`: the evaluation split with undecoded `image` / `label` columns. The model and the image
+    processor come from the Trainer; TensorBoard is written through the Trainer's own TensorBoard writer.
+    """
+
+    def __init__(self, dataset, decoder: LabelDecoder, num_samples: int = 4, palette: np.ndarray | None = None):
+        self.indices = spread_indices(len(dataset), num_samples)
+        self.dataset = dataset
+        self.decoder = decoder
+        self.palette = palette
+        self.trainer = None
+        self._samples: list[tuple[Image.Image, np.ndarray]] | None = None
+
+    @classmethod
+    def attach(cls, trainer, dataset, decoder: LabelDecoder, num_samples: int = 4,
+               palette: np.ndarray | None = None) -> SampleGridCallback:
+        """Add the callback to `trainer` (it needs the trainer to find its TensorBoard writer)."""
+        callback = cls(dataset, decoder, num_samples, palette)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+        return callback
+
+    def _load_samples(self) -> list[tuple[Image.Image, np.ndarray]]:
+        if self._samples is None:
+            self._samples = []
+            for index in self.indices:
+                row = self.dataset[index]
+                image = as_rgb(open_image(row["image"]), entry_name(row["image"]))
+                self._samples.append((image, self.decoder(open_image(row["label"]), entry_name(row["label"]))))
+        return self._samples
+
+    def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if not state.is_world_process_zero or model is None or processing_class is None or not self.indices:
+            return
+        samples = self._load_samples()
+        was_training = model.training
+        segmenter = Segmenter(model, processing_class, device=model.device, precision=args.precision)
+        predictions = [mask.cpu().numpy() for mask in segmenter.masks([image for image, _ in samples])]
+        model.train(was_training)
+        palette = self.palette if self.palette is not None else default_palette(model.config.num_labels)
+        grid = sample_grid([(image, label, prediction) for (image, label), prediction in zip(samples, predictions)],
+                           palette, self.decoder.ignore_index)
+        grid.save(Path(args.output_dir) / "eval_samples.png")
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            writer.add_image("eval/samples", np.asarray(grid), state.global_step, dataformats="HWC")
+            writer.flush()
+
+    def _tensorboard_writer(self):
+        from transformers.integrations import TensorBoardCallback
+
+        if self.trainer is None:
+            return None
+        for callback in self.trainer.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                return callback.tb_writer
+        return None

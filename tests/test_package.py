@@ -1,0 +1,70 @@
+"""The package's face: the public API the README uses resolves, lazily, and the house has no import circles."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import hf_segformer
+
+PACKAGE = Path(hf_segformer.__file__).resolve().parent
+
+
+def test_every_public_name_resolves():
+    for name in hf_segformer.__all__:
+        assert getattr(hf_segformer, name) is not None, name
+
+
+def test_importing_the_package_imports_no_torch():
+    code = "import sys, hf_segformer; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def _package_imports(path: Path) -> set[str]:
+    """hf_segformer modules a file imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hf_segformer"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("hf_segformer"))
+    return found
+
+
+def test_no_import_circles_and_no_relative_imports():
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+        assert "from ." not in path.read_text(), f"{path}: relative import (the house uses absolute imports)"
+    graph = {name: {m for m in _package_imports(path) if m in modules and m != name and m != "hf_segformer"}
+             for name, path in modules.items()}
+    visiting, done = set(), set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in done:
+            return
+        assert node not in visiting, "import circle: " + " → ".join(trail + [node])
+        visiting.add(node)
+        for target in graph[node]:
+            visit(target, trail + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for name in graph:
+        visit(name, [])
+
+
+def test_configs_import_nothing_of_the_package_but_errors_and_runtime():
+    imported = {m for m in _package_imports(PACKAGE / "configs.py") if m.count(".") == 1}
+    assert imported <= {"hf_segformer.errors", "hf_segformer.runtime"}, imported
+
+
+def test_the_dataset_card_template_is_package_data():
+    from hf_segformer.hub.cards import DATASET_CARD_TEMPLATE
+
+    assert Path(DATASET_CARD_TEMPLATE).is_file() and PACKAGE in Path(DATASET_CARD_TEMPLATE).parents
