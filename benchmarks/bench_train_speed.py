@@ -13,6 +13,7 @@ Cases (`--cases`):
   readme-fp32, readme-bf16 the same with --precision fp32 / bf16 (equal precision with the plain rows)
   stock-head               readme-fp32 with --fuse_decode_head false (what the reordered head buys)
   channels-last            readme with --channels_last true
+  compile                  readme with --torch_compile true (the first steps compile; the steady state is after)
   tome-hq, tome-fast       readme with training-time token merging (SegFormer++ presets)
 
 bf16 rows are skipped on a CPU without native bf16 (emulated bf16 is several times slower than fp32 there).
@@ -42,7 +43,8 @@ from hf_segformer.runtime import cpu_has_native_bf16
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["--precision", "bf16"],
         "stock-head": ["--precision", "fp32", "--fuse_decode_head", "false"],
-        "channels-last": ["--channels_last", "true"], "tome-hq": ["--token_merging", "hq"],
+        "channels-last": ["--channels_last", "true"], "compile": ["--torch_compile", "true"],
+        "tome-hq": ["--token_merging", "hq"],
         "tome-fast": ["--token_merging", "fast"]}
 PLAIN = {"plain-fp32": [], "plain-bf16": ["--bf16"], "plain-fp16": ["--fp16"]}
 WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "

@@ -136,6 +136,7 @@ def launch_forms() -> dict[str, list[str]]:
         "accelerate launch (no config)": [str(ACCELERATE), "launch", *port, script],
         "accelerate launch cpu.yaml": [str(ACCELERATE), "launch", "--config_file",
                                        str(ROOT / "accelerate_configs/cpu.yaml"), *port, script],
+        "hf-segformer train": [str(Path(sys.executable).with_name("hf-segformer")), "train"],
         "torchrun": [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "1",
                      "--master_port", str(free_port()), script],
     }
