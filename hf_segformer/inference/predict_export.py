@@ -60,6 +60,13 @@ class ExportArguments:
         return LabelStudioOptions(self.ls_from_name, self.ls_to_name, self.ls_image_key, self.image_url_prefix)
 
 
+def image_name(job, root: Path) -> PurePosixPath:
+    """How an annotation tool knows a predicted image: its path relative to the input folder, extension kept
+    (predict's Job pairs the image with its mask under `root`, the resolved output folder)."""
+    stem = job.mask.relative_to(root).with_suffix("")
+    return PurePosixPath(stem.with_name(stem.name + job.source.suffix).as_posix())
+
+
 def export_target(args: ExportArguments, predictions_dir: str | os.PathLike) -> Path:
     return Path(args.export_path) if args.export_path else default_output(predictions_dir, args.export)
 
@@ -87,9 +94,7 @@ def export_after_predict(args: ExportArguments, jobs: list, predictions_dir: str
     for job in jobs:
         if not job.mask.is_file():  # an image predict could not read
             continue
-        stem = job.mask.relative_to(root).with_suffix("")
-        items.append(MaskToExport(job.source, PurePosixPath(stem.with_name(stem.name + job.source.suffix).as_posix()),
-                                  job.mask))
+        items.append(MaskToExport(job.source, image_name(job, root), job.mask))
     if not items:
         raise RecipeError(f"--export: no mask in {predictions_dir} to export.")
     return export_masks(args.export, items, export_target(args, predictions_dir), id2label,

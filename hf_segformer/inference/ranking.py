@@ -40,8 +40,9 @@ from hf_segformer.data.annotations.preannotations import (DEFAULT_SUFFIX, FORMAT
 from hf_segformer.data.images import load_image
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.predict import decoded_batches, find_jobs
+from hf_segformer.inference.predict_export import image_name
 from hf_segformer.inference.segmenter import Segmenter, class_map
-from hf_segformer.visuals import colourise, default_palette
+from hf_segformer.visuals import colourise, default_palette, pixels_per_class
 
 METHODS = ("entropy", "margin")
 FREQUENCY_FLOOR = 1e-4
@@ -141,9 +142,10 @@ def _as_segmenter(model: Segmenter | str | os.PathLike | torch.nn.Module,
         raise RecipeError(f"Cannot load a model from {model}: {err}") from err
 
 
-def _predicted_text(shares: np.ndarray, id2label: dict[int, str], limit: int = 3) -> str:
-    order = [c for c in np.argsort(-shares, kind="stable")[:limit] if shares[c] > 0]
-    return "; ".join(f"{id2label.get(int(c), str(c))} {100 * shares[c]:.0f}%" for c in order)
+def _predicted_text(mask: np.ndarray, id2label: dict[int, str], limit: int = 3) -> str:
+    """The largest predicted classes with their share of the image: "road 60%; car 30%; sky 10%"."""
+    return "; ".join(f"{id2label.get(c, str(c))} {100 * pixels / mask.size:.0f}%"
+                     for c, pixels in pixels_per_class(mask, len(id2label))[:limit])
 
 
 def _heat(uncertainty: np.ndarray) -> np.ndarray:
@@ -204,11 +206,9 @@ def rank_unlabelled(model: Segmenter | str | os.PathLike | torch.nn.Module, imag
         for job, logits in zip(batch, segmenter.logits(pictures)):
             probabilities = logits.float().softmax(0)
             uncertainty = float(pixel_uncertainty(probabilities, method).mean())
-            predicted = np.bincount(probabilities.argmax(0).flatten().cpu().numpy(), minlength=len(id2label))
-            stem = job.mask.relative_to(listing_root.resolve()).with_suffix("")
-            measured.append((job, PurePosixPath(stem.with_name(stem.name + job.source.suffix).as_posix()), uncertainty,
+            measured.append((job, image_name(job, listing_root.resolve()), uncertainty,
                              class_presence(probabilities), probabilities.mean((1, 2)).double().cpu().numpy(),
-                             predicted / max(predicted.sum(), 1)))
+                             _predicted_text(probabilities.argmax(0).cpu().numpy(), id2label)))
     if not measured:
         raise DataError("None of the images could be read:\n" + "\n".join(failures[:20]))
 
@@ -221,9 +221,9 @@ def rank_unlabelled(model: Segmenter | str | os.PathLike | torch.nn.Module, imag
         frequencies, origin = np.mean([m[4] for m in measured], axis=0), "the ranked images (mean predicted share)"
     weights = rarity_weights(frequencies)
     ranked = []
-    for job, relative, uncertainty, presence, _, shares in measured:
+    for job, relative, uncertainty, presence, _, predicted in measured:
         score, rarity = image_score(uncertainty, presence, weights, rarity_weight)
-        ranked.append(RankedImage(relative.as_posix(), score, uncertainty, rarity, _predicted_text(shares, id2label),
+        ranked.append(RankedImage(relative.as_posix(), score, uncertainty, rarity, predicted,
                                   job.source))
     ranked.sort(key=lambda r: (-r.score, r.image))
     if staging is None:

@@ -29,12 +29,11 @@ from PIL import Image
 
 from hf_segformer.data.labels import ID2LABEL_FILE
 from hf_segformer.errors import DataError, problems_message
-from hf_segformer.visuals import default_palette
+from hf_segformer.visuals import IGNORED_COLOUR, default_palette, mask_image
 
 COLOUR_MAP_FILE = "colour_map.json"
 REPORT_FILE = "import_report.json"
 UNANNOTATED_FILE = "unannotated.txt"
-IGNORED_COLOUR = (255, 255, 255)
 UNLABELLED_CHOICES = ("background", "ignore")
 EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
 
@@ -71,9 +70,9 @@ class ClassTable:
         return np.uint8 if max(len(self.id2label) - 1, self.ignore_index) < 256 else np.uint16
 
     def palette(self) -> np.ndarray:
-        """256 colours for palette masks: the tool's colours, the VOC colour map where it gave none, white for
-        ignore_index."""
-        palette = default_palette(256)
+        """Colours for palette masks: the tool's colours, the VOC colour map where it gave none, white for
+        ignore_index; longer than 256 when the masks need 16 bits (`visuals.mask_image` then writes grey)."""
+        palette = default_palette(256 if self.mask_dtype() is np.uint8 else 65536)
         for class_id, rgb in self.colours.items():
             palette[class_id] = rgb
         if self.ignore_index < 256:
@@ -198,12 +197,7 @@ def copy_image(source: Path, target: Path) -> None:
 
 def save_mask(mask: np.ndarray, path: Path, classes: ClassTable) -> None:
     replace_file(path)
-    if classes.mask_dtype() is np.uint8:
-        image = Image.fromarray(mask.astype(np.uint8), "P")
-        image.putpalette(classes.palette().reshape(-1).tolist())
-    else:
-        image = Image.fromarray(mask.astype(np.uint16))
-    image.save(path, format="PNG")
+    mask_image(mask, classes.palette()).save(path, format="PNG")
 
 
 def _check_names(plan: ImportPlan) -> None:

@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from hf_segformer.data.images import IMAGE_EXTENSIONS
+from hf_segformer.data.images import IMAGE_EXTENSIONS, is_image_file
 from hf_segformer.data.loading import canonical_split
 from hf_segformer.errors import DataError
 
@@ -30,7 +30,7 @@ def find_image_by_stem(stem: PurePosixPath, roots: list[Path]) -> tuple[Path | N
         base = root / Path(*stem.parts)
         if not base.parent.is_dir():
             continue
-        found = [p for p in base.parent.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        found = [p for p in base.parent.iterdir() if is_image_file(p)
                  and p.name == base.name + p.suffix]
         if len(found) > 1:
             return None, f"several images named {stem}.* in {base.parent}: {sorted(p.name for p in found)}"
