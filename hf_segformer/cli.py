@@ -163,13 +163,11 @@ COMMANDS = {
     "check-data": (_check_data, "run the pre-flight data check of a recipe and print the class histogram"),
     "make-synthetic": (_make_synthetic, "write the synthetic shapes dataset to a folder"),
     "coco-to-masks": (_coco_to_masks, "convert COCO polygons/RLE annotations into a folder of class-id masks"),
-    "import-annotations": (_import_annotations, "an annotation tool's export (CVAT masks, Label Studio, COCO) → "
-                           "images/, class-id masks/, id2label.json"),
+    "import-annotations": (_import_annotations, "a CVAT, Label Studio or COCO export → a data_dir of class-id masks"),
     "push-dataset": (_push_dataset, "check a recipe's data and publish it on the Hub with a dataset card"),
     "evaluate": (_evaluate, "evaluate a saved model on a split at native resolution (whole, slide, TTA)"),
     "predict": (_predict, "images (folder, glob, files) → class-id PNG masks and overlays"),
-    "rank-unlabelled": (_rank_unlabelled, "order unlabelled images by the model's uncertainty (rare classes "
-                        "first); export the top ones as pre-annotations"),
+    "rank-unlabelled": (_rank_unlabelled, "unlabelled images most worth labelling first; the top as pre-annotations"),
     "export-onnx": (_export_onnx, "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
     "demo": (_demo, "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
 }
