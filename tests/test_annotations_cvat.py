@@ -70,6 +70,15 @@ def test_the_zip_cvat_downloads_gives_the_same_data_and_unlabelled_can_be_ignore
                                                                                 [1, 1, X, X]])
 
 
+
+def test_an_ignore_index_past_255_gives_16_bit_masks_with_the_same_values(tmp_path, frames):
+    import_annotations("cvat-mask", [write_export(tmp_path / "export")], tmp_path / "data", images=frames,
+                       unlabelled="ignore", ignore_index=1000)
+    with Image.open(tmp_path / "data/masks/train/frame_000.png") as mask:
+        assert mask.mode.startswith("I")  # a palette PNG cannot hold 1000
+    np.testing.assert_array_equal(read_mask(tmp_path / "data/masks/train/frame_000.png"),
+                                  [[1000, 1000, 0, 0], [0, 0, 0, 1], [1, 1, 1000, 1000]])
+
 def test_labelmap_without_colours_means_the_voc_colour_map_and_grey_masks_hold_label_indices(tmp_path, frames):
     root = write_export(tmp_path / "export", labelmap="background:::\ncat:::\ndog:::\n")
     # VOC colours by label index: 0 black, 1 (128, 0, 0), 2 (0, 128, 0)

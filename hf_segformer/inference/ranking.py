@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hf_segformer.data.annotations.exporter import export_masks
 from hf_segformer.data.annotations.layout import StagedFolder
-from hf_segformer.data.annotations.preannotations import (DEFAULT_SUFFIX, FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions,
-                                                          MaskToExport)
+from hf_segformer.data.annotations.preannotations import (DEFAULT_SUFFIX, FORMATS, LOCAL_FILES_PREFIX,
+                                                          LabelStudioOptions, MaskToExport)
 from hf_segformer.data.images import load_image
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.predict import decoded_batches, find_jobs

@@ -1,4 +1,4 @@
-"""COCO instances JSON: read it through the project's converter (hf_segformer.coco: categories, polygon coverage,
+"""COCO instances JSON: read it through the project's converter (hf_segformer.data.coco: categories, polygon coverage,
 RLE, overlap and crowd rules), and write a model's masks as RLE annotations for a tool to import.
 
 Import differs from `hf-segformer coco-to-masks` only where the labeling round trip needs it: images are copied
@@ -104,7 +104,7 @@ def mask_runs(mask: np.ndarray) -> list[int]:
 
 
 def encode_compressed_counts(runs: list[int]) -> str:
-    """Run lengths → COCO's compressed RLE string (the inverse of hf_segformer.coco.decode_compressed_counts)."""
+    """Run lengths → COCO's compressed RLE string (the inverse of hf_segformer.data.coco.decode_compressed_counts)."""
     characters = []
     for index, run in enumerate(runs):
         value = int(run) - int(runs[index - 2]) if index > 2 else int(run)
