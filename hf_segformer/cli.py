@@ -140,6 +140,18 @@ def _export_onnx(argv: list[str]) -> int:
     return 0 if all(check.passed for check in checks) else 1
 
 
+def _import_annotations(argv: list[str]) -> int:
+    from hf_segformer.data.annotations.importer import main
+
+    return main(argv)
+
+
+def _rank_unlabelled(argv: list[str]) -> int:
+    from hf_segformer.inference.ranking import main
+
+    return main(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from hf_segformer.app.demo import main
 
@@ -151,9 +163,11 @@ COMMANDS = {
     "check-data": (_check_data, "run the pre-flight data check of a recipe and print the class histogram"),
     "make-synthetic": (_make_synthetic, "write the synthetic shapes dataset to a folder"),
     "coco-to-masks": (_coco_to_masks, "convert COCO polygons/RLE annotations into a folder of class-id masks"),
+    "import-annotations": (_import_annotations, "a CVAT, Label Studio or COCO export → a data_dir of class-id masks"),
     "push-dataset": (_push_dataset, "check a recipe's data and publish it on the Hub with a dataset card"),
     "evaluate": (_evaluate, "evaluate a saved model on a split at native resolution (whole, slide, TTA)"),
     "predict": (_predict, "images (folder, glob, files) → class-id PNG masks and overlays"),
+    "rank-unlabelled": (_rank_unlabelled, "unlabelled images most worth labelling first; the top as pre-annotations"),
     "export-onnx": (_export_onnx, "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
     "demo": (_demo, "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
 }
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: hf-segformer COMMAND [options]\n\ncommands:")
         for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:16s}{help_text}")
+            print(f"  {name:20s}{help_text}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     command, _ = COMMANDS[argv[0]]
     if argv[0] != "train":  # training sets up its own logging (transformers' format, per-process levels)

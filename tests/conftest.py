@@ -84,6 +84,12 @@ def save_mask(path: str | Path, values: np.ndarray, mode: str = "L",
     return path
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """The stored values of a mask file (palette indices, not colours; RGB triples for an RGB PNG)."""
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def save_exif_rotated(path: str | Path, array: np.ndarray, orientation: int) -> Path:
     """Write a JPEG stored rotated, with an EXIF Orientation tag (3 = 180°, 6 = 90°) so that viewers and
     `datasets.Image` show `array` (as phone cameras do). `array` should be smooth (JPEG-friendly)."""

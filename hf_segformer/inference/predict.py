@@ -6,7 +6,8 @@ ids and whose palette is the dataset's colours (16-bit PNG beyond 256 classes), 
 of an input folder are kept. Only file paths are listed up front; images are decoded one batch ahead in a
 background thread. Outputs are written under a temporary name and renamed, so an interrupted run leaves no
 half-written file, and a rerun skips images whose outputs exist (resumable). An image that cannot be decoded
-is reported and skipped; the exit status is 1 if any was.
+is reported and skipped; the exit status is 1 if any was. With `--export label-studio|cvat-mask|coco` the
+masks are also written as pre-annotations for an annotation tool (predict_export.py).
 
     hf-segformer predict --config recipes/my-data.yaml --inputs photos/ --predictions_dir outputs/masks --overlays true
     hf-segformer predict --model outputs/my-run --inputs "scans/**/*.tif" --predictions_dir out --mode slide
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
 from hf_segformer.errors import DataError, RecipeError, problems_message
+from hf_segformer.inference.predict_export import ExportArguments, check_export_target, export_after_predict
 from hf_segformer.inference.segmenter import InferenceArguments, Segmenter
 from hf_segformer.outputs import writable_folder
 from hf_segformer.parser import parse_command
@@ -146,10 +148,12 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], palette: np.ndarray, ba
 
 def main(argv: list[str]) -> int:
     """`hf-segformer predict`: 0 when every image was predicted (or already was), 1 when some could not be read."""
-    inference_args, predict_args, recipe = parse_command(argv, (InferenceArguments, PredictArguments))
+    inference_args, predict_args, export_args, recipe = parse_command(
+        argv, (InferenceArguments, PredictArguments, ExportArguments))
     if not predict_args.inputs or not predict_args.predictions_dir:
         raise RecipeError("predict needs --inputs (folders, glob patterns or files) and --predictions_dir.")
     writable_folder(predict_args.predictions_dir, "predictions_dir")  # before any work
+    check_export_target(export_args, predict_args.predictions_dir, predict_args.overwrite)
     jobs = find_jobs(predict_args.inputs, predict_args.predictions_dir, predict_args.overlays)
     pending = jobs if predict_args.overwrite else [job for job in jobs if not job.done()]
     segmenter = inference_args.load(recipe)
@@ -158,6 +162,10 @@ def main(argv: list[str]) -> int:
     written = len(pending) - len(failures)
     print(f"Wrote {written} mask{'s' if written != 1 else ''} to {predict_args.predictions_dir}"
           + (f" ({len(jobs) - len(pending)} already there, skipped)" if len(jobs) > len(pending) else ""))
+    exported = export_after_predict(export_args, jobs, predict_args.predictions_dir, segmenter.id2label,
+                                    predict_args.overwrite, model_name=inference_args.model_path(recipe))
+    if exported is not None:
+        print(f"Wrote the masks as {export_args.export} pre-annotations to {exported}")
     if failures:
         print(problems_message(f"{len(failures)} of {len(pending)} images could not be read and were skipped",
                                failures, "Fix or remove them and run the same command again: finished images "
