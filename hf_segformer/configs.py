@@ -131,6 +131,13 @@ class DataArguments:
     reduce_labels: bool = field(
         default=False, metadata={"help": "ADE20K style: mask value 0 becomes ignore_index and k becomes k-1."}
     )
+    binary_masks: bool = field(
+        default=False, metadata={"help": "Masks saved as 0/255 (black/white): 255 is class 1, not the ignore index."}
+    )
+    allow_empty_classes: bool = field(
+        default=False,
+        metadata={"help": "Accept a class with no training pixels (the data check refuses one by default)."},
+    )
     crop_size: int = field(default=512, metadata={"help": "Training crop side (pixels)."})
     train_scale: list[int] = field(
         default_factory=lambda: [2048, 512],

@@ -72,6 +72,27 @@ class SegformerTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's scheduler, with the warm-up clamped to leave at least one decay step.
+
+        A warm-up ratio rounds up (5 % of 1 step is 1 step), and transformers' polynomial schedule then divides by
+        zero decay steps: `--max_steps 1`, the usual smoke test, must run with any schedule.
+        """
+        if self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        clamped = max(0, min(warmup, num_training_steps - 1))
+        if clamped == warmup:
+            return super().create_scheduler(num_training_steps, optimizer)
+        logger.info("Warm-up of %d step(s) leaves no step to decay over in a %d-step run: warm-up clamped to %d.",
+                    warmup, num_training_steps, clamped)
+        original = self.args.warmup_steps
+        self.args.warmup_steps = clamped
+        try:
+            return super().create_scheduler(num_training_steps, optimizer)
+        finally:
+            self.args.warmup_steps = original
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
         outputs = model(**inputs)
