@@ -35,12 +35,23 @@ def run_train(argv: list[str], default_config: str | None = None) -> int:
     return _report_user_errors(_train, argv, default_config)
 
 
+USER_ERROR_EXIT = 2  # bad input (data, recipe, paths): fix it and launch again
+CRASH_EXIT = 1  # a run that could not go on, or a bug
+
+
 def _report_user_errors(command, *args) -> int:
+    """Run a command; a user error ends with its one `error:` line last and exit code 2 (a run that could not go
+    on, TrainingError, exits 1)."""
     try:
         return command(*args)
-    except (DataError, RecipeError, TrainingError) as err:
+    except (DataError, RecipeError) as err:
+        sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
+    except TrainingError as err:
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr)
+        return CRASH_EXIT
 
 
 def _make_synthetic(argv: list[str]) -> int:

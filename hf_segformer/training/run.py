@@ -25,6 +25,7 @@ from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, 
 from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.hub.publish import push_model
 from hf_segformer.logits import check_ignore_index
+from hf_segformer.outputs import claim_output_dir, mark_run_folder
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
 from hf_segformer.modeling.build import build_image_processor, build_model
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
@@ -81,6 +82,9 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     output_dir = training_args.output_dir
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     resume = training_args.resume_from_checkpoint
+    if resume not in (None, "last") and not os.path.isdir(resume):
+        raise RecipeError(f"resume_from_checkpoint: {resume} is not a folder; give a checkpoint-* folder of an "
+                          "earlier run, or 'last' for the newest one in output_dir.")
     if resume == "last":
         if last is None:
             raise RecipeError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
@@ -151,7 +155,12 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     check_ignore_index(data_args.ignore_index)
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
-    checkpoint = resolve_checkpoint(training_args)
+    with training_args.main_process_first(local=False, desc="output folder"):
+        if training_args.process_index == 0:  # never write over, merge into or delete what is there
+            claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                             training_args.resume_from_checkpoint)
+            mark_run_folder(training_args.output_dir)
+        checkpoint = resolve_checkpoint(training_args)
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
