@@ -177,9 +177,15 @@ def nonfinite_loss_message(value: float, step: int, epoch: float, args: Any, lea
     if getattr(args, "class_weights", None) is not None:
         causes.append("extreme class weights: lower class_weight_clip")
     causes.append("a corrupt input batch: run `hf-segformer check-data` on the recipe")
+    output_dir = getattr(args, "output_dir", None)
+    has_checkpoint = bool(output_dir) and os.path.isdir(output_dir) and any(
+        name.startswith("checkpoint-") for name in os.listdir(output_dir))
+    then = ("Resume from the last checkpoint with --resume_from_checkpoint last after the change"
+            if has_checkpoint else
+            f"No checkpoint was saved yet (output_dir {output_dir}): start again after the change, with "
+            "--overwrite_output_dir")
     return (f"Training loss is {value} at step {step} (epoch {epoch:.2f}); stopping rather than training on "
-            "NaNs. Likely causes: " + "; ".join(causes) + ". Resume from the last checkpoint with "
-            "--resume_from_checkpoint last after the change, or allow a few skipped batches with "
+            "NaNs. Likely causes: " + "; ".join(causes) + f". {then}, or allow a few skipped batches with "
             "max_nonfinite_losses: N.")
 
 
