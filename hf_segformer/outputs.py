@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from hf_segformer.errors import RecipeError
@@ -117,12 +117,10 @@ def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
             raise RecipeError(f"output_dir {path} holds a finished run ({', '.join(finished)}): a new run would "
                               f"replace its model and mix its results with the new ones: {choices}.")
         return None  # an earlier run that stopped before any checkpoint: every file it left is rewritten
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path / MOVED_ASIDE / stamp
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = path / MOVED_ASIDE / f"{stamp}-{suffix}"
+    while True:  # dated to the microsecond: names sort in time order, which pruning relies on
+        target = path / MOVED_ASIDE / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        if not target.exists():
+            break
     target.mkdir(parents=True)
     for name in entries:
         os.replace(path / name, target / name)
