@@ -336,3 +336,16 @@ def test_train_scale_64_in_a_recipe_is_named(tmp_path):
     recipe.write_text("output_dir: out\ntrain_scale: 64\n")
     with pytest.raises(RecipeError, match="got train_scale: 64"):
         parse_recipe(["--config", str(recipe)])
+
+
+def test_a_truncated_checkpoint_is_named_before_any_work(tmp_path):
+    from hf_segformer.training.run import resolve_checkpoint
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    build_tiny = __import__("conftest").build_tiny_segformer
+    build_tiny({0: "a", 1: "b"}).save_pretrained(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    args = SimpleNamespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint="last", overwrite_output_dir=False)
+    with pytest.raises(RecipeError, match=f"{weights} is damaged"):
+        resolve_checkpoint(args)

@@ -88,11 +88,33 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     if resume == "last":
         if last is None:
             raise RecipeError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
+        check_checkpoint_files(last)
         return last
+    if resume is not None:
+        check_checkpoint_files(resume)
     if resume is None and last is not None and not training_args.overwrite_output_dir:
         raise RecipeError(f"{output_dir} already holds checkpoints of an earlier run ({last}). Continue it with "
                          "--resume_from_checkpoint last, pick another --output_dir, or pass --overwrite_output_dir.")
     return resume
+
+
+def check_checkpoint_files(folder: str) -> None:
+    """A checkpoint cut short (a copy interrupted, a full disk) fails here, naming the file, before any work."""
+    from safetensors import safe_open
+
+    for name in ("model.safetensors", "trainer_state.json"):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if name.endswith(".json"):
+                json.loads(Path(path).read_text())
+            else:
+                with safe_open(path, "pt"):
+                    pass
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception alone
+            raise RecipeError(f"resume_from_checkpoint: {path} is damaged ({type(err).__name__}: {err}); resume "
+                              "from an earlier checkpoint-* folder, or start again with --overwrite_output_dir.") from err
 
 
 def log_runtime(training_args: SegformerTrainingArguments, threads: str) -> None:
