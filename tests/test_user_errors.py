@@ -349,3 +349,9 @@ def test_a_truncated_checkpoint_is_named_before_any_work(tmp_path):
     args = SimpleNamespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint="last", overwrite_output_dir=False)
     with pytest.raises(RecipeError, match=f"{weights} is damaged"):
         resolve_checkpoint(args)
+
+
+def test_training_from_a_folder_that_is_not_a_model_is_refused_before_any_work(tmp_path, train_tiny):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(RecipeError, match="model_name_or_path: .*photos is not a saved model folder"):
+        train_tiny(tmp_path, "--model_name_or_path", str(tmp_path / "photos"))

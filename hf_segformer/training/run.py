@@ -27,7 +27,7 @@ from hf_segformer.hub.publish import push_model
 from hf_segformer.logits import check_ignore_index
 from hf_segformer.outputs import claim_output_dir, mark_run_folder
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
-from hf_segformer.modeling.build import build_image_processor, build_model
+from hf_segformer.modeling.build import build_image_processor, build_model, check_model_folder
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
 from hf_segformer.runtime import apply_threads
@@ -175,6 +175,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     logger.debug("Training arguments %s", training_args)
     check_run(training_args)  # fp16 only on a GPU, output_dir writable with free space
     check_ignore_index(data_args.ignore_index)
+    check_model_folder(model_args.model_name_or_path)  # before the data work
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
     with training_args.main_process_first(local=False, desc="output folder"):
