@@ -87,7 +87,7 @@ def _listing(names: list[str], limit: int = 10) -> str:
 
 
 def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str | None,
-                     keep: int = KEEP_MOVED_ASIDE) -> Path | None:
+                     keep: int = KEEP_MOVED_ASIDE, move: bool = True) -> Path | None:
     """Make output_dir safe to train into, before any work; returns where old outputs were moved, if anywhere.
 
     A run never writes over, merges into or deletes what is already there. A folder holding anything but this
@@ -95,6 +95,7 @@ def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
     the new run's), is refused unless `overwrite_output_dir`, which MOVES everything there into
     `previous_runs/<date>/` (of those, only the newest `keep` that held nothing but our own outputs are kept).
     An earlier run's checkpoints are left to `resolve_checkpoint` (resume or refuse); resuming skips this check.
+    `move=False` (processes other than the main one) decides the same refusals and moves nothing.
     """
     path = Path(output_dir)
     if resume is not None or not path.is_dir():
@@ -117,6 +118,8 @@ def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
             raise RecipeError(f"output_dir {path} holds a finished run ({', '.join(finished)}): a new run would "
                               f"replace its model and mix its results with the new ones: {choices}.")
         return None  # an earlier run that stopped before any checkpoint: every file it left is rewritten
+    if not move:  # another process than the main one: the main process moves them
+        return None
     while True:  # dated to the microsecond: names sort in time order, which pruning relies on
         target = path / MOVED_ASIDE / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         if not target.exists():

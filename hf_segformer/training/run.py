@@ -179,9 +179,11 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
     with training_args.main_process_first(local=False, desc="output folder"):
-        if training_args.process_index == 0:  # never write over, merge into or delete what is there
-            claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
-                             training_args.resume_from_checkpoint)
+        # Never write over, merge into or delete what is there. Every process decides the same refusal (nothing
+        # moves without overwrite_output_dir); only the main one moves old outputs aside.
+        claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                         training_args.resume_from_checkpoint, move=training_args.process_index == 0)
+        if training_args.process_index == 0:
             mark_run_folder(training_args.output_dir)
         checkpoint = resolve_checkpoint(training_args)
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
