@@ -35,12 +35,23 @@ def run_train(argv: list[str], default_config: str | None = None) -> int:
     return _report_user_errors(_train, argv, default_config)
 
 
+USER_ERROR_EXIT = 2  # bad input (data, recipe, paths): fix it and launch again
+CRASH_EXIT = 1  # a run that could not go on, or a bug
+
+
 def _report_user_errors(command, *args) -> int:
+    """Run a command; a user error ends with its one `error:` line last and exit code 2 (a run that could not go
+    on, TrainingError, exits 1)."""
     try:
         return command(*args)
-    except (DataError, RecipeError, TrainingError) as err:
+    except (DataError, RecipeError) as err:
+        sys.stdout.flush()
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
+    except TrainingError as err:
+        sys.stdout.flush()
+        print(f"error: {err}", file=sys.stderr)
+        return CRASH_EXIT
 
 
 def _make_synthetic(argv: list[str]) -> int:
@@ -87,10 +98,11 @@ def _coco_to_masks(argv: list[str]) -> int:
                         help="no background class: uncovered pixels become ignore_index, categories start at 0")
     parser.add_argument("--ignore_index", type=int, default=255)
     parser.add_argument("--copy_images", action="store_true", help="copy the images instead of linking them")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
     args = parser.parse_args(argv)
     splits = {name: (annotations, image_dir) for name, annotations, image_dir in args.split}
     summaries = convert_coco(splits, args.output_dir, None if args.no_background else args.background_name,
-                             args.ignore_index, args.copy_images)
+                             args.ignore_index, args.copy_images, overwrite=args.overwrite)
     for s in summaries:
         print(f"{s.split}: {s.images} images, {s.annotations} annotations ({s.crowd_annotations} crowd)")
     print(f"Masks, id2label.json and {CATEGORY_MAP_FILE} in {args.output_dir}")
@@ -135,8 +147,10 @@ def _export_onnx(argv: list[str]) -> int:
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_path")
     args = parser.parse_args(argv)
-    checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo)
+    checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo,
+                         overwrite=args.overwrite)
     return 0 if all(check.passed for check in checks) else 1
 
 

@@ -57,11 +57,28 @@ def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
     if id2label is None:
         return None
     if isinstance(id2label, str):
-        text = Path(id2label).read_text() if os.path.isfile(id2label) else id2label
-        id2label = json.loads(text)
+        is_file = os.path.isfile(id2label)
+        text = id2label.strip()
+        if not is_file and not text.startswith(("{", "[")):
+            raise DataError(f"id2label: {id2label} is not a file (nor a JSON mapping): give the path of an "
+                            "id2label.json, or the mapping itself, e.g. {0: background, 1: road}.")
+        where = id2label if is_file else "the id2label value"
+        try:
+            id2label = json.loads(Path(id2label).read_text() if is_file else text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"id2label: {where} is not valid JSON ({err.msg} at line {err.lineno}, column "
+                            f"{err.colno}); write it as {{\"0\": \"background\", \"1\": \"road\"}}.") from err
     if isinstance(id2label, list):
         id2label = dict(enumerate(id2label))
-    mapping = {int(k): str(v) for k, v in id2label.items()}
+    if not isinstance(id2label, dict):
+        raise DataError(f"id2label: expected a mapping of class id → name; got {type(id2label).__name__}.")
+    try:
+        mapping = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError) as err:
+        reversed_hint = (" It looks reversed (name → id): write it id → name, e.g. {0: background}."
+                         if all(isinstance(v, int) or str(v).isdigit() for v in id2label.values()) else "")
+        raise DataError(f"id2label: keys must be class ids 0..n-1 (id → name); got {list(id2label)[:5]}."
+                        f"{reversed_hint}") from err
     if sorted(mapping) != list(range(len(mapping))):
         raise DataError(f"id2label: class ids must be 0..{len(mapping) - 1} without gaps; got {sorted(mapping)}.")
     return mapping
@@ -131,6 +148,13 @@ class DataArguments:
     reduce_labels: bool = field(
         default=False, metadata={"help": "ADE20K style: mask value 0 becomes ignore_index and k becomes k-1."}
     )
+    binary_masks: bool = field(
+        default=False, metadata={"help": "Masks saved as 0/255 (black/white): 255 is class 1, not the ignore index."}
+    )
+    allow_empty_classes: bool = field(
+        default=False,
+        metadata={"help": "Accept a class with no training pixels (the data check refuses one by default)."},
+    )
     crop_size: int = field(default=512, metadata={"help": "Training crop side (pixels)."})
     train_scale: list[int] = field(
         default_factory=lambda: [2048, 512],
@@ -160,8 +184,10 @@ class DataArguments:
         check_num_labels(self.num_labels, self.id2label_map)
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
-        if len(self.train_scale) != 2 or len(self.ratio_range) != 2:
-            raise RecipeError("train_scale and ratio_range take two numbers each.")
+        if not isinstance(self.train_scale, (list, tuple)) or not isinstance(self.ratio_range, (list, tuple)) \
+                or len(self.train_scale) != 2 or len(self.ratio_range) != 2:
+            raise RecipeError(f"train_scale and ratio_range take two numbers each (e.g. train_scale: [2048, 512]); "
+                              f"got train_scale: {self.train_scale}, ratio_range: {self.ratio_range}.")
 
 
 @dataclass

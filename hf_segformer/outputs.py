@@ -6,6 +6,8 @@ import logging
 import os
 import shutil
 import uuid
+from datetime import datetime
+from pathlib import Path
 
 from hf_segformer.errors import RecipeError
 
@@ -56,3 +58,92 @@ def writable_folder(folder: str | os.PathLike, option: str) -> None:
         check_output_dir(folder, min_free_gb=0.01)
     except RecipeError as err:
         raise RecipeError(f"--{option}: {err}") from err
+
+
+# What a training run (and `evaluate` into the model folder) writes in output_dir: only these may be there for a
+# run to start without a word.
+RUN_FILES = frozenset({
+    "config.json", "model.safetensors", "preprocessor_config.json", "training_args.bin", "trainer_state.json",
+    "all_results.json", "train_results.json", "eval_results.json", "class_histogram.json", "class_histogram.md",
+    "class_weights.json", "eval_samples.png", "eval_per_class.md", "eval_per_class.csv",
+    "eval_confusion_matrix.npy", "eval_confusion_matrix.png", "README.md", "runs", ".hf_segformer_run",
+})
+RUN_PREFIXES = ("checkpoint-", "evaluation_", ".hf_segformer_write_probe_", "events.out.tfevents")
+# Files only this project's runs write: one of them (or the marker) tells our folder from a user's.
+RUN_SIGNATURES = frozenset({"training_args.bin", "trainer_state.json", "class_histogram.json", ".hf_segformer_run"})
+FINISHED = ("model.safetensors", "all_results.json", "eval_per_class.md")
+MOVED_ASIDE = "previous_runs"
+OWN_MOVED_MARKER = ".moved_by_hf_segformer"
+KEEP_MOVED_ASIDE = 3
+
+
+def _is_run_entry(name: str) -> bool:
+    return name in RUN_FILES or name.startswith(RUN_PREFIXES)
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str | None,
+                     keep: int = KEEP_MOVED_ASIDE, move: bool = True) -> Path | None:
+    """Make output_dir safe to train into, before any work; returns where old outputs were moved, if anywhere.
+
+    A run never writes over, merges into or deletes what is already there. A folder holding anything but this
+    project's own run outputs, or a finished run (its model, metrics and reports would be replaced or mixed with
+    the new run's), is refused unless `overwrite_output_dir`, which MOVES everything there into
+    `previous_runs/<date>/` (of those, only the newest `keep` that held nothing but our own outputs are kept).
+    An earlier run's checkpoints are left to `resolve_checkpoint` (resume or refuse); resuming skips this check.
+    `move=False` (processes other than the main one) decides the same refusals and moves nothing.
+    """
+    path = Path(output_dir)
+    if resume is not None or not path.is_dir():
+        return None
+    entries = sorted(name for name in os.listdir(path) if name != MOVED_ASIDE)
+    if not entries:
+        return None
+    foreign = [name for name in entries if not _is_run_entry(name)]
+    ours = not foreign and any(name in RUN_SIGNATURES or name.startswith("checkpoint-") for name in entries)
+    if not overwrite:
+        choices = (f"pick a new --output_dir, or pass --overwrite_output_dir to move everything there into "
+                   f"{path / MOVED_ASIDE}/<date>/ first (nothing is deleted)")
+        if not ours:
+            raise RecipeError(f"output_dir {path} holds files this project's runs did not write ({_listing(entries)}); "
+                              f"a run never writes over or merges into them: {choices}.")
+        if any(name.startswith("checkpoint-") for name in entries):
+            return None  # resolve_checkpoint: resume it or refuse
+        finished = [name for name in FINISHED if name in entries]
+        if finished:
+            raise RecipeError(f"output_dir {path} holds a finished run ({', '.join(finished)}): a new run would "
+                              f"replace its model and mix its results with the new ones: {choices}.")
+        return None  # an earlier run that stopped before any checkpoint: every file it left is rewritten
+    if not move:  # another process than the main one: the main process moves them
+        return None
+    while True:  # dated to the microsecond: names sort in time order, which pruning relies on
+        target = path / MOVED_ASIDE / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        if not target.exists():
+            break
+    target.mkdir(parents=True)
+    for name in entries:
+        os.replace(path / name, target / name)
+    if ours:
+        (target / OWN_MOVED_MARKER).write_text("")
+    logger.warning("overwrite_output_dir: the %d item(s) in %s were moved to %s.", len(entries), path, target)
+    _prune_moved_aside(path / MOVED_ASIDE, keep)
+    return target
+
+
+def _prune_moved_aside(folder: Path, keep: int) -> None:
+    """Delete the oldest moved-aside runs beyond `keep`, only those that held nothing but our own outputs."""
+    own = sorted(p for p in folder.iterdir() if (p / OWN_MOVED_MARKER).is_file())
+    for old in own[: max(0, len(own) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("Removed %s (an older moved-aside run of this project; the newest %d are kept).", old, keep)
+
+
+def mark_run_folder(output_dir: str | os.PathLike) -> None:
+    """Leave the marker that tells this project's run folder from a user's folder."""
+    marker = Path(output_dir) / ".hf_segformer_run"
+    if not marker.exists():
+        marker.write_text("This folder holds an hf-segformer training run.\n")

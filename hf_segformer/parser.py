@@ -26,7 +26,14 @@ def load_recipe(path: str | Path, dataclass_types: tuple = RECIPE_DATACLASSES) -
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Recipe {path} does not exist.")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"Recipe {path} is not valid YAML{where}: {problem}. Fix that line "
+                          "(indent with spaces, write each field as `name: value`).") from None
     if not isinstance(recipe, dict):
         raise RecipeError(f"Recipe {path} must be a mapping of field: value; got {type(recipe).__name__}.")
     known = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
@@ -62,7 +69,52 @@ def parse_recipe(
     if config is not None:
         recipe = load_recipe(config, dataclass_types)
         parser.set_defaults(**recipe)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return _parse_checked(parser, argv, dataclass_types)
+
+
+NULL_WORDS = ("null", "none", "~")
+
+
+def _optional_fields(dataclass_types: tuple) -> set[str]:
+    return {f.name for dc in dataclass_types for f in fields(dc)
+            if f.init and ("None" in str(f.type) or f.default is None)}
+
+
+def _take_nulls(argv: list[str], dataclass_types: tuple) -> tuple[list[str], dict[str, None]]:
+    """`--field null` (or none, ~) for an Optional field unsets it, even when the recipe sets it."""
+    optional = _optional_fields(dataclass_types)
+    rest, nulls, i = [], {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in optional and eq and value.lower() in NULL_WORDS:
+            nulls[name] = None
+        elif (name in optional and not eq and i + 1 < len(argv) and argv[i + 1].lower() in NULL_WORDS
+              and (i + 2 >= len(argv) or argv[i + 2].startswith("--"))):
+            nulls[name] = None
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, nulls
+
+
+def _parse_checked(parser: HfArgumentParser, argv: list[str], dataclass_types: tuple) -> tuple:
+    """Parse the command line; an option no dataclass knows is an error with a "did you mean" (as a recipe key)."""
+    argv, nulls = _take_nulls(argv, dataclass_types)
+    if nulls:
+        parser.set_defaults(**nulls)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        known = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+        hints = []
+        options = [arg for arg in remaining if arg.startswith("-")]  # not the values that follow them
+        for arg in options or remaining:
+            option = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(option, known, n=1) if option.startswith("--") else []
+            hints.append(f"'{arg}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise RecipeError(f"Unknown command-line option(s) {', '.join(hints)}; `--help` lists them all.")
+    return tuple(parsed)
 
 
 def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
@@ -78,4 +130,4 @@ def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
     own = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
     parser = HfArgumentParser(dataclass_types)
     parser.set_defaults(**{k: v for k, v in recipe.items() if k in own})
-    return (*parser.parse_args_into_dataclasses(args=rest), {k: v for k, v in recipe.items() if k not in own})
+    return (*_parse_checked(parser, rest, dataclass_types), {k: v for k, v in recipe.items() if k not in own})

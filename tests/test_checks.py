@@ -210,7 +210,7 @@ def test_check_data_cli_fails_with_clear_message(data_root, make_pairs, tmp_path
     code = cli.main(["check-data", "--data_dir", str(data_root), "--num_labels", "3",
                      "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert "error: " in err and "masks/b.png" in err and "pre-flight check" in err
     assert not (tmp_path / "out" / "class_histogram.md").exists()
 

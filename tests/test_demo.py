@@ -121,9 +121,9 @@ def test_controls_give_the_segmenters_prediction_and_a_failed_load_is_reported(f
 
 
 def test_cli_refuses_a_missing_model_and_a_space_without_a_hub_id(files, tmp_path, capsys):
-    assert cli.main(["demo", "--model", str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["demo", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no such folder, and not a Hub id" in capsys.readouterr().err
-    assert cli.main(["demo", "--model", str(files.model), "--export-space", str(tmp_path / "space")]) == 1
+    assert cli.main(["demo", "--model", str(files.model), "--export-space", str(tmp_path / "space")]) == 2
     assert "--hub_model_id" in capsys.readouterr().err
     assert not (tmp_path / "space" / "app.py").exists()
 
@@ -132,7 +132,7 @@ def test_exported_space_runs_its_app_against_a_local_model(files, tmp_path):
     space = tmp_path / "space"
     export = ["demo", "--model", str(files.model), "--hub_model_id", "someone/tiny-segformer", "--export-space"]
     assert cli.main([*export, str(space)]) == 0
-    assert cli.main([*export, str(files.images)]) == 1  # a folder of other files is never overwritten
+    assert cli.main([*export, str(files.images)]) == 2  # a folder of other files is never overwritten
     colour_map = json.dumps({"#%02X%02X%02X" % colour: i for i, colour in enumerate(COLOURS)})
     assert cli.main([*export, str(space), "--examples", str(files.examples), "--colour_map", colour_map]) == 0
     card = SpaceCard.load(space / "README.md").data  # written over the earlier export

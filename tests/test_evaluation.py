@@ -99,7 +99,7 @@ def test_a_mask_value_outside_the_classes_is_an_error_naming_the_file(tmp_path, 
                                                                       write_mask, capsys):
     write_mask(validation_data / "masks/validation/002.png", np.full((40, 28), 7))  # image 002 is 40 high, 28 wide
     assert main(["evaluate", "--model", str(saved_model(ID2LABEL)), "--data_dir", str(validation_data),
-                 "--eval_output_dir", str(tmp_path / "eval")]) == 1
+                 "--eval_output_dir", str(tmp_path / "eval")]) == 2
     error = capsys.readouterr().err
     assert "masks/validation/002.png" in error and "[7]" in error
 
@@ -107,7 +107,7 @@ def test_a_mask_value_outside_the_classes_is_an_error_naming_the_file(tmp_path, 
 def test_an_unwritable_output_folder_is_an_error_before_any_work(tmp_path, validation_data, capsys):
     (tmp_path / "file").write_text("not a folder")
     assert main(["evaluate", "--model", str(tmp_path / "no-model-here"), "--data_dir", str(validation_data),
-                 "--eval_output_dir", str(tmp_path / "file/eval")]) == 1
+                 "--eval_output_dir", str(tmp_path / "file/eval")]) == 2
     assert "file/eval" in capsys.readouterr().err  # the folder is named, the model was never loaded
 
 

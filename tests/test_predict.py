@@ -88,7 +88,7 @@ def test_inputs_that_would_overwrite_each_other_are_refused_before_any_work(tmp_
     write_image(tmp_path / "photos/a.png")
     write_image(tmp_path / "photos/a.jpg")
     assert main(["predict", "--model", str(tmp_path / "no-model-here"), "--inputs", str(tmp_path / "photos"),
-                 "--predictions_dir", str(tmp_path / "out")]) == 1
+                 "--predictions_dir", str(tmp_path / "out")]) == 2
     assert "would both be written as a.png" in capsys.readouterr().err
     assert not list((tmp_path / "out").iterdir())
 
@@ -97,7 +97,7 @@ def test_an_unwritable_predictions_folder_is_an_error_before_any_work(tmp_path, 
     write_image(tmp_path / "photos/a.png")
     (tmp_path / "file").write_text("not a folder")
     assert main(["predict", "--model", str(tmp_path / "no-model-here"), "--inputs", str(tmp_path / "photos"),
-                 "--predictions_dir", str(tmp_path / "file/out")]) == 1
+                 "--predictions_dir", str(tmp_path / "file/out")]) == 2
     assert "file/out" in capsys.readouterr().err  # named; the model was never loaded
 
 

@@ -17,6 +17,7 @@ The rules, also written into `coco_category_map.json` next to the masks:
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -196,6 +197,9 @@ def load_coco(path: str | os.PathLike) -> dict:
         coco = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON: {err}.") from err
+    if not isinstance(coco, dict):
+        raise DataError(f"{path}: a COCO instances file is a JSON object with 'images', 'annotations' and "
+                        f"'categories'; its top level is a {type(coco).__name__}.")
     missing = [key for key in ("images", "annotations", "categories") if not isinstance(coco.get(key), list)]
     if missing:
         raise DataError(f"{path}: a COCO instances file needs lists 'images', 'annotations' and 'categories'; "
@@ -211,10 +215,19 @@ class ConversionSummary:
     crowd_annotations: int
 
 
+def _user_file_in_the_way(source: Path, target: Path) -> bool:
+    """A regular file (not our link) at target that is not a copy of source: never replaced."""
+    if target.is_symlink() or not target.exists():
+        return False
+    return not (target.is_file() and filecmp.cmp(source, target, shallow=False))
+
+
 def _place_image(source: Path, target: Path, copy: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() or target.is_symlink():
+    if target.is_symlink():
         target.unlink()
+    elif target.exists():  # a copy of this very image (checked before any write): keep it
+        return
     if copy:
         shutil.copy2(source, target)
     else:
@@ -236,6 +249,11 @@ def convert_split(coco: dict, image_dir: str | os.PathLike, output_dir: str | os
     missing = [image["file_name"] for image in coco["images"] if not (image_dir / image["file_name"]).is_file()]
     if missing:
         raise DataError(f"COCO split '{split}': {len(missing)} image file(s) not found in {image_dir}, e.g. {missing[:3]}.")
+    in_the_way = [str(output_dir / "images" / split / image["file_name"]) for image in coco["images"]
+                  if _user_file_in_the_way(image_dir / image["file_name"], output_dir / "images" / split / image["file_name"])]
+    if in_the_way:
+        raise DataError(f"COCO split '{split}': {len(in_the_way)} file(s) already in the output are not these images, "
+                        f"e.g. {in_the_way[:3]}; they are never replaced: convert into a new output folder.")
     crowd = 0
     for image in coco["images"]:
         annotations = by_image.get(int(image["id"]), [])
@@ -251,11 +269,22 @@ def convert_split(coco: dict, image_dir: str | os.PathLike, output_dir: str | os
 
 def convert_coco(splits: dict[str, tuple[str | os.PathLike, str | os.PathLike]], output_dir: str | os.PathLike,
                  background: str | None = "background", ignore_index: int = 255,
-                 copy_images: bool = False) -> list[ConversionSummary]:
+                 copy_images: bool = False, overwrite: bool = False) -> list[ConversionSummary]:
     """Convert {split: (annotation file, image folder)} into a data_dir with one category map for all splits.
 
-    Every split must list the same categories (same ids and names), or the class ids would disagree."""
+    Every split must list the same categories (same ids and names), or the class ids would disagree. An output
+    folder that already holds anything is refused unless `overwrite` (two label schemes must not mix silently);
+    even then a user's image file is never replaced (by a link or otherwise)."""
     files = {split: load_coco(annotations) for split, (annotations, _) in splits.items()}
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output folder {out} is a file: pick a new folder for the converted dataset.")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+        raise DataError(f"output folder {out} is not empty ({shown}): converting into it would replace its masks "
+                        "and id2label.json. Pick a new folder, or pass --overwrite to write into it (a user's "
+                        "images are still never replaced).")
     first_split, first = next(iter(files.items()))
     reference = sorted((int(c["id"]), str(c["name"])) for c in first["categories"])
     for split, coco in files.items():

@@ -30,12 +30,14 @@ class LabelDecoder:
     """Decode a mask (PIL image or array) into an integer class-id array.
 
     Palette masks are read as their indices (never converted to grey levels), 16-bit masks keep
-    their values, RGB masks go through `colour_map`, and `reduce_labels` maps 0 → ignore, k → k-1.
+    their values, RGB masks go through `colour_map`, `binary_masks` maps 255 → 1 (0/255 masks), and
+    `reduce_labels` maps 0 → ignore, k → k-1.
     """
 
     colour_map: dict[tuple[int, int, int], int] | None = None
     reduce_labels: bool = False
     ignore_index: int = 255
+    binary_masks: bool = False  # 0/255 masks: 255 is the foreground class 1, not the ignore index
     _keys: np.ndarray = field(init=False, repr=False)
     _values: np.ndarray = field(init=False, repr=False)
 
@@ -48,6 +50,8 @@ class LabelDecoder:
 
     def __call__(self, mask: Image.Image | np.ndarray, name: str = "mask") -> np.ndarray:
         array = self._to_array(mask, name)
+        if self.binary_masks:
+            array = np.where(array == 255, 1, array).astype(array.dtype)
         if self.reduce_labels:
             array = array.astype(np.int32)
             void = (array == 0) | (array == self.ignore_index)

@@ -15,6 +15,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from hf_segformer.data.images import entry_name, open_image, upright
+from hf_segformer.data.doctor import out_of_range_hint
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import undecoded
 from hf_segformer.errors import DataError, problems_message
@@ -99,8 +100,9 @@ def _check_pair(image_entry: dict, mask_entry: dict, decoder: LabelDecoder, num_
     bad = values[~ignored & ((values < 0) | (values >= num_labels))]
     if len(bad):
         shown = ", ".join(str(v) for v in bad[:10])
+        hint = out_of_range_hint(values, num_labels, decoder.ignore_index, decoder.reduce_labels, decoder.binary_masks)
         return (f"{mask_name}: values {shown} are outside the {num_labels} classes [0, {num_labels}) "
-                f"and are not ignore_index={decoder.ignore_index}"), counts, image.size
+                f"and are not ignore_index={decoder.ignore_index}.{hint}"), counts, image.size
     counts[values[~ignored].astype(np.int64)] = value_counts[~ignored]
     counts[-1] = value_counts[ignored].sum()
     return "", counts, image.size
@@ -129,6 +131,14 @@ def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels:
 
 def check_data(data: DatasetDict, decoder: LabelDecoder, num_labels: int, id2label: dict[int, str],
                num_proc: int | None = None) -> DataReport:
-    """Check every split; returns the per-class pixel histogram of each."""
-    splits = {name: check_split(ds, name, decoder, num_labels, num_proc) for name, ds in data.items()}
+    """Check every split; returns the per-class pixel histogram of each. The problems of all splits are reported
+    together in one DataError."""
+    splits, failures = {}, []
+    for name, ds in data.items():
+        try:
+            splits[name] = check_split(ds, name, decoder, num_labels, num_proc)
+        except DataError as err:
+            failures.append(str(err))
+    if failures:
+        raise DataError("\n".join(failures))
     return DataReport(num_labels, decoder.ignore_index, id2label, splits)

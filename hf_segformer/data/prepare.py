@@ -3,17 +3,21 @@ label decoder, run the pre-flight check. Shared by training, check-data, evaluat
 
 from __future__ import annotations
 
+import logging
 import os
 
 from datasets import DatasetDict
 
 from hf_segformer.configs import DataArguments, normalise_id2label
+from hf_segformer.data.doctor import empty_class_problems, unlabelled_hint
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
-from hf_segformer.data.loading import load_data
+from hf_segformer.data.loading import canonical_split, load_data
 from hf_segformer.data.preflight import DataReport, check_data
 from hf_segformer.data.synthetic import write_synthetic_dataset
-from hf_segformer.errors import DataError
+from hf_segformer.errors import DataError, problems_message
 from hf_segformer.configs import check_num_labels
+
+logger = logging.getLogger("hf_segformer")
 
 
 def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict[int, str]]:
@@ -54,10 +58,20 @@ def hub_id2label(dataset_name: str) -> dict[int, str] | None:
 
 
 def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
-    return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index)
+    return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index,
+                        binary_masks=data_args.binary_masks)
 
 
 def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
     report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+    train = report.splits.get(canonical_split(data_args.train_split))
+    if train is not None and not data_args.allow_empty_classes:
+        empty = empty_class_problems(train.pixel_counts, id2label, data_args.ignore_index, data_args.binary_masks,
+                                     data_args.train_split)
+        if empty:
+            raise DataError(problems_message("The training data cannot teach every class", empty))
+    hint = unlabelled_hint(id2label, data_args.reduce_labels)
+    if hint:
+        logger.warning(hint)
     print("\nPixels per class:\n" + report.class_table() + "\n")
     return report

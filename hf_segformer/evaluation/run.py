@@ -28,7 +28,7 @@ from PIL import Image as PILImage
 
 from hf_segformer.configs import DataArguments
 from hf_segformer.data.images import as_rgb, entry_name, open_image
-from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.loading import canonical_split, load_data, undecoded
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import DataError, RecipeError
@@ -128,6 +128,30 @@ def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, s
     return metrics
 
 
+def check_model_matches_data(model: str, model_id2label: dict[int, str], data_args: DataArguments) -> None:
+    """The model's classes are the data's: a 4-class model scored on 3-class masks would average over a class
+    the data never has, and a renamed class would report its IoU under the wrong name."""
+    data_id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    data_count = len(data_id2label) if data_id2label else data_args.num_labels
+    source = ("the recipe's id2label" if data_args.id2label_map else
+              "the data's id2label.json" if data_id2label else "the recipe's num_labels")
+    if data_count and data_count != len(model_id2label):
+        raise DataError(f"The model {model} has {len(model_id2label)} classes ({_names(model_id2label)}) but "
+                        f"{source} has {data_count}" + (f" ({_names(data_id2label)})" if data_id2label else "")
+                        + ": evaluate the model trained on this data, or fix id2label / num_labels.")
+    if data_id2label:
+        differ = [c for c in model_id2label if str(model_id2label[c]).lower() != str(data_id2label.get(c)).lower()]
+        if differ and not all(model_id2label[c] == f"class_{c}" or data_id2label.get(c) == f"class_{c}" for c in differ):
+            shown = ", ".join(f"{c}: model '{model_id2label[c]}' vs data '{data_id2label.get(c)}'" for c in differ[:5])
+            raise DataError(f"The model {model} and {source} name the classes differently ({shown}): evaluate the "
+                            "model trained on this data, or fix id2label.")
+
+
+def _names(id2label: dict[int, str]) -> str:
+    names = [str(id2label[c]) for c in sorted(id2label)]
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
 def default_output_dir(model: str, split: str, args: InferenceArguments) -> Path:
     if not Path(model).is_dir():
         raise RecipeError(f"{model} is not a local folder: set --eval_output_dir for the results.")
@@ -151,6 +175,7 @@ def main(argv: list[str]) -> dict[str, float]:
     # Without cpu=True, Accelerate starts no process group on a machine without GPUs: each process would do it all.
     accelerator = Accelerator(cpu=inference_args.device == "cpu" or not has_accelerator())
     segmenter = inference_args.load(recipe, device=accelerator.device)
+    check_model_matches_data(model, segmenter.id2label, data_args)
     dataset = load_split(data_args, int(recipe.get("seed", 42)))
     decoder = build_label_decoder(data_args)
     keep = spread_indices(len(dataset), eval_args.grid_samples)

@@ -100,8 +100,14 @@ def push_dataset(data_args: DataArguments, repo_id: str, *, card: str | os.PathL
 
     `card` is a hand-written card of `data_cards/` whose metadata and prose (Source, Masks, License and
     citation, Caveats) are reused; the class, split and image-size tables are measured here. With
-    `dry_run_dir` the card and id2label.json are written there and nothing is pushed.
+    `dry_run_dir` the card and id2label.json are written there and nothing is pushed; files already there are
+    never replaced (refused before any work).
     """
+    if dry_run_dir is not None:
+        taken = [name for name in ("README.md", ID2LABEL_FILE, CATEGORY_MAP_FILE) if (Path(dry_run_dir) / name).exists()]
+        if taken:
+            raise RecipeError(f"--dry_run {dry_run_dir} already holds {', '.join(taken)}; they are never replaced: "
+                              "give a new folder (or move them away).")
     data, id2label, report = publishable_data(data_args, seed)
     coco_map, coco_notes = _coco_notes(data_args)
     facts = DatasetFacts.load(card) if card else None

@@ -165,9 +165,21 @@ def check_parity(model: nn.Module, session, sizes: list[tuple[int, int]], batch:
     return checks
 
 
+def check_output_file(output_path: str | Path, overwrite: bool) -> None:
+    """Before any work: the .onnx file can be written there, and an existing file is replaced only if told."""
+    path = Path(output_path)
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise RecipeError(f"output_path {path}: {blocking} is a file, not a folder; pick another output_path.")
+    if path.is_dir():
+        raise RecipeError(f"output_path {path} is a folder; give the .onnx file to write, e.g. {path / 'model.onnx'}.")
+    if path.exists() and not overwrite:
+        raise RecipeError(f"output_path {path} exists; pass --overwrite to replace it, or pick another output_path.")
+
+
 def export_onnx(model_dir: str | Path, output_path: str | Path, opset: int = DEFAULT_OPSET,
                 sample_size: tuple[int, int] | None = None, check_sizes: list[tuple[int, int]] | None = None,
-                dynamo: bool = False, batch: int = 2) -> list[ParityCheck]:
+                dynamo: bool = False, batch: int = 2, overwrite: bool = False) -> list[ParityCheck]:
     """Export a saved model folder to `output_path` and check it against PyTorch (printed and returned).
 
     sample_size: the tracing input (default: the saved image processor's size, else 512²); check_sizes: the
@@ -177,6 +189,7 @@ def export_onnx(model_dir: str | Path, output_path: str | Path, opset: int = DEF
 
     if not (Path(model_dir) / "config.json").is_file():
         raise RecipeError(f"{model_dir} is not a saved model folder (no config.json); pass a training output_dir.")
+    check_output_file(output_path, overwrite)
     model = SegformerForSemanticSegmentation.from_pretrained(model_dir).eval()
     metadata = model_metadata(model_dir, model)
     sample_size = tuple(sample_size or _processor_size(metadata) or (512, 512))

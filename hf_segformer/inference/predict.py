@@ -71,6 +71,10 @@ def find_jobs(inputs: list[str], predictions_dir: str | os.PathLike, overlays: b
     problems = []
     for entry in inputs:
         path = Path(entry)
+        if path.is_dir() and path.resolve() == out:
+            problems.append(f"{entry}: this is --predictions_dir itself; the masks would be written among its images "
+                            "(and could replace a PNG of the same name): give another --predictions_dir")
+            continue
         if path.is_dir():
             found = [(p, p.relative_to(path)) for p in sorted(path.rglob("*")) if is_image_file(p)]
         elif path.is_file():

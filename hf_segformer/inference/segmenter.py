@@ -37,7 +37,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 from hf_segformer.data.images import load_image, rescale_factor
 from hf_segformer.data.labels import numbered_classes
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
 from hf_segformer.logits import upsample_logits, upsampled_argmax
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
@@ -353,11 +353,21 @@ class InferenceArguments(InferenceSettings):
         threads = apply_threads()
         logger.info("Device: %s; torch threads: %s (%s); precision: %s (%s)", device, threads.value, threads.why,
                     precision.value, precision.why)
+        if Path(model).is_dir() and not (Path(model) / "config.json").is_file():
+            raise RecipeError(f"{model} is not a saved model folder (no config.json): give the output_dir of a "
+                              "training run, a checkpoint-* folder in it, or a Hub model id.")
         try:
             return Segmenter.from_pretrained(model, self, device, str(precision.value), self.compile,
                                              self.token_merging, self.onnx)
         except OSError as err:
             where = "" if Path(model).is_dir() else " (no such folder here, so it was tried as a Hub id)"
             raise RecipeError(f"Cannot load a model from {model}{where}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception alone
+            if isinstance(err, (RecipeError, DataError)) or not Path(model).is_dir():
+                raise
+            # transformers' "Unrecognized model", safetensors' SafetensorError (a truncated file): the folder is bad
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise RecipeError(f"Cannot load a model from {model}: {type(err).__name__}: {reason}. The folder is not "
+                              "a complete saved SegFormer (a copy cut short?): save or copy it again.") from err
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 from torch import nn
 from transformers import AutoConfig, SegformerConfig, SegformerForSemanticSegmentation
@@ -11,6 +12,7 @@ from transformers.utils import is_torchvision_available
 
 from hf_segformer.configs import ModelArguments
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_segformer.errors import RecipeError
 
 if is_torchvision_available():
     from transformers import SegformerImageProcessor as _ImageProcessor
@@ -53,6 +55,15 @@ def init_encoder_like_mit(model: SegformerForSemanticSegmentation) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def check_model_folder(model_name_or_path: str | None) -> None:
+    """A local folder given as the model must be a saved model (else transformers says "Unrecognized model")."""
+    if model_name_or_path and os.path.isdir(model_name_or_path) and not os.path.isfile(
+            os.path.join(model_name_or_path, "config.json")):
+        raise RecipeError(f"model_name_or_path: {model_name_or_path} is not a saved model folder (no config.json): "
+                          "give a Hub id such as nvidia/mit-b0, a training run's output_dir, or leave it unset to "
+                          "build model_variant from config.")
+
+
 def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: int) -> SegformerForSemanticSegmentation:
     """Pretrained checkpoint (Hub id or folder) with a head for our classes, or a from-config variant."""
     label_kwargs = {
@@ -63,6 +74,7 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
     }
     label_kwargs.update({name: value for name in ("drop_path_rate", "classifier_dropout_prob")
                          if (value := getattr(args, name)) is not None})
+    check_model_folder(args.model_name_or_path)
     if args.model_name_or_path is None:
         logger.info("Building SegFormer-%s from config with random weights.", args.model_variant)
         model = SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))

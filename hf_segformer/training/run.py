@@ -25,8 +25,9 @@ from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, 
 from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.hub.publish import push_model
 from hf_segformer.logits import check_ignore_index
+from hf_segformer.outputs import claim_output_dir, mark_run_folder
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
-from hf_segformer.modeling.build import build_image_processor, build_model
+from hf_segformer.modeling.build import build_image_processor, build_model, check_model_folder
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
 from hf_segformer.runtime import apply_threads
@@ -81,14 +82,39 @@ def resolve_checkpoint(training_args: SegformerTrainingArguments) -> str | None:
     output_dir = training_args.output_dir
     last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     resume = training_args.resume_from_checkpoint
+    if resume not in (None, "last") and not os.path.isdir(resume):
+        raise RecipeError(f"resume_from_checkpoint: {resume} is not a folder; give a checkpoint-* folder of an "
+                          "earlier run, or 'last' for the newest one in output_dir.")
     if resume == "last":
         if last is None:
             raise RecipeError(f"resume_from_checkpoint=last but {output_dir} has no checkpoint-* folder.")
+        check_checkpoint_files(last)
         return last
+    if resume is not None:
+        check_checkpoint_files(resume)
     if resume is None and last is not None and not training_args.overwrite_output_dir:
         raise RecipeError(f"{output_dir} already holds checkpoints of an earlier run ({last}). Continue it with "
                          "--resume_from_checkpoint last, pick another --output_dir, or pass --overwrite_output_dir.")
     return resume
+
+
+def check_checkpoint_files(folder: str) -> None:
+    """A checkpoint cut short (a copy interrupted, a full disk) fails here, naming the file, before any work."""
+    from safetensors import safe_open
+
+    for name in ("model.safetensors", "trainer_state.json"):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if name.endswith(".json"):
+                json.loads(Path(path).read_text())
+            else:
+                with safe_open(path, "pt"):
+                    pass
+        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception alone
+            raise RecipeError(f"resume_from_checkpoint: {path} is damaged ({type(err).__name__}: {err}); resume "
+                              "from an earlier checkpoint-* folder, or start again with --overwrite_output_dir.") from err
 
 
 def log_runtime(training_args: SegformerTrainingArguments, threads: str) -> None:
@@ -149,9 +175,17 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     logger.debug("Training arguments %s", training_args)
     check_run(training_args)  # fp16 only on a GPU, output_dir writable with free space
     check_ignore_index(data_args.ignore_index)
+    check_model_folder(model_args.model_name_or_path)  # before the data work
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
-    checkpoint = resolve_checkpoint(training_args)
+    with training_args.main_process_first(local=False, desc="output folder"):
+        # Never write over, merge into or delete what is there. Every process decides the same refusal (nothing
+        # moves without overwrite_output_dir); only the main one moves old outputs aside.
+        claim_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                         training_args.resume_from_checkpoint, move=training_args.process_index == 0)
+        if training_args.process_index == 0:
+            mark_run_folder(training_args.output_dir)
+        checkpoint = resolve_checkpoint(training_args)
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)

@@ -72,6 +72,27 @@ class SegformerTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's scheduler, with the warm-up clamped to leave at least one decay step.
+
+        A warm-up ratio rounds up (5 % of 1 step is 1 step), and transformers' polynomial schedule then divides by
+        zero decay steps: `--max_steps 1`, the usual smoke test, must run with any schedule.
+        """
+        if self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        clamped = max(0, min(warmup, num_training_steps - 1))
+        if clamped == warmup:
+            return super().create_scheduler(num_training_steps, optimizer)
+        logger.info("Warm-up of %d step(s) leaves no step to decay over in a %d-step run: warm-up clamped to %d.",
+                    warmup, num_training_steps, clamped)
+        original = self.args.warmup_steps
+        self.args.warmup_steps = clamped
+        try:
+            return super().create_scheduler(num_training_steps, optimizer)
+        finally:
+            self.args.warmup_steps = original
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
         outputs = model(**inputs)
@@ -156,9 +177,15 @@ def nonfinite_loss_message(value: float, step: int, epoch: float, args: Any, lea
     if getattr(args, "class_weights", None) is not None:
         causes.append("extreme class weights: lower class_weight_clip")
     causes.append("a corrupt input batch: run `hf-segformer check-data` on the recipe")
+    output_dir = getattr(args, "output_dir", None)
+    has_checkpoint = bool(output_dir) and os.path.isdir(output_dir) and any(
+        name.startswith("checkpoint-") for name in os.listdir(output_dir))
+    then = ("Resume from the last checkpoint with --resume_from_checkpoint last after the change"
+            if has_checkpoint else
+            f"No checkpoint was saved yet (output_dir {output_dir}): start again after the change, with "
+            "--overwrite_output_dir")
     return (f"Training loss is {value} at step {step} (epoch {epoch:.2f}); stopping rather than training on "
-            "NaNs. Likely causes: " + "; ".join(causes) + ". Resume from the last checkpoint with "
-            "--resume_from_checkpoint last after the change, or allow a few skipped batches with "
+            "NaNs. Likely causes: " + "; ".join(causes) + f". {then}, or allow a few skipped batches with "
             "max_nonfinite_losses: N.")
 
 
