@@ -40,8 +40,8 @@ def empty_class_problems(pixel_counts: list[int], id2label: dict[int, str], igno
     problems = []
     for c in empty:
         if num_labels == 2 and c == 1 and ignore_index == 255 and ignored > 0 and not binary_masks:
-            cause = (f"the masks hold only 0 and 255, and 255 is ignore_index: these look like 0/255 binary masks, "
-                     f"so every foreground pixel is ignored. Add `binary_masks: true` to the recipe (255 → class 1).")
+            cause = ("the masks hold only 0 and 255, and 255 is ignore_index: these look like 0/255 binary masks, "
+                     "so every foreground pixel is ignored. Add `binary_masks: true` to the recipe (255 → class 1).")
         else:
             cause = ("is class_id → name in id2label right for these masks (num_labels, colour_map, reduce_labels), "
                      "or does this split lack that class? If it is meant to be absent, set `allow_empty_classes: true`.")

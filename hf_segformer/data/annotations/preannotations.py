@@ -13,8 +13,6 @@ they are what the tool shows as unlabelled. The writers refuse an existing outpu
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
