@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,13 @@ class SegformerTrainingArguments(TrainingArguments):
         metadata={"help": "Torch threads per process. Unset: OMP_NUM_THREADS if you set it, else the usable cores "
                           "divided by the processes on this machine (a launcher's default of 1 is replaced)."},
     )
+    max_time: str | None = field(
+        default=None,
+        metadata={"help": "A wall-clock budget for training, e.g. 90s, 25m, 2h, 1.5d: the run times its first steps "
+                          "and its evaluation, then fixes max_steps so that warm-up and the LR decay end at the "
+                          "budget, with the last evaluation and the save inside it (max_steps, if set, stays an "
+                          "upper bound). Recorded in train_results.json (budget_*) and the model card."},
+    )
     dataloader_num_workers: str = field(
         default="auto",
         metadata={"help": "DataLoader worker processes, or auto: 1 for CPU training (0 on one core), up to 8 when "
@@ -305,6 +313,10 @@ class SegformerTrainingArguments(TrainingArguments):
                               f"got '{self.loss_resolution}'.")
         if not self.head_lr_multiplier > 0:
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
+        self.max_time_s = parse_duration(self.max_time) if self.max_time is not None else None
+        if self.max_time_s is not None:
+            self.max_steps_cap = self.max_steps if 0 < self.max_steps < 10_000_000 else None
+            self.max_steps = self.max_steps_cap or 10_000_000  # provisional: the budget decides after a few steps
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
         on_cpu = self.use_cpu or not has_accelerator()
@@ -330,3 +342,19 @@ def _parse_mapping(value: dict | str, name: str) -> dict[str, float]:
         return {str(k): float(v) for k, v in mapping.items()}
     except (ValueError, TypeError, AttributeError) as err:
         raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'25m', '2h', '1.5d', '90s', '1h30m' → seconds. A bare number is refused: minutes or hours would both be
+    plausible readings (Ultralytics' `time=` is hours)."""
+    value = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([smhd])", value)
+    if not value or not parts or "".join(n + u for n, u in parts) != value:
+        raise RecipeError(f"max_time: expected a duration such as 90s, 25m, 2h, 1.5d or 1h30m; got {text!r}.")
+    seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise RecipeError(f"max_time must be positive; got {text!r}.")
+    return seconds

@@ -30,6 +30,7 @@ from hf_segformer.modeling.build import build_image_processor, build_model
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
 from hf_segformer.runtime import apply_threads
+from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from hf_segformer.training.run_checks import check_run
@@ -179,12 +180,21 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         SampleGridCallback.attach(trainer, raw_eval, build_label_decoder(data_args),
                                   palette=dataset_palette(len(id2label), data_args))
 
+    budget = None
+    if training_args.max_time_s is not None:  # max_time: the budget fixes max_steps after the first steps
+        budget = TimeBudgetCallback.attach(trainer, training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
+                                           final_eval=eval_dataset is not None)
+
     # Train and save.
     try:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
     except torch.OutOfMemoryError as err:
         raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "training")) from err
     trainer.save_model()
+    if budget is not None:
+        fixed_speed_metrics(train_result.metrics, training_args, trainer.state.global_step - budget.first_step)
+        train_result.metrics.update(budget.results())
+        training_args.max_steps = budget.budget_steps or trainer.state.global_step  # the model card's max_steps
     if training_args.device.type == "cuda":
         train_result.metrics["train_peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
     trainer.log_metrics("train", train_result.metrics)
@@ -203,6 +213,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         results.update(eval_metrics)
         if trainer.is_world_process_zero() and metrics.last_confusion is not None:
             write_class_report(training_args.output_dir, metrics.last_confusion, id2label)
+    if budget is not None:  # the whole budgeted span, final evaluation included
+        results["budget_spent_s"] = round(budget.spent_s(), 1)
+        trainer.save_metrics("train", {**train_result.metrics, "budget_spent_s": results["budget_spent_s"]})
 
     # Publish: model, processor, results and a model card (main process only).
     if training_args.push_to_hub:
