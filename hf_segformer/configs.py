@@ -282,6 +282,12 @@ class SegformerTrainingArguments(TrainingArguments):
         metadata={"help": "Torch threads per process. Unset: OMP_NUM_THREADS if you set it, else the usable cores "
                           "divided by the processes on this machine (a launcher's default of 1 is replaced)."},
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.999; warm-up min(decay, "
+                          "(1+t)/(10+t))): evaluations use it and the saved model is it. Checkpoints keep the raw "
+                          "weights and the average (ema.safetensors) for resuming. Unset: off."},
+    )
     max_time: str | None = field(
         default=None,
         metadata={"help": "A wall-clock budget for training, e.g. 90s, 25m, 2h, 1.5d: the run times its first steps "
@@ -313,6 +319,8 @@ class SegformerTrainingArguments(TrainingArguments):
                               f"got '{self.loss_resolution}'.")
         if not self.head_lr_multiplier > 0:
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise RecipeError(f"ema_decay must be between 0 and 1 (e.g. 0.999); got {self.ema_decay}.")
         self.max_time_s = parse_duration(self.max_time) if self.max_time is not None else None
         if self.max_time_s is not None:
             self.max_steps_cap = self.max_steps if 0 < self.max_steps < 10_000_000 else None

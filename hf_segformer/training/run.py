@@ -32,6 +32,7 @@ from hf_segformer.modeling.token_merging import apply_token_merging, resolve_tok
 from hf_segformer.runtime import apply_threads
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
+from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from hf_segformer.training.run_checks import check_run
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
@@ -180,6 +181,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         SampleGridCallback.attach(trainer, raw_eval, build_label_decoder(data_args),
                                   palette=dataset_palette(len(id2label), data_args))
 
+    if training_args.ema_decay is not None:  # evaluated and saved as the average of the weights
+        trainer.ema = WeightAverage(trainer.model, training_args.ema_decay)
+        trainer.add_callback(trainer.ema)
     budget = None
     if training_args.max_time_s is not None:  # max_time: the budget fixes max_steps after the first steps
         budget = TimeBudgetCallback.attach(trainer, training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
