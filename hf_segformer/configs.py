@@ -143,6 +143,15 @@ class DataArguments:
     cat_max_ratio: float = field(
         default=0.75, metadata={"help": "Re-draw a crop (up to 10 times) if one class covers more than this share."}
     )
+    rare_class_sampling: bool = field(
+        default=False,
+        metadata={"help": "DAFormer's rare-class sampling: each training image is drawn by first drawing a class with "
+                          "P(c) ∝ exp((1 − f_c)/T) (f_c: its share of the training pixels, from the data check), then "
+                          "an image containing it. Needs check_data: true."},
+    )
+    rare_class_temperature: float = field(
+        default=0.01, metadata={"help": "T of rare_class_sampling: smaller favours rare classes more (DAFormer: 0.01)."}
+    )
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     photometric_distortion: bool = field(
         default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
@@ -161,6 +170,10 @@ class DataArguments:
         check_num_labels(self.num_labels, self.id2label_map)
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
+        if self.rare_class_sampling and not self.check_data:
+            raise RecipeError("rare_class_sampling uses the data check's per-image class presence: keep check_data: true.")
+        if not self.rare_class_temperature > 0:
+            raise RecipeError(f"rare_class_temperature must be > 0; got {self.rare_class_temperature}.")
         if len(self.train_scale) != 2 or len(self.ratio_range) != 2:
             raise RecipeError("train_scale and ratio_range take two numbers each.")
 

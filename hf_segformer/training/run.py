@@ -19,6 +19,7 @@ from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainin
 from hf_segformer.data.loading import canonical_split, undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
+from hf_segformer.data.rare_classes import RareClassSampler, load_presence
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
 from hf_segformer.errors import DataError, RecipeError, TrainingError
 from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
@@ -120,6 +121,23 @@ def build_datasets(data: DatasetDict, data_args: DataArguments, training_args: S
     return train_dataset, raw_eval.with_transform(EvalTransform(decoder, data_args.eval_size)), raw_eval
 
 
+def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments,
+                       num_images: int) -> RareClassSampler:
+    """The training split's sampler from the data check's histogram and per-image presence (saved by process 0
+    before this point: main_process_first)."""
+    split = canonical_split(data_args.train_split)
+    report = DataReport.load(Path(training_args.output_dir) / "class_histogram.json")
+    image_classes = load_presence(training_args.output_dir, split)
+    if len(image_classes) != num_images:
+        raise DataError(f"class_presence.json lists {len(image_classes)} training images but the split has "
+                        f"{num_images}; rerun with check_data: true into a fresh output_dir.")
+    sampler = RareClassSampler(image_classes, report.splits[split].pixel_counts[:-1], data_args.rare_class_temperature,
+                               seed=training_args.seed)
+    logger.info("Rare-class sampling (T=%g): class probabilities %s", data_args.rare_class_temperature,
+                ", ".join(f"{p:.3f}" for p in sampler.probabilities))
+    return sampler
+
+
 def prepare_model(model_args: ModelArguments, training_args: SegformerTrainingArguments, id2label: dict[int, str],
                   ignore_index: int) -> torch.nn.Module:
     """The SegFormer of the recipe, set up for training: reordered head, memory format, token merging, SyncBN."""
@@ -181,6 +199,8 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         SampleGridCallback.attach(trainer, raw_eval, build_label_decoder(data_args),
                                   palette=dataset_palette(len(id2label), data_args))
 
+    if data_args.rare_class_sampling:  # images drawn through their rarest classes (pre-flight presence)
+        trainer.train_sampler = rare_class_sampler(data_args, training_args, len(train_dataset))
     if training_args.ema_decay is not None:  # evaluated and saved as the average of the weights
         trainer.ema = WeightAverage(trainer.model, training_args.ema_decay)
         trainer.add_callback(trainer.ema)

@@ -44,6 +44,12 @@ class SegformerTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.nonfinite_losses = 0
         self.ema = None  # a training.ema.WeightAverage when the recipe sets ema_decay
+        self.train_sampler = None  # e.g. data.rare_classes.RareClassSampler; None: the Trainer's own
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
+            return self.train_sampler
+        return super()._get_train_sampler(train_dataset)
 
     def evaluate(self, *args, **kwargs):
         """With `ema_decay`, the averaged weights are what is evaluated."""
