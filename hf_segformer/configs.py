@@ -152,6 +152,11 @@ class DataArguments:
     rare_class_temperature: float = field(
         default=0.01, metadata={"help": "T of rare_class_sampling: smaller favours rare classes more (DAFormer: 0.01)."}
     )
+    rare_class_crop_prob: float = field(
+        default=0.0,
+        metadata={"help": "Share of training crops centred on a random pixel of the image's rarest class (rarity: the "
+                          "data check's training histogram); these crops skip the cat_max_ratio retries. 0: off."},
+    )
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     photometric_distortion: bool = field(
         default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
@@ -172,6 +177,10 @@ class DataArguments:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
         if self.rare_class_sampling and not self.check_data:
             raise RecipeError("rare_class_sampling uses the data check's per-image class presence: keep check_data: true.")
+        if not 0.0 <= self.rare_class_crop_prob <= 1.0:
+            raise RecipeError(f"rare_class_crop_prob must be in [0, 1]; got {self.rare_class_crop_prob}.")
+        if self.rare_class_crop_prob > 0 and not self.check_data:
+            raise RecipeError("rare_class_crop_prob ranks classes by the data check's histogram: keep check_data: true.")
         if not self.rare_class_temperature > 0:
             raise RecipeError(f"rare_class_temperature must be > 0; got {self.rare_class_temperature}.")
         if len(self.train_scale) != 2 or len(self.ratio_range) != 2:

@@ -51,3 +51,20 @@ def test_presence_is_saved_and_the_run_trains(tmp_path, train_tiny, caplog):
 def test_rare_class_sampling_needs_the_data_check(tmp_path, train_tiny):
     with pytest.raises(RecipeError, match="check_data"):
         train_tiny(tmp_path, "--rare_class_sampling", "true")
+
+
+def test_rare_class_crop_is_centred_on_the_rare_pixels():
+    from hf_segformer.data.labels import LabelDecoder
+    from hf_segformer.data.transforms import TrainTransform
+
+    values = np.zeros((64, 64), dtype=np.uint8)
+    values[40:48, 8:16] = 1  # one 8×8 patch of the rare class in a 64×64 mask
+    mask, image = Image.fromarray(values), Image.new("RGB", (64, 64))
+    common = dict(crop_size=16, scale=(64, 64), ratio_range=(1.0, 1.0), cat_max_ratio=1.0, hflip_prob=0.0,
+                  photometric=False)
+    biased = TrainTransform(LabelDecoder(ignore_index=255), rare_class_crop_prob=1.0, rare_classes=(1, 0), **common)
+    plain = TrainTransform(LabelDecoder(ignore_index=255), **common)
+    assert all((biased.transform(image, mask)[1] == 1).any() for _ in range(20))
+    # A uniform 16×16 crop of this mask meets the patch with probability (8+15)² / 49² ≈ 0.22.
+    hits = sum(bool((plain.transform(image, mask)[1] == 1).any()) for _ in range(200))
+    assert hits < 100

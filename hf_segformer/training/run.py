@@ -114,6 +114,7 @@ def build_datasets(data: DatasetDict, data_args: DataArguments, training_args: S
     train_dataset = undecoded(data[train_split]).with_transform(TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
         data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
+        data_args.rare_class_crop_prob, rarest_first(data_args, training_args, train_split),
     ))
     if eval_split not in data:
         return train_dataset, None, None
@@ -136,6 +137,14 @@ def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainin
     logger.info("Rare-class sampling (T=%g): class probabilities %s", data_args.rare_class_temperature,
                 ", ".join(f"{p:.3f}" for p in sampler.probabilities))
     return sampler
+
+
+def rarest_first(data_args: DataArguments, training_args: SegformerTrainingArguments, split: str) -> tuple[int, ...]:
+    """Class ids present in the training split, rarest first (for rare_class_crop_prob); () when off."""
+    if data_args.rare_class_crop_prob <= 0:
+        return ()
+    counts = DataReport.load(Path(training_args.output_dir) / "class_histogram.json").splits[split].pixel_counts[:-1]
+    return tuple(int(c) for c in sorted(range(len(counts)), key=lambda c: counts[c]) if counts[c] > 0)
 
 
 def prepare_model(model_args: ModelArguments, training_args: SegformerTrainingArguments, id2label: dict[int, str],
