@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -100,3 +101,33 @@ def test_resume_counts_only_the_budget_left(tmp_path, train_tiny):
     assert resumed["budget_spent_s"] <= 1.1 * budget
     assert resumed["train_runtime"] < budget - spent + 2.0
     assert first["budget_spent_s"] <= 1.1 * budget
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_budget(tmp_path):
+    """Two DDP processes (gloo) with the budget, rare-class sampling and the weight average: one step count (a
+    disagreement would hang the collective calls), within the budget."""
+    import yaml
+    from conftest import ACCELERATE, free_port, run_offline
+
+    from hf_segformer.data.synthetic import write_synthetic_dataset
+
+    root = Path(__file__).resolve().parents[1]
+    data_dir = write_synthetic_dataset(tmp_path / "data", num_train=12, num_validation=4, size=32)
+    recipe = yaml.safe_load((root / "recipes/quickstart.yaml").read_text())
+    recipe.update({"data_dir": str(data_dir), "synthetic_data": False, "crop_size": 32, "eval_size": 32,
+                   "train_scale": [64, 32], "output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 2,
+                   "per_device_eval_batch_size": 2, "dataloader_num_workers": 0, "dataloader_persistent_workers": False,
+                   "eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False, "report_to": "none",
+                   "max_time": "40s", "rare_class_sampling": True, "check_data": True, "ema_decay": 0.9,
+                   "lr_scheduler_type": "polynomial", "lr_scheduler_kwargs": {"lr_end": 0.0001, "power": 1.0}})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    command = [str(ACCELERATE), "launch", "--config_file", str(root / "accelerate_configs/cpu_2proc.yaml"),
+               "--main_process_port", str(free_port()), str(root / "recipes/finetune.py"),
+               "--config", str(tmp_path / "tiny.yaml")]
+    result = run_offline(command, tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    train = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert train["budget_steps"] == state["global_step"] == state["max_steps"] > 5
+    assert train["budget_spent_s"] <= 1.1 * 40
