@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,20 @@ class DataArguments:
     cat_max_ratio: float = field(
         default=0.75, metadata={"help": "Re-draw a crop (up to 10 times) if one class covers more than this share."}
     )
+    rare_class_sampling: bool = field(
+        default=False,
+        metadata={"help": "DAFormer's rare-class sampling: each training image is drawn by first drawing a class with "
+                          "P(c) ∝ exp((1 − f_c)/T) (f_c: its share of the training pixels, from the data check), then "
+                          "an image containing it. Needs check_data: true."},
+    )
+    rare_class_temperature: float = field(
+        default=0.01, metadata={"help": "T of rare_class_sampling: smaller favours rare classes more (DAFormer: 0.01)."}
+    )
+    rare_class_crop_prob: float = field(
+        default=0.0,
+        metadata={"help": "Share of training crops centred on a random pixel of the image's rarest class (rarity: the "
+                          "data check's training histogram); these crops skip the cat_max_ratio retries. 0: off."},
+    )
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     photometric_distortion: bool = field(
         default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
@@ -184,6 +199,14 @@ class DataArguments:
         check_num_labels(self.num_labels, self.id2label_map)
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
+        if self.rare_class_sampling and not self.check_data:
+            raise RecipeError("rare_class_sampling uses the data check's per-image class presence: keep check_data: true.")
+        if not 0.0 <= self.rare_class_crop_prob <= 1.0:
+            raise RecipeError(f"rare_class_crop_prob must be in [0, 1]; got {self.rare_class_crop_prob}.")
+        if self.rare_class_crop_prob > 0 and not self.check_data:
+            raise RecipeError("rare_class_crop_prob ranks classes by the data check's histogram: keep check_data: true.")
+        if not self.rare_class_temperature > 0:
+            raise RecipeError(f"rare_class_temperature must be > 0; got {self.rare_class_temperature}.")
         if not isinstance(self.train_scale, (list, tuple)) or not isinstance(self.ratio_range, (list, tuple)) \
                 or len(self.train_scale) != 2 or len(self.ratio_range) != 2:
             raise RecipeError(f"train_scale and ratio_range take two numbers each (e.g. train_scale: [2048, 512]); "
@@ -307,6 +330,19 @@ class SegformerTrainingArguments(TrainingArguments):
         metadata={"help": "Torch threads per process. Unset: OMP_NUM_THREADS if you set it, else the usable cores "
                           "divided by the processes on this machine (a launcher's default of 1 is replaced)."},
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.999; warm-up min(decay, "
+                          "(1+t)/(10+t))): evaluations use it and the saved model is it. Checkpoints keep the raw "
+                          "weights and the average (ema.safetensors) for resuming. Unset: off."},
+    )
+    max_time: str | None = field(
+        default=None,
+        metadata={"help": "A wall-clock budget for training, e.g. 90s, 25m, 2h, 1.5d: the run times its first steps "
+                          "and its evaluation, then fixes max_steps so that warm-up and the LR decay end at the "
+                          "budget, with the last evaluation and the save inside it (max_steps, if set, stays an "
+                          "upper bound). Recorded in train_results.json (budget_*) and the model card."},
+    )
     dataloader_num_workers: str = field(
         default="auto",
         metadata={"help": "DataLoader worker processes, or auto: 1 for CPU training (0 on one core), up to 8 when "
@@ -331,6 +367,12 @@ class SegformerTrainingArguments(TrainingArguments):
                               f"got '{self.loss_resolution}'.")
         if not self.head_lr_multiplier > 0:
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise RecipeError(f"ema_decay must be between 0 and 1 (e.g. 0.999); got {self.ema_decay}.")
+        self.max_time_s = parse_duration(self.max_time) if self.max_time is not None else None
+        if self.max_time_s is not None:
+            self.max_steps_cap = self.max_steps if 0 < self.max_steps < 10_000_000 else None
+            self.max_steps = self.max_steps_cap or 10_000_000  # provisional: the budget decides after a few steps
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
         on_cpu = self.use_cpu or not has_accelerator()
@@ -356,3 +398,19 @@ def _parse_mapping(value: dict | str, name: str) -> dict[str, float]:
         return {str(k): float(v) for k, v in mapping.items()}
     except (ValueError, TypeError, AttributeError) as err:
         raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'25m', '2h', '1.5d', '90s', '1h30m' → seconds. A bare number is refused: minutes or hours would both be
+    plausible readings (Ultralytics' `time=` is hours)."""
+    value = str(text).strip().lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)([smhd])", value)
+    if not value or not parts or "".join(n + u for n, u in parts) != value:
+        raise RecipeError(f"max_time: expected a duration such as 90s, 25m, 2h, 1.5d or 1h30m; got {text!r}.")
+    seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise RecipeError(f"max_time must be positive; got {text!r}.")
+    return seconds

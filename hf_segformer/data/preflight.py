@@ -18,6 +18,7 @@ from hf_segformer.data.images import entry_name, open_image, upright
 from hf_segformer.data.doctor import out_of_range_hint
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import undecoded
+from hf_segformer.data.rare_classes import save_presence
 from hf_segformer.errors import DataError, problems_message
 
 
@@ -28,6 +29,7 @@ class SplitReport:
     num_samples: int
     pixel_counts: list[int]  # per class id, then the ignore index last
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
+    image_classes: list[list[int]] = field(default_factory=list)  # per image: class ids present (rare-class sampling)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class DataReport:
         }
         (out / "class_histogram.json").write_text(json.dumps(payload, indent=1))
         (out / "class_histogram.md").write_text(self.class_table() + "\n")
+        if any(s.image_classes for s in self.splits.values()):
+            save_presence(out, {name: s.image_classes for name, s in self.splits.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DataReport":
@@ -125,8 +129,10 @@ def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels:
     if problems:
         raise DataError(problems_message(f"The '{split}' data failed the pre-flight check", problems,
                                          "Fix or remove these files (or correct num_labels / ignore_index / colour_map)."))
-    counts = np.asarray(checked["counts"], dtype=np.int64).sum(axis=0)
-    return SplitReport(len(dataset), [int(c) for c in counts], [tuple(s) for s in checked["size"]])
+    per_image = np.asarray(checked["counts"], dtype=np.int64)
+    counts = per_image.sum(axis=0)
+    image_classes = [np.flatnonzero(row[:-1]).tolist() for row in per_image]
+    return SplitReport(len(dataset), [int(c) for c in counts], [tuple(s) for s in checked["size"]], image_classes)
 
 
 def check_data(data: DatasetDict, decoder: LabelDecoder, num_labels: int, id2label: dict[int, str],

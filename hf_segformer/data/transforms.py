@@ -38,6 +38,8 @@ class TrainTransform:
     hflip_prob: float = 0.5
     photometric: bool = True
     ignore_index: int = 255
+    rare_class_crop_prob: float = 0.0  # this share of crops is centred on a pixel of the image's rarest class
+    rare_classes: tuple[int, ...] = ()  # class ids from the rarest (training-pixel share) to the most common
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
@@ -53,13 +55,19 @@ class TrainTransform:
         new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
         crop_w, crop_h = min(self.crop_size, new_w), min(self.crop_size, new_h)
 
-        for _ in range(10 if self.cat_max_ratio < 1.0 else 1):
+        anchor = None
+        if self.rare_classes and self.rare_class_crop_prob > 0 and random.random() < self.rare_class_crop_prob:
+            anchor = self._rare_anchor(mask, name, new_w / width, new_h / height)
+        for _ in range(10 if self.cat_max_ratio < 1.0 and anchor is None else 1):
             x0, y0 = random.randint(0, new_w - crop_w), random.randint(0, new_h - crop_h)
+            if anchor is not None:  # centred on the rare pixel as far as the image allows
+                x0 = min(max(round(anchor[0] - crop_w / 2), 0), new_w - crop_w)
+                y0 = min(max(round(anchor[1] - crop_h / 2), 0), new_h - crop_h)
             box = (x0 * width / new_w, y0 * height / new_h,
                    min(width, (x0 + crop_w) * width / new_w), min(height, (y0 + crop_h) * height / new_h))
             # Nearest-neighbour only picks mask pixels, so cropping the raw mask and decoding the crop equals
             # decoding first; the class-ratio test looks at a quarter-resolution crop.
-            if self.cat_max_ratio >= 1.0 or self._balanced(self.decoder(
+            if anchor is not None or self.cat_max_ratio >= 1.0 or self._balanced(self.decoder(
                     mask.resize((max(1, crop_w // 4), max(1, crop_h // 4)), Image.NEAREST, box=box), name)):
                 break
         label = self.decoder(mask.resize((crop_w, crop_h), Image.NEAREST, box=box), name)
@@ -83,6 +91,18 @@ class TrainTransform:
         out_pixels[:crop_h, :crop_w] = pixels
         out_label[:crop_h, :crop_w] = label
         return torch.from_numpy(out_pixels).permute(2, 0, 1), torch.from_numpy(out_label)
+
+    def _rare_anchor(self, mask: Image.Image, name: str, scale_x: float, scale_y: float) -> tuple[float, float] | None:
+        """A random pixel of the rarest class this mask holds, in resized-image coordinates (from a
+        quarter-resolution decode); None if it holds none of `rare_classes`."""
+        small_w, small_h = max(1, mask.width // 4), max(1, mask.height // 4)
+        small = self.decoder(mask.resize((small_w, small_h), Image.NEAREST), name)
+        for class_id in self.rare_classes:
+            ys, xs = np.nonzero(small == class_id)
+            if len(xs):
+                i = random.randrange(len(xs))
+                return ((xs[i] + 0.5) * mask.width / small_w * scale_x, (ys[i] + 0.5) * mask.height / small_h * scale_y)
+        return None
 
     def _balanced(self, label: np.ndarray) -> bool:
         counts = np.bincount(label[label != self.ignore_index].ravel().astype(np.int64))

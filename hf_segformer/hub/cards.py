@@ -130,6 +130,8 @@ def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, An
         "warmup_steps": args.warmup_steps,
         "num_epochs": args.num_train_epochs if args.max_steps is None or args.max_steps <= 0 else None,
         "max_steps": args.max_steps if args.max_steps and args.max_steps > 0 else None,
+        "max_time (time budget; it decided max_steps)": getattr(args, "max_time", None),
+        "ema_decay (the model is the average of the weights)": getattr(args, "ema_decay", None),
         "mixed_precision": precision,
         "seed": args.seed,
         "loss": getattr(args, "loss_terms", None),

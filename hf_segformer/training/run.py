@@ -19,6 +19,7 @@ from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainin
 from hf_segformer.data.loading import canonical_split, undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
+from hf_segformer.data.rare_classes import RareClassSampler, load_presence
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
 from hf_segformer.errors import DataError, RecipeError, TrainingError
 from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
@@ -31,7 +32,9 @@ from hf_segformer.modeling.build import build_image_processor, build_model, chec
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
 from hf_segformer.runtime import apply_threads
+from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
+from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from hf_segformer.training.run_checks import check_run
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
@@ -137,11 +140,37 @@ def build_datasets(data: DatasetDict, data_args: DataArguments, training_args: S
     train_dataset = undecoded(data[train_split]).with_transform(TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
         data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
+        data_args.rare_class_crop_prob, rarest_first(data_args, training_args, train_split),
     ))
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])
     return train_dataset, raw_eval.with_transform(EvalTransform(decoder, data_args.eval_size)), raw_eval
+
+
+def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments,
+                       num_images: int) -> RareClassSampler:
+    """The training split's sampler from the data check's histogram and per-image presence (saved by process 0
+    before this point: main_process_first)."""
+    split = canonical_split(data_args.train_split)
+    report = DataReport.load(Path(training_args.output_dir) / "class_histogram.json")
+    image_classes = load_presence(training_args.output_dir, split)
+    if len(image_classes) != num_images:
+        raise DataError(f"class_presence.json lists {len(image_classes)} training images but the split has "
+                        f"{num_images}; rerun with check_data: true into a fresh output_dir.")
+    sampler = RareClassSampler(image_classes, report.splits[split].pixel_counts[:-1], data_args.rare_class_temperature,
+                               seed=training_args.seed)
+    logger.info("Rare-class sampling (T=%g): class probabilities %s", data_args.rare_class_temperature,
+                ", ".join(f"{p:.3f}" for p in sampler.probabilities))
+    return sampler
+
+
+def rarest_first(data_args: DataArguments, training_args: SegformerTrainingArguments, split: str) -> tuple[int, ...]:
+    """Class ids present in the training split, rarest first (for rare_class_crop_prob); () when off."""
+    if data_args.rare_class_crop_prob <= 0:
+        return ()
+    counts = DataReport.load(Path(training_args.output_dir) / "class_histogram.json").splits[split].pixel_counts[:-1]
+    return tuple(int(c) for c in sorted(range(len(counts)), key=lambda c: counts[c]) if counts[c] > 0)
 
 
 def prepare_model(model_args: ModelArguments, training_args: SegformerTrainingArguments, id2label: dict[int, str],
@@ -213,12 +242,26 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         SampleGridCallback.attach(trainer, raw_eval, build_label_decoder(data_args),
                                   palette=dataset_palette(len(id2label), data_args))
 
+    if data_args.rare_class_sampling:  # images drawn through their rarest classes (pre-flight presence)
+        trainer.train_sampler = rare_class_sampler(data_args, training_args, len(train_dataset))
+    if training_args.ema_decay is not None:  # evaluated and saved as the average of the weights
+        trainer.ema = WeightAverage(trainer.model, training_args.ema_decay)
+        trainer.add_callback(trainer.ema)
+    budget = None
+    if training_args.max_time_s is not None:  # max_time: the budget fixes max_steps after the first steps
+        budget = TimeBudgetCallback.attach(trainer, training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
+                                           final_eval=eval_dataset is not None)
+
     # Train and save.
     try:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
     except torch.OutOfMemoryError as err:
         raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "training")) from err
     trainer.save_model()
+    if budget is not None:
+        fixed_speed_metrics(train_result.metrics, training_args, trainer.state.global_step - budget.first_step)
+        train_result.metrics.update(budget.results())
+        training_args.max_steps = budget.budget_steps or trainer.state.global_step  # the model card's max_steps
     if training_args.device.type == "cuda":
         train_result.metrics["train_peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
     trainer.log_metrics("train", train_result.metrics)
@@ -237,6 +280,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         results.update(eval_metrics)
         if trainer.is_world_process_zero() and metrics.last_confusion is not None:
             write_class_report(training_args.output_dir, metrics.last_confusion, id2label)
+    if budget is not None:  # the whole budgeted span, final evaluation included
+        results["budget_spent_s"] = round(budget.spent_s(), 1)
+        trainer.save_metrics("train", {**train_result.metrics, "budget_spent_s": results["budget_spent_s"]})
 
     # Publish: model, processor, results and a model card (main process only).
     if training_args.push_to_hub:

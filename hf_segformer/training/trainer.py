@@ -3,6 +3,7 @@ a guard against NaN/Inf losses and streaming confusion-matrix evaluation."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -42,6 +43,25 @@ class SegformerTrainer(Trainer):
         # and must not rescale by the world size (it would if it believed the model used num_items_in_batch).
         self.model_accepts_loss_kwargs = False
         self.nonfinite_losses = 0
+        self.ema = None  # a training.ema.WeightAverage when the recipe sets ema_decay
+        self.train_sampler = None  # e.g. data.rare_classes.RareClassSampler; None: the Trainer's own
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
+            return self.train_sampler
+        return super()._get_train_sampler(train_dataset)
+
+    def evaluate(self, *args, **kwargs):
+        """With `ema_decay`, the averaged weights are what is evaluated."""
+        with self.ema.swapped() if self.ema is not None else contextlib.nullcontext():
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """With `ema_decay`, the saved model is the average; checkpoints (`_internal_call`) keep the raw
+        weights the optimizer state belongs to, and the average beside them."""
+        use_average = self.ema is not None and not _internal_call
+        with self.ema.swapped() if use_average else contextlib.nullcontext():
+            return super().save_model(output_dir, _internal_call)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the decode head at `head_lr_multiplier` × the learning rate.
@@ -142,6 +162,8 @@ class SegformerTrainer(Trainer):
     # restored, silently. Plain checkpoints are therefore reloaded through `from_pretrained`, strictly.
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.ema is not None and model is None:
+            self.ema.resume_folder = resume_from_checkpoint
         if model is None and self._is_plain_checkpoint(resume_from_checkpoint):
             self._load_weights_strictly(resume_from_checkpoint)
         else:
@@ -152,6 +174,8 @@ class SegformerTrainer(Trainer):
             self._load_weights_strictly(self.state.best_model_checkpoint)
         else:
             super()._load_best_model()
+        if self.ema is not None:  # the best evaluation was of that checkpoint's average
+            self.ema.load(self.state.best_model_checkpoint)
 
     def _is_plain_checkpoint(self, folder: str | None) -> bool:
         return (folder is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)

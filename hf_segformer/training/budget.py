@@ -1,0 +1,295 @@
+"""A wall-clock budget for training (`max_time: 25m`): the run measures its own step and evaluation cost, then
+fixes `max_steps` so that warm-up and the polynomial decay end at the budget, with the last evaluation and the
+save inside it.
+
+How: the Trainer starts with a provisional `max_steps` (the recipe's `max_steps` as an upper bound, or a large
+number). After a few steady steps (`skip_steps` slow first steps excluded, then `measure_steps` timed), the main
+process measures one evaluation batch and the save size, solves for the number of steps that still fits and
+broadcasts it; the LR scheduler is rebuilt for that total and fast-forwarded to the current step (the Trainer
+builds its scheduler once, from `max_steps`, in `_prepare_for_training`). A guard stops early if the steps turn
+out slower than measured. The time spent is stored in the checkpoint's trainer state, so a resumed run only
+gets what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from hf_segformer.configs import parse_duration
+
+logger = logging.getLogger("hf_segformer")
+
+
+
+def periodic_count(strategy: Any, every: float | int | None, start: int, end: int, steps_per_epoch: float) -> int:
+    """How many evaluations (or saves) a strategy makes between optimizer steps start (excluded) and end."""
+    strategy = getattr(strategy, "value", strategy)
+    if end <= start or strategy in ("no", None):
+        return 0
+    if strategy == "epoch":
+        per_epoch = max(steps_per_epoch, 1.0)
+        return int(end // per_epoch) - int(start // per_epoch)
+    every = int(every or 0)
+    return (end // every - start // every) if every > 0 else 0
+
+
+def steps_that_fit(left_s: float, start: int, step_s: float, eval_s: float, save_s: float, args: Any,
+                   steps_per_epoch: float, cap: int | None) -> int:
+    """The largest number of further steps whose training, periodic evaluations and saves fit in `left_s`."""
+    if step_s <= 0:
+        raise ValueError("step time must be positive")
+
+    def cost(n: int) -> float:
+        end = start + n
+        evals = periodic_count(args.eval_strategy, args.eval_steps, start, end, steps_per_epoch)
+        saves = periodic_count(args.save_strategy, args.save_steps, start, end, steps_per_epoch)
+        return n * step_s + evals * eval_s + saves * save_s
+
+    high = int(left_s // step_s) + 1
+    if cap is not None:
+        high = min(high, max(cap - start, 0))
+    low = 0
+    while low < high:  # cost is increasing in n
+        mid = (low + high + 1) // 2
+        if cost(mid) <= left_s:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def rebuild_scheduler(trainer: Any, total_steps: int, current_step: int) -> None:
+    """Replace the Trainer's LR scheduler by one for `total_steps` (warm-up and decay from the recipe), positioned
+    at `current_step`. The optimizer groups keep their `initial_lr`, so per-group multipliers survive."""
+    trainer.lr_scheduler = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": a repositioning, not a step
+        scheduler = trainer.create_scheduler(num_training_steps=max(total_steps, 1), optimizer=trainer.optimizer)
+        scheduler.last_epoch = current_step - 1
+        scheduler.step()
+
+
+def _broadcast(values: list[float], args: Any) -> list[float]:
+    """The main process's numbers on every process (DDP must agree on the step count)."""
+    if args.world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
+class TimeBudgetCallback(TrainerCallback, ExportableState):
+    """Fixes `max_steps` from a wall-clock budget (see the module docstring); `results()` says how.
+
+    `final_eval`: whether the run evaluates once more after `train()` (training/run.py does when it has an
+    evaluation split); that evaluation and the final save are reserved from the budget.
+    """
+
+    def __init__(self, budget_s: float, max_steps_cap: int | None = None, final_eval: bool = True,
+                 skip_steps: int = 2, measure_steps: int = 3, margin: float = 0.03):
+        self.budget_s = float(budget_s)
+        self.max_steps_cap = max_steps_cap
+        self.final_eval = final_eval
+        self.skip_steps = skip_steps
+        self.measure_steps = measure_steps
+        self.margin = margin
+        self.trainer = None
+        self.spent_before_s = 0.0  # from earlier train() calls, read back from the checkpoint on resume
+        self.budget_steps: int | None = None
+        self.step_s: float | None = None
+        self.eval_s = 0.0
+        self.save_s = 0.0
+        self.report_s = 0.0
+        self.stopped_early = False
+        self._start = time.monotonic()
+        self._clean: list[float] = []  # seconds per steady step
+        self._busy: list[float] = []  # a step with the evaluation and/or save that followed the step before
+        self._last_end = self._start
+        self._last_busy = False
+        self.first_step = 0
+        self._decided_at = 0
+        self._replan_every = 1
+
+    @classmethod
+    def attach(cls, trainer: Any, budget_s: float, **kwargs: Any) -> TimeBudgetCallback:
+        callback = cls(budget_s, **kwargs)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+        return callback
+
+    # ExportableState: written into trainer_state.json with every checkpoint.
+    def state(self) -> dict:
+        return {"args": {"budget_s": self.budget_s, "max_steps_cap": self.max_steps_cap},
+                "attributes": {"spent_s": self.spent_s(), "budget_steps": self.budget_steps}}
+
+    def spent_s(self) -> float:
+        return self.spent_before_s + (time.monotonic() - self._start)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The clock started when the callback was made (just before `train()`): the Trainer's set-up counts.
+        self._last_end = time.monotonic()
+        self.first_step = state.global_step
+        stored = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if state.global_step > 0 and isinstance(stored, dict):  # a resume: only the budget left counts
+            attributes = stored.get("attributes", {})
+            self.spent_before_s = float(attributes.get("spent_s") or 0.0)
+            previous = attributes.get("budget_steps")
+            if previous:
+                self._apply(int(previous), state, args)
+            logger.info("Time budget: %.0f s of %.0f s spent before this resume.", self.spent_before_s, self.budget_s)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        interval = time.monotonic() - self._last_end
+        steps_here = state.global_step - self.first_step
+        if steps_here > self.skip_steps:  # the first steps are slow (allocations, loader start-up)
+            (self._busy if self._last_busy else self._clean).append(interval)
+        # An evaluation or save after this step lands in the next interval: keep it out of the step timing.
+        self._last_busy = bool(control.should_evaluate or control.should_save)
+        if self.step_s is None:  # not decided yet in this train() call (a resume decides again)
+            if steps_here >= self.skip_steps + self.measure_steps:
+                self._decide(args, state, control)
+        elif state.global_step < state.max_steps:
+            if (state.global_step - self._decided_at) % self._replan_every == 0:
+                self._decide(args, state, control)  # the step time drifts on a shared machine: fit again
+            else:
+                self._guard(args, state, control)
+        self._last_end = time.monotonic()  # the budget's own timing work is not a step
+        return control
+
+    def _intervals(self) -> tuple[list[float], list[float]]:
+        """Steady step intervals, and intervals that also held an evaluation or a save."""
+        return self._clean, self._busy
+
+    def _steady_step_s(self) -> float:
+        clean, busy = self._intervals()
+        intervals = clean or busy
+        return max(sum(intervals) / len(intervals), 1e-6)
+
+    def _final_s(self, args: Any) -> float:
+        """Reserved for the end: the last in-loop evaluation and checkpoint, then run.py's save and evaluation."""
+        strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+        evals = int(self.final_eval) + int(strategy != "no")  # the Trainer also evaluates at the last step
+        return evals * self.eval_s + 2 * self.save_s + self.report_s
+
+    def _decide(self, args: Any, state: Any, control: Any) -> None:
+        step_s = self._steady_step_s()
+        first = self.step_s is None
+        if first:
+            self.eval_s = self._measure_eval_s() if (self.final_eval or args.eval_strategy != "no") else 0.0
+            self.save_s = self._measure_save_s()
+            self.report_s = self._measure_report_s()
+        else:
+            busy = self._intervals()[1]
+            if busy:  # evaluations (and saves) seen so far, less the step they followed
+                self.eval_s = max(sum(busy) / len(busy) - step_s, 0.0)
+        spent = self.spent_s()
+        per_epoch = state.global_step / state.epoch if state.epoch else float("inf")
+        left = self.budget_s - spent - self._final_s(args) - max(self.margin * self.budget_s, step_s)
+        more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
+                              self.max_steps_cap) if left > 0 else 0
+        step_s, total = _broadcast([step_s, float(state.global_step + more)], args)
+        self.step_s, total = step_s, int(total)
+        self._decided_at = state.global_step
+        self._replan_every = max(5, (total - state.global_step) // 8)
+        if total != self.budget_steps:
+            self._apply(total, state, args)
+        if total <= state.global_step:
+            self.stopped_early = True  # no room left for another step: the decay did not reach its end
+            control.should_training_stop = True
+        if first:
+            logger.info("Time budget %.0f s: %.0f s spent, steady step %.3f s, evaluation %.2f s, save %.2f s → "
+                        "max_steps %d (schedule rebuilt to end there).", self.budget_s, spent, step_s, self.eval_s,
+                        self.save_s, self.budget_steps)
+        else:
+            logger.debug("Time budget: step %.3f s, max_steps %d.", step_s, self.budget_steps)
+
+    def _apply(self, total: int, state: Any, args: Any) -> None:
+        self.budget_steps = total
+        state.max_steps = total
+        state.compute_steps(args, total)  # ratio-valued logging/eval/save steps follow the real length
+        if self.trainer is not None and self.trainer.optimizer is not None:
+            rebuild_scheduler(self.trainer, total, state.global_step)
+
+    def _guard(self, args: Any, state: Any, control: Any) -> None:
+        """Stop before the budget if steps run slower than measured (the final evaluation and save still fit)."""
+        next_end = self.spent_s() + self._steady_step_s() + self._final_s(args)
+        stop = _broadcast([float(next_end > self.budget_s)], args)[0] > 0
+        if stop:
+            logger.warning("Time budget: stopping at step %d of %d (steps slower than measured) to evaluate and "
+                           "save within %.0f s.", state.global_step, state.max_steps, self.budget_s)
+            self.stopped_early = True
+            control.should_training_stop = True
+
+    def _measure_eval_s(self) -> float:
+        """One real evaluation, timed with everything that runs with it (metrics, sample grid, loggers): the
+        evaluation split is small next to the training budget, and an estimate from one batch missed the
+        callbacks by a factor of five. It shows in the logs as an evaluation at the timing step."""
+        trainer = self.trainer
+        if trainer is None or trainer.eval_dataset is None:
+            return 0.0
+        start = time.monotonic()
+        trainer.evaluate()
+        trainer.model.train()
+        return time.monotonic() - start
+
+    def _measure_report_s(self) -> float:
+        """The per-class report after the last evaluation draws a confusion matrix with matplotlib (seconds on
+        a first draw): draw one of this size now, inside the timed part, and reserve that time."""
+        if not self.final_eval or self.trainer is None:
+            return 0.0
+        from hf_segformer.evaluation.reports import plot_confusion_matrix
+
+        labels = self.trainer.model.config.id2label
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                plot_confusion_matrix(np.eye(len(labels), dtype=np.int64), labels, Path(folder) / "timing.png",
+                                      title="timing")
+            except Exception:  # noqa: BLE001 - the report treats a failed figure as a warning too
+                pass
+        return time.monotonic() - start
+
+    def _measure_save_s(self) -> float:
+        """Serialising the weights to memory, × 4 for a checkpoint's optimizer moments and the files."""
+        from safetensors.torch import save as to_bytes
+
+        if self.trainer is None:
+            return 0.0
+        start = time.monotonic()
+        to_bytes({k: v.detach().contiguous() for k, v in self.trainer.model.state_dict().items()})
+        return 4 * (time.monotonic() - start) + 0.3
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.spent_train_s = self.spent_s()
+
+    def results(self) -> dict[str, Any]:
+        """What train_results.json records: the budget decided the run's length."""
+        return {"budget_max_time_s": round(self.budget_s, 1), "budget_steps": self.budget_steps,
+                "budget_step_time_s": round(self.step_s, 4) if self.step_s else None,
+                "budget_eval_time_s": round(self.eval_s, 2), "budget_stopped_early": self.stopped_early,
+                "budget_spent_s": round(self.spent_s(), 1)}
+
+
+def total_train_batch(args: Any) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def fixed_speed_metrics(metrics: dict, args: Any, steps_trained: int) -> dict:
+    """The Trainer's samples/s assume the provisional length; recompute them from the steps actually run."""
+    runtime = metrics.get("train_runtime") or 0.0
+    if runtime > 0:
+        metrics["train_samples_per_second"] = round(steps_trained * total_train_batch(args) / runtime, 3)
+        metrics["train_steps_per_second"] = round(steps_trained / runtime, 3)
+    return metrics
+
+
