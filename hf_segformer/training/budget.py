@@ -25,7 +25,6 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from hf_segformer.configs import parse_duration
 
 logger = logging.getLogger("hf_segformer")
 
