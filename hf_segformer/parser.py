@@ -76,6 +76,27 @@ def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
     known, rest = pre.parse_known_args(argv)
     recipe = load_recipe(known.config, RECIPE_DATACLASSES + dataclass_types) if known.config else {}
     own = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
-    parser = HfArgumentParser(dataclass_types)
+    parser = command_parser(dataclass_types)
     parser.set_defaults(**{k: v for k, v in recipe.items() if k in own})
     return (*parser.parse_args_into_dataclasses(args=rest), {k: v for k, v in recipe.items() if k not in own})
+
+
+def command_parser(dataclass_types: tuple) -> HfArgumentParser:
+    """The parser of a command that runs on a trained model (evaluate, predict, demo), with a --help that shows
+    only what the command uses: one group per dataclass (its `_argument_group_name`), `--config`, and none of
+    the training-only data fields (`configs.TRAINING_ONLY_DATA_FIELDS`), which a training recipe given by
+    --config may still hold and the command line still accepts."""
+    import argparse
+
+    from hf_segformer.configs import TRAINING_ONLY_DATA_FIELDS
+
+    parser = HfArgumentParser(dataclass_types)
+    # Read before this parser by parse_command; SUPPRESS keeps it out of the namespace (no extra dataclass).
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+                        help="A training recipe: its fields are the defaults (the model: its output_dir, the data: "
+                             "its data fields); the command line wins.")
+    if DataArguments in dataclass_types:
+        for action in parser._actions:
+            if action.dest in TRAINING_ONLY_DATA_FIELDS:
+                action.help = argparse.SUPPRESS
+    return parser
