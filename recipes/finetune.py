@@ -1,7 +1,7 @@
 """Fine-tune SegFormer with the HF Trainer.
 
-    accelerate launch recipes/finetune.py                                   # the offline quickstart
-    accelerate launch recipes/finetune.py --config recipes/aerial/segformer-b0.yaml [--field value ...]
+    accelerate launch --config_file accelerate_configs/default.yaml recipes/finetune.py   # the offline quickstart
+    accelerate launch --config_file accelerate_configs/default.yaml recipes/finetune.py --config recipes/aerial/segformer-b0.yaml [--field value ...]
 """
 
 import os
