@@ -91,9 +91,20 @@ def check_num_labels(num_labels: int | None, id2label: dict[int, str] | None) ->
         raise RecipeError(f"num_labels={num_labels} but id2label names {len(id2label)} classes.")
 
 
+# DataArguments fields only training reads (augmentation, the synthetic set, the pre-flight check, the model
+# card's dataset): hidden from the --help of evaluate, predict and demo (`parser.command_parser`).
+TRAINING_ONLY_DATA_FIELDS = frozenset({
+    "crop_size", "train_scale", "ratio_range", "cat_max_ratio", "hflip_prob", "photometric_distortion",
+    "synthetic_data", "synthetic_num_train", "synthetic_num_validation", "synthetic_image_size",
+    "train_split", "max_train_samples", "check_data", "check_num_proc", "hub_dataset_id",
+})
+
+
 @dataclass
 class DataArguments:
     """Where the images and masks come from, and how they are augmented."""
+
+    _argument_group_name = "Data (see README, \"Your own data\")"
 
     data_dir: str | None = field(
         default=None,

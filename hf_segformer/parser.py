@@ -6,6 +6,7 @@ YAML that no dataclass knows is an error naming the key (a typo must not be sile
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import sys
 from dataclasses import fields
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.configs import TRAINING_ONLY_DATA_FIELDS, DataArguments, ModelArguments, SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
 
 RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)
@@ -121,13 +122,28 @@ def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
     """Options of a command that runs on a training recipe's data (evaluate, predict): `--config recipe.yaml`
     is optional; its keys that belong to `dataclass_types` become defaults (the command line wins), its other
     keys must be recipe fields (a typo is still an error) and are returned as the last item, a dict."""
-    import argparse
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     recipe = load_recipe(known.config, RECIPE_DATACLASSES + dataclass_types) if known.config else {}
     own = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
-    parser = HfArgumentParser(dataclass_types)
+    parser = command_parser(dataclass_types)
     parser.set_defaults(**{k: v for k, v in recipe.items() if k in own})
     return (*_parse_checked(parser, rest, dataclass_types), {k: v for k, v in recipe.items() if k not in own})
+
+
+def command_parser(dataclass_types: tuple) -> HfArgumentParser:
+    """The parser of a command that runs on a trained model (evaluate, predict, demo), with a --help that shows
+    only what the command uses: one group per dataclass (its `_argument_group_name`), `--config`, and none of
+    the training-only data fields (`configs.TRAINING_ONLY_DATA_FIELDS`), which a training recipe given by
+    --config may still hold and the command line still accepts."""
+    parser = HfArgumentParser(dataclass_types)
+    # Read before this parser by parse_command; SUPPRESS keeps it out of the namespace (no extra dataclass).
+    parser.add_argument("--config", metavar="RECIPE.yaml", default=argparse.SUPPRESS,
+                        help="A training recipe: its fields are the defaults (the model: its output_dir, the data: "
+                             "its data fields); the command line wins.")
+    if DataArguments in dataclass_types:
+        for action in parser._actions:
+            if action.dest in TRAINING_ONLY_DATA_FIELDS:
+                action.help = argparse.SUPPRESS
+    return parser

@@ -342,6 +342,8 @@ def launch(model: ModelSource | DemoModel, examples: str | Path | Sequence[str |
 class DemoArguments:
     """Options of `hf-segformer demo` besides the model and inference settings (`InferenceArguments`)."""
 
+    _argument_group_name = "Demo"
+
     examples: str | None = field(default=None, metadata={"help": "Folder of example images shown under the upload."})
     port: int | None = field(default=None, metadata={"help": "Port to serve on (default: Gradio's, 7860 or the "
                                                              "next free one)."})

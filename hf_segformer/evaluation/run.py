@@ -6,7 +6,9 @@ on the logits of `Segmenter.logits`), and the matrices are summed across process
 `reduce`; every sample is counted once. The main process writes `eval_results.json` (the metrics of the
 training evaluation: evaluate's `mean_iou` keys, Dice, per-class values), `eval_settings.json`, the
 per-class report and confusion-matrix PNG (`reports.write_class_report`), and `eval_samples.png`, a grid of
-image | ground truth | prediction | error, which also goes to TensorBoard (`runs/`).
+image | ground truth | prediction | error, which also goes to TensorBoard (`runs/`). A split other than
+validation is the prefix instead of `eval`, as in the Trainer: `--eval_split test` writes `test_results.json`
+with `test_mean_iou`, `test_per_class.md`, ...
 
     hf-segformer evaluate --config recipes/aerial/segformer-b0.yaml --mode slide --slide_crop 512 --slide_stride 341
     accelerate launch --config_file accelerate_configs/cpu_2proc.yaml recipes/evaluate.py --config ... --flip true
@@ -48,6 +50,8 @@ Sample = tuple[PILImage.Image, np.ndarray, np.ndarray]  # image, label, predicti
 @dataclass
 class EvaluateArguments:
     """Where `hf-segformer evaluate` writes, and how many samples its picture shows."""
+
+    _argument_group_name = "Evaluation output"
 
     eval_output_dir: str | None = field(default=None, metadata={
         "help": "Results folder; default: <model>/evaluation_<split>_<mode>[_tta] (a Hub model needs it set)."})
@@ -108,22 +112,31 @@ def evaluate_shard(segmenter: Segmenter, dataset: Dataset, decoder: LabelDecoder
     return confusion, kept
 
 
+def metric_prefix(split: str) -> str:
+    """The Trainer's convention: `eval_` for the validation split, the split's own name for any other
+    (`test_mean_iou`), so results of different splits never read alike."""
+    split = canonical_split(split)
+    return "eval" if split == "validation" else split
+
+
 def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, str], samples: list[Sample],
-                  palette: np.ndarray, ignore_index: int, extra: dict[str, float]) -> dict[str, float]:
-    """eval_results.json, the per-class report, the confusion-matrix PNG, eval_samples.png and TensorBoard."""
+                  palette: np.ndarray, ignore_index: int, extra: dict[str, float],
+                  prefix: str = "eval") -> dict[str, float]:
+    """<prefix>_results.json, the per-class report, the confusion-matrix PNG, <prefix>_samples.png and
+    TensorBoard; `extra` keys are written as given."""
     from torch.utils.tensorboard import SummaryWriter
 
-    metrics = {f"eval_{k}": v for k, v in flatten_metrics(metrics_from_confusion(confusion), id2label).items()}
+    metrics = {f"{prefix}_{k}": v for k, v in flatten_metrics(metrics_from_confusion(confusion), id2label).items()}
     metrics.update(extra)
-    (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_class_report(output_dir, confusion, id2label, prefix="eval")
+    (output_dir / f"{prefix}_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_class_report(output_dir, confusion, id2label, prefix=prefix)
     writer = SummaryWriter(log_dir=str(output_dir / "runs"))
     for key, value in metrics.items():
-        writer.add_scalar(key.replace("eval_", "eval/", 1), value, 0)
+        writer.add_scalar(key.replace(f"{prefix}_", f"{prefix}/", 1), value, 0)
     if samples:
         grid = sample_grid(samples, palette, ignore_index)
-        grid.save(output_dir / "eval_samples.png")
-        writer.add_image("eval/samples", np.asarray(grid), 0, dataformats="HWC")
+        grid.save(output_dir / f"{prefix}_samples.png")
+        writer.add_image(f"{prefix}/samples", np.asarray(grid), 0, dataformats="HWC")
     writer.close()
     return metrics
 
@@ -193,18 +206,20 @@ def main(argv: list[str]) -> dict[str, float]:
     samples = {index: sample for shard in gather_object([kept]) for index, sample in shard.items()}
     runtime = time.perf_counter() - started
 
-    extra = {"eval_samples": len(dataset), "eval_runtime": round(runtime, 4),
-             "eval_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3)}
+    prefix = metric_prefix(split)
+    extra = {f"{prefix}_samples": len(dataset), f"{prefix}_runtime": round(runtime, 4),
+             f"{prefix}_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3)}
     metrics = {}
     if accelerator.is_main_process:
         settings = {"model": model, "split": split, "processes": accelerator.num_processes,
                     **{f.name: getattr(inference_args, f.name) for f in dataclasses.fields(inference_args)}}
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "eval_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        (output_dir / f"{prefix}_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         palette = dataset_palette(segmenter.num_labels, data_args)
         metrics = write_results(output_dir, confusion, segmenter.id2label, [samples[i] for i in sorted(samples)],
-                                palette, data_args.ignore_index, extra)
-        print(f"{split}: mIoU {metrics['eval_mean_iou']:.4f}, pixel accuracy {metrics['eval_overall_accuracy']:.4f} "
+                                palette, data_args.ignore_index, extra, prefix)
+        print(f"{split}: mIoU {metrics[f'{prefix}_mean_iou']:.4f}, "
+              f"pixel accuracy {metrics[f'{prefix}_overall_accuracy']:.4f} "
               f"over {len(dataset)} images in {runtime:.1f} s ({inference_args.mode}); results in {output_dir}")
     accelerator.wait_for_everyone()
     return metrics

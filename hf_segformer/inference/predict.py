@@ -40,6 +40,8 @@ from hf_segformer.visuals import dataset_palette, mask_image, overlay, recipe_da
 class PredictArguments:
     """What `hf-segformer predict` reads and writes."""
 
+    _argument_group_name = "Inputs and outputs"
+
     inputs: list[str] | None = field(default=None, metadata={
         "help": "Image folder(s) (searched recursively), glob pattern(s) (quote them) or image file(s)."})
     predictions_dir: str | None = field(default=None, metadata={"help": "Where the masks (<stem>.png) are written."})

@@ -309,6 +309,8 @@ class Segmenter:
 class InferenceArguments(InferenceSettings):
     """Options of `hf-segformer evaluate` and `predict`: which model, how it runs, and the inference settings."""
 
+    _argument_group_name = "Model and inference (see README, \"Evaluate and predict\")"
+
     model: str | None = field(default=None, metadata={
         "help": "The fine-tuned model: a folder saved by training (or any save_pretrained one) or a Hub id. "
                 "Default: the recipe's output_dir, where training saved it."})
