@@ -61,7 +61,7 @@ if __name__ == "__main__":
 
 
 def _card(model_id: str, has_examples: bool) -> SpaceCard:
-    import gradio  # here, not at the top: the model card code imports space_link without Gradio installed
+    import gradio  # the optional [demo] extra: only an export needs its version
 
     name = model_id.split("/")[-1]
     data = SpaceCardData(title=f"{name} segmentation"[:60], sdk="gradio", sdk_version=gradio.__version__,
