@@ -135,9 +135,25 @@ def _export_onnx(argv: list[str]) -> int:
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
-    args = parser.parse_args(argv)
+    from hf_segformer.evaluation.deploy_commands import add_quantize_arguments, quantized_export
+
+    parser.epilog = ("--quantize writes an INT8 model instead (after the float32 export and its check) and also "
+                     "compares its masks with PyTorch fp32 on validation images; its data options are recipe fields "
+                     "(--config recipe.yaml, --data_dir, --eval_split ...).")
+    add_quantize_arguments(parser)
+    args, recipe_argv = parser.parse_known_args(argv)
+    if args.quantize:
+        return quantized_export(args, recipe_argv)
+    if recipe_argv:
+        parser.error(f"unrecognized arguments: {' '.join(recipe_argv)} (recipe options go with --quantize)")
     checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo)
     return 0 if all(check.passed for check in checks) else 1
+
+
+def _deploy_report(argv: list[str]) -> int:
+    from hf_segformer.evaluation.deploy_commands import deploy_report_command
+
+    return deploy_report_command(argv)
 
 
 def _demo(argv: list[str]) -> int:
@@ -155,6 +171,8 @@ COMMANDS = {
     "evaluate": (_evaluate, "evaluate a saved model on a split at native resolution (whole, slide, TTA)"),
     "predict": (_predict, "images (folder, glob, files) → class-id PNG masks and overlays"),
     "export-onnx": (_export_onnx, "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
+    "deploy-report": (_deploy_report, "PyTorch / ONNX / INT8 / token merging side by side: speed, size, memory, "
+                                      "mIoU lost"),
     "demo": (_demo, "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
 }
 
