@@ -168,3 +168,22 @@ def test_reuse_needs_the_files(tmp_path):
     pair = [(smooth_image(0), np.zeros((48, 56), np.uint8))]
     with pytest.raises(RecipeError, match="model.onnx"):
         deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-fp32"], reuse_exports=True)
+
+
+def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(full_report, tmp_path):
+    import shutil
+
+    from hf_segformer.hub.cards import RunFacts, build_model_card
+
+    report, folder, model_dir = full_report
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    without = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    (run / "deploy_report").mkdir()
+    shutil.copy(folder / "deploy_report.json", run / "deploy_report" / "deploy_report.json")
+    card = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    assert "## Deployment" not in without and "## Deployment" in card
+    measured = json.loads((folder / "deploy_report.json").read_text())["rows"]
+    for row in measured:
+        assert row["label"] in card
+    assert str(tmp_path) not in card and str(folder) not in card

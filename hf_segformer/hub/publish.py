@@ -119,14 +119,6 @@ def push_dataset(data_args: DataArguments, repo_id: str, *, card: str | os.PathL
         for name, content in files.items():
             (out / name).write_bytes(content)
         return str(out)
-    onnx_path = None
-    if onnx_file is not None:
-        onnx_path = Path(onnx_file) if Path(onnx_file).is_absolute() else output_dir / onnx_file
-        if not onnx_path.is_file() and Path(onnx_file).is_file():
-            onnx_path = Path(onnx_file)
-        if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
-            raise DataError(f"push_model: onnx_file {onnx_file} is not an .onnx file (looked in {output_dir} and "
-                            "the working directory); write it with `hf-segformer export-onnx` or `deploy-report`.")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
     api.create_commit(repo_id, repo_type="dataset", commit_message="Dataset card and class names",
@@ -170,6 +162,14 @@ def push_model(source: Any, data_args: DataArguments | None = None, model_args: 
         raise DataError(f"{output_dir} has no README.md model card; pass data_args and model_args to write one.")
     if not any(output_dir.glob("*.safetensors")):
         raise DataError(f"{output_dir} has no .safetensors weights; save the model before pushing it.")
+    onnx_path = None
+    if onnx_file is not None:
+        onnx_path = Path(onnx_file) if Path(onnx_file).is_absolute() else output_dir / onnx_file
+        if not onnx_path.is_file() and Path(onnx_file).is_file():
+            onnx_path = Path(onnx_file)
+        if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
+            raise DataError(f"push_model: onnx_file {onnx_file} is not an .onnx file (looked in {output_dir} and "
+                            "the working directory); write it with `hf-segformer export-onnx` or `deploy-report`.")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id or output_dir.resolve().name, private=private, exist_ok=True).repo_id
     if write_card:
