@@ -170,20 +170,21 @@ def test_reuse_needs_the_files(tmp_path):
         deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-fp32"], reuse_exports=True)
 
 
-def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(full_report, tmp_path):
+
+def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path):
     import shutil
 
     from hf_segformer.hub.cards import RunFacts, build_model_card
 
-    report, folder, model_dir = full_report
-    run = tmp_path / "run"
-    shutil.copytree(model_dir, run)
+    run = save_tiny_model(tmp_path / "run")
     without = str(build_model_card(run, RunFacts(repo_id="tester/x")))
-    (run / "deploy_report").mkdir()
-    shutil.copy(folder / "deploy_report.json", run / "deploy_report" / "deploy_report.json")
+    pairs = self_labelled_pairs(run, tmp_path / "val", [5])
+    deploy_report(run, pairs, DECODER, run / "deploy_report", rows=["pytorch-fp32"], threads=1, repeats=1,
+                  timing_images=1, agreement_images=1)
     card = str(build_model_card(run, RunFacts(repo_id="tester/x")))
     assert "## Deployment" not in without and "## Deployment" in card
-    measured = json.loads((folder / "deploy_report.json").read_text())["rows"]
-    for row in measured:
-        assert row["label"] in card
-    assert str(tmp_path) not in card and str(folder) not in card
+    row = json.loads((run / "deploy_report" / "deploy_report.json").read_text())["rows"][0]
+    assert row["label"] in card and f"{row['miou']:.4f}" in card  # the measured row, not a template
+    assert str(tmp_path) not in card
+    shutil.rmtree(run / "deploy_report")
+    assert "## Deployment" not in str(build_model_card(run, RunFacts(repo_id="tester/x")))
