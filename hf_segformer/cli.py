@@ -133,6 +133,7 @@ def _push_dataset(argv: list[str]) -> int:
 
 
 def _export_onnx(argv: list[str]) -> int:
+    from hf_segformer.evaluation.deploy_commands import add_quantize_arguments, quantized_export
     from hf_segformer.inference.onnx_export import DEFAULT_OPSET, export_onnx
 
     parser = argparse.ArgumentParser(
@@ -148,10 +149,24 @@ def _export_onnx(argv: list[str]) -> int:
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_path")
-    args = parser.parse_args(argv)
+    parser.epilog = ("--quantize writes an INT8 model instead (after the float32 export and its check) and also "
+                     "compares its masks with PyTorch fp32 on validation images; its data options are recipe fields "
+                     "(--config recipe.yaml, --data_dir, --eval_split ...).")
+    add_quantize_arguments(parser)
+    args, recipe_argv = parser.parse_known_args(argv)
+    if args.quantize:
+        return quantized_export(args, recipe_argv)
+    if recipe_argv:
+        parser.error(f"unrecognized arguments: {' '.join(recipe_argv)} (recipe options go with --quantize)")
     checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo,
                          overwrite=args.overwrite)
     return 0 if all(check.passed for check in checks) else 1
+
+
+def _deploy_report(argv: list[str]) -> int:
+    from hf_segformer.evaluation.deploy_commands import deploy_report_command
+
+    return deploy_report_command(argv)
 
 
 def _import_annotations(argv: list[str]) -> int:
@@ -183,6 +198,8 @@ COMMANDS = {
     "predict": (_predict, "images (folder, glob, files) → class-id PNG masks and overlays"),
     "rank-unlabelled": (_rank_unlabelled, "unlabelled images most worth labelling first; the top as pre-annotations"),
     "export-onnx": (_export_onnx, "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
+    "deploy-report": (_deploy_report, "PyTorch / ONNX / INT8 / token merging side by side: speed, size, memory, "
+                                      "mIoU lost"),
     "demo": (_demo, "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
 }
 

@@ -175,6 +175,37 @@ def build_tiny_segformer(id2label: dict[int, str], seed: int = 0):
     return SegformerForSemanticSegmentation(config).eval()
 
 
+TINY_ID2LABEL = {0: "sky", 1: "road", 2: "car"}
+
+
+def save_tiny_model(folder: Path, id2label: dict[int, str] = TINY_ID2LABEL, eval_size: int = 64, seed: int = 0) -> Path:
+    """A tiny SegFormer saved with its image processor as training saves it; for module-scoped fixtures (the
+    ONNX and INT8 tests export once per file)."""
+    from hf_segformer.modeling.build import build_image_processor
+
+    build_tiny_segformer(id2label, seed).save_pretrained(folder)
+    build_image_processor(eval_size).save_pretrained(folder)
+    return folder
+
+
+def smooth_image(seed: int, size: tuple[int, int] = (56, 48)) -> Image.Image:
+    """An RGB image (width, height) of smooth colour blobs: varied enough for spatially varied predictions, and
+    with the smooth statistics that INT8 calibration expects (unlike pixel noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.BILINEAR)
+
+
+def write_smooth_images(folder: Path, seeds: list[int], size: tuple[int, int] = (56, 48)) -> list[Path]:
+    """`smooth_image` for each seed, saved as folder/img<seed>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed in seeds:
+        smooth_image(seed, size).save(folder / f"img{seed}.png")
+        paths.append(folder / f"img{seed}.png")
+    return paths
+
+
 @pytest.fixture
 def tiny_segformer():
     return build_tiny_segformer

@@ -294,3 +294,44 @@ def test_coco_conversion_feeds_push_dataset(tmp_path):
     assert re.search(r"\| 1 \| cup \| #[0-9A-F]{6} \| 50\.00% \|", readme)
     assert json.loads((tmp_path / "card" / "id2label.json").read_text()) == {"0": "background", "1": "cup"}
     assert (tmp_path / "card" / "coco_category_map.json").is_file()
+
+
+# --- deployment files -----------------------------------------------------------------------------------------
+
+def _run_with_deploy_files(run: Path) -> Path:
+    (run / "deploy_report").mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"weights")
+    (run / "config.json").write_text("{}")
+    (run / "README.md").write_text("---\nlicense: mit\n---\n")
+    (run / "deploy_report" / "model.onnx").write_bytes(b"fp32 graph")
+    (run / "deploy_report" / "model.int8-static.onnx").write_bytes(b"int8 graph")
+    (run / "deploy_report" / "deploy_report.md").write_text("| deployment |")
+    return run
+
+
+def test_push_model_puts_only_the_chosen_onnx_file_beside_the_safetensors(tmp_path):
+    run = _run_with_deploy_files(tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_OFFLINE"))}
+    code = ("import sys; from hf_segformer.hub.publish import push_model; "
+            "print(push_model(sys.argv[1], repo_id='tester/int8', onnx_file='deploy_report/model.int8-static.onnx'))")
+    with HubServer() as hub:
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf_home"), HF_TOKEN=TOKEN,
+                   HF_HUB_DISABLE_TELEMETRY="1")
+        result = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, f"{result.stderr[-4000:]}\nunknown routes: {hub.state.unknown_routes}"
+        files = hub.state.files("model", "tester/int8")
+    assert files["model.int8-static.onnx"] == b"int8 graph" and files["model.safetensors"] == b"weights"
+    assert [p for p in files if p.endswith(".onnx")] == ["model.int8-static.onnx"]  # not the other exports
+    assert "deploy_report/deploy_report.md" in files
+
+
+def test_push_model_refuses_a_missing_onnx_file_before_contacting_the_hub(tmp_path):
+    from hf_segformer.errors import DataError
+    from hf_segformer.hub.publish import push_model
+
+    run = _run_with_deploy_files(tmp_path / "run")
+    with pytest.raises(DataError, match="model.int8-dynamic.onnx"):
+        push_model(run, repo_id="tester/x", onnx_file="deploy_report/model.int8-dynamic.onnx")
+    with pytest.raises(DataError, match="deploy_report.md"):
+        push_model(run, repo_id="tester/x", onnx_file="deploy_report/deploy_report.md")

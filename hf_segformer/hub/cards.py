@@ -284,6 +284,20 @@ def _training_section(output_dir: Path, facts: RunFacts) -> str:
     return "\n\n".join(parts)
 
 
+DEPLOY_REPORT_FILES = ("deploy_report.json", "deploy_report/deploy_report.json")
+
+
+def _deployment_section(output_dir: Path) -> str | None:
+    """The deploy table of `hf-segformer deploy-report`, when the run folder has one (its default place first)."""
+    for name in DEPLOY_REPORT_FILES:
+        report = _read_json(output_dir / name)
+        if report is not None:
+            from hf_segformer.evaluation.deploy_report import model_card_section  # torch only when there is one
+
+            return model_card_section(report).strip()
+    return None
+
+
 def space_url(space_id: str) -> str:
     return f"https://huggingface.co/spaces/{space_id}"
 
@@ -324,6 +338,7 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
         "Face `Trainer`.",
         *([space_link(facts.space_id)] if facts.space_id else []),
         _evaluation_section(output_dir, facts, by_split, id2label),
+        *filter(None, [_deployment_section(output_dir)]),
         "## How to use\n\n" + _usage(facts.repo_id),
         "## Intended uses and limitations\n\n"
         f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 # Trainer's own intermediate pushes upload training_args.bin, so the final push deletes it from the repository.
 MODEL_IGNORE_PATTERNS = ["_*", "checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"]
 MODEL_DELETE_PATTERNS = ["training_args.bin"]
+# deploy-report writes several ONNX files into the run folder; only the one chosen (push_model's onnx_file) goes up.
+MODEL_IGNORE_PATTERNS.append("deploy_report/*.onnx")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -135,13 +137,14 @@ def push_dataset(data_args: DataArguments, repo_id: str, *, card: str | os.PathL
 def push_model(source: Any, data_args: DataArguments | None = None, model_args: ModelArguments | None = None, *,
                training_args: Any | None = None, repo_id: str | None = None, private: bool | None = None,
                token: str | None = None, revision: str | None = None,
-               commit_message: str = "End of training") -> str | None:
+               commit_message: str = "End of training", onnx_file: str | os.PathLike | None = None) -> str | None:
     """Upload a run's output folder with its model card, from a `Trainer` (end of training) or a folder.
 
     From a Trainer the repository, token, privacy and revision come from its arguments (`hub_model_id`,
     `hub_token`, `hub_private_repo`, `hub_revision`); only the main process pushes, after any push the
     Trainer still has in flight. With `data_args` and `model_args` the card is (re)written from the run;
     otherwise the folder's README.md is pushed as it is. Checkpoint folders and pickles are never uploaded.
+    `onnx_file` (e.g. deploy_report/model.int8-static.onnx) is pushed beside the safetensors, under its file name.
     """
     if hasattr(source, "args") and hasattr(source, "is_world_process_zero"):
         trainer = source
@@ -165,6 +168,14 @@ def push_model(source: Any, data_args: DataArguments | None = None, model_args: 
         raise DataError(f"{output_dir} has no README.md model card; pass data_args and model_args to write one.")
     if not any(output_dir.glob("*.safetensors")):
         raise DataError(f"{output_dir} has no .safetensors weights; save the model before pushing it.")
+    onnx_path = None
+    if onnx_file is not None:
+        onnx_path = Path(onnx_file) if Path(onnx_file).is_absolute() else output_dir / onnx_file
+        if not onnx_path.is_file() and Path(onnx_file).is_file():
+            onnx_path = Path(onnx_file)
+        if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
+            raise DataError(f"push_model: onnx_file {onnx_file} is not an .onnx file (looked in {output_dir} and "
+                            "the working directory); write it with `hf-segformer export-onnx` or `deploy-report`.")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id or output_dir.resolve().name, private=private, exist_ok=True).repo_id
     if write_card:
@@ -172,5 +183,8 @@ def push_model(source: Any, data_args: DataArguments | None = None, model_args: 
     commit = api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message=commit_message,
                                ignore_patterns=MODEL_IGNORE_PATTERNS, delete_patterns=MODEL_DELETE_PATTERNS,
                                revision=revision)
+    if onnx_path is not None:
+        commit = api.upload_file(path_or_fileobj=str(onnx_path), path_in_repo=onnx_path.name, repo_id=repo_id,
+                                 revision=revision, commit_message=f"{commit_message}: {onnx_path.name}")
     logger.info("Pushed %s to %s", output_dir.name, commit.commit_url)
     return commit.commit_url

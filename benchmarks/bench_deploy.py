@@ -1,0 +1,62 @@
+"""Deploy report on the aerial set: PyTorch fp32/bf16, ONNX fp32, ONNX INT8 dynamic/static and token merging, side
+by side in one run (`hf-segformer deploy-report`), plus the same ONNX exports with the decode head folded.
+
+The model: SegFormer-B0 (random init) trained on the aerial train split with the project's recipe, e.g.
+
+    nice -n 10 python recipes/finetune.py --config recipes/aerial/segformer-b0.yaml --output_dir outputs/aerial-b0-300 \
+        --crop_size 256 --per_device_train_batch_size 4 --max_steps 300 --bf16 false --eval_strategy no \
+        --save_strategy no --load_best_model_at_end false --dataloader_num_workers 1
+
+then (validation split: 8 images, each mask at its native size; calibration: 16 train images):
+
+    python benchmarks/bench_deploy.py --model_dir outputs/aerial-b0-300 --threads 1
+
+Every figure is measured in this run (deploy_report.py): ms/image is the median of interleaved rounds (each round
+runs every row once, in turn), speed-ups are medians of per-round ratios to PyTorch fp32 and to ONNX fp32; mIoU and
+peak memory come from a fresh process per row. The script prints the table and the goal's verdict (INT8 static
+≥ 1.5× ONNX fp32 with ≤ 1 mIoU point lost), and writes deploy_report.md/.json and the ONNX files to --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from hf_segformer.evaluation.deploy_commands import deploy_report_command
+from hf_segformer.evaluation.deploy_report import DEFAULT_ROWS, ROWS
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDED_ROWS = ("onnx-fp32-folded", "onnx-int8-static-folded")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a trained aerial model folder")
+    parser.add_argument("--recipe", default=str(ROOT / "recipes/aerial/segformer-b0.yaml"))
+    parser.add_argument("--data_dir", help="default: the recipe's data_dir (run from the repository root)")
+    parser.add_argument("--eval_split", default="val")
+    parser.add_argument("--output_dir", help="default: MODEL/deploy_report")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timing_images", type=int, default=2)
+    parser.add_argument("--num_calibration_images", type=int, default=16)
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS) + list(FOLDED_ROWS), choices=list(ROWS))
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    argv = [args.model_dir, "--config", args.recipe, "--eval_split", args.eval_split,
+            "--threads", str(args.threads), "--repeats", str(args.repeats), "--timing_images",
+            str(args.timing_images), "--num_calibration_images", str(args.num_calibration_images),
+            "--rows", *args.rows]
+    argv += ["--data_dir", args.data_dir] if args.data_dir else []
+    argv += ["--output_dir", args.output_dir] if args.output_dir else []
+    argv += ["--overwrite"] if args.overwrite else []
+    started = time.perf_counter()
+    code = deploy_report_command(argv)
+    print(f"(bench_deploy.py: {time.perf_counter() - started:.0f} s in all)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

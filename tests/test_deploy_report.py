@@ -1,0 +1,190 @@
+"""The deploy report: every column is a measurement of its row (not a constant), PyTorch fp32 scores the worked
+answer on masks it predicted itself, and a row whose INT8 model collapses is flagged."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from conftest import save_tiny_model, smooth_image
+from conftest import write_smooth_images as write_images
+from PIL import Image
+
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.evaluation.deploy_report import DEFAULT_ROWS, ROWS, deploy_report, model_card_section
+from hf_segformer.inference.segmenter import Segmenter
+
+DECODER = LabelDecoder(None, False, 255)
+
+
+def self_labelled_pairs(model_dir, folder, seeds, size=(56, 48)):
+    """Images and, as their masks, PyTorch fp32's own predictions: PyTorch fp32 must score mIoU 1 exactly."""
+    segmenter = Segmenter.from_pretrained(model_dir, device="cpu")
+    pairs = []
+    for path in write_images(folder, seeds, size):
+        mask_path = path.with_name(path.stem + "_mask.png")
+        Image.fromarray(segmenter(str(path))).save(mask_path)
+        pairs.append((path, mask_path))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("deploy")
+    model_dir = save_tiny_model(folder / "model")
+    pairs = self_labelled_pairs(model_dir, folder / "val", [0, 1, 2, 3])
+    calibration = write_images(folder / "calib", [50, 51])
+    report = deploy_report(model_dir, pairs, DECODER, folder / "report", calibration_images=calibration,
+                           threads=1, repeats=3, timing_images=2, agreement_images=4)
+    return report, folder / "report", model_dir
+
+
+def test_every_row_is_measured(full_report):
+    report, folder, model_dir = full_report
+    assert [r.key for r in report.rows] == list(DEFAULT_ROWS) and not any(r.error for r in report.rows)
+    for row in report.rows:
+        assert row.ms_per_image > 0 and len(row.ms_rounds) == 3 and row.ms_per_image == pytest.approx(
+            float(np.median(row.ms_rounds)), abs=0.01)
+        path = folder / row.file if row.runtime == "onnx" else model_dir / row.file
+        assert row.file_bytes == os.path.getsize(path)
+        assert row.peak_rss_mb >= row.loaded_rss_mb > 50  # a Python process with torch loaded
+        assert 0 <= row.miou <= 1 and 0 < row.pixel_agreement <= 1
+    # measurements, not constants: the rows differ in time, in memory and in file
+    assert len({round(r.ms_per_image, 3) for r in report.rows}) == len(report.rows)
+    assert len({r.peak_rss_mb for r in report.rows}) > 1
+    assert len({r.file_bytes for r in report.rows}) == 4  # safetensors, fp32, dynamic and static ONNX
+    assert report.row("pytorch-fp32").speedup_vs_pytorch_fp32 == 1.0
+    assert report.row("onnx-fp32").speedup_vs_onnx_fp32 == 1.0
+    int8 = report.row("onnx-int8-static")
+    fp32 = report.row("onnx-fp32")
+    expected = float(np.median([f / i for f, i in zip(fp32.ms_rounds, int8.ms_rounds)]))
+    assert int8.speedup_vs_onnx_fp32 == pytest.approx(expected, rel=1e-9)
+
+
+def test_accuracy_columns_are_the_worked_answer(full_report):
+    report, _, _ = full_report
+    fp32 = report.row("pytorch-fp32")
+    assert fp32.miou == 1.0 and fp32.miou_change_points == 0.0 and fp32.pixel_agreement == 1.0
+    assert report.row("onnx-fp32").pixel_agreement > 0.999  # same model, float rounding only
+    for row in report.rows:
+        assert row.miou_change_points == pytest.approx(100 * (row.miou - 1.0))
+        if row.pixel_agreement == 1.0:  # same masks as the labels → perfect score
+            assert row.miou == 1.0
+        # the flag is the threshold applied to the measurement (a random tiny model's INT8 rows can lose tens of
+        # points: its rare classes cover a few boundary pixels, which 8-bit rounding moves)
+        assert row.collapsed == (row.miou_change_points < -5.0)
+
+
+def test_files_are_written_and_agree(full_report):
+    report, folder, _ = full_report
+    data = json.loads((folder / "deploy_report.json").read_text())
+    markdown = (folder / "deploy_report.md").read_text()
+    assert [r["key"] for r in data["rows"]] == [r.key for r in report.rows]
+    for row in report.rows:
+        assert row.label in markdown and f"{row.ms_per_image:.1f}" in markdown and f"{row.miou:.4f}" in markdown
+    for name in ("model.onnx", "model.int8-dynamic.onnx", "model.int8-static.onnx"):
+        onnx.checker.check_model(str(folder / name))
+    assert data["goal"]["measured"] and ("**met**" in markdown) == data["goal"]["met"]
+    assert data["facts"]["calibration_images"] == 2 and data["facts"]["images"] == 4
+    card = model_card_section(data)
+    assert card.startswith("## Deployment") and report.rows[0].label in card
+    assert str(folder) not in card  # no local paths in a public card
+
+
+def test_existing_report_is_not_overwritten(full_report, tmp_path):
+    report, folder, model_dir = full_report
+    before = (folder / "deploy_report.md").read_text()
+    with pytest.raises(RecipeError, match="already holds deploy_report.md"):
+        deploy_report(model_dir, [(smooth_image(0), np.zeros((48, 56), np.uint8))], DECODER, folder,
+                      rows=["pytorch-fp32"])
+    assert (folder / "deploy_report.md").read_text() == before
+
+
+def test_bad_requests_fail_before_work(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    pair = [(smooth_image(0), np.zeros((48, 56), np.uint8))]
+    with pytest.raises(RecipeError, match="calibration images"):
+        deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-int8-static"])
+    with pytest.raises(RecipeError, match="unknown row"):
+        deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-int4"])
+    with pytest.raises(RecipeError, match="no config.json"):
+        deploy_report(tmp_path / "nothing", pair, DECODER, tmp_path / "r")
+    with pytest.raises(DataError, match="does not exist"):
+        deploy_report(model_dir, [(tmp_path / "missing.png", tmp_path / "m.png")], DECODER, tmp_path / "r",
+                      rows=["pytorch-fp32"])
+    assert not list((tmp_path / "r").glob("*"))
+
+
+def _zero_classifier_scales(path) -> None:
+    """Break an INT8 QDQ model the way a bad scale would: the classifier's weight scales become 0, so its weights
+    dequantize to 0 and every pixel gets the class with the largest bias."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    classifier = next(n for n in graph.node if n.op_type == "Conv" and "classifier" in n.name)
+    dequantize = producers[classifier.input[1]]
+    scale = next(init for init in graph.initializer if init.name == dequantize.input[1])
+    scale.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(scale)), scale.name))
+    onnx.save(model, str(path))
+
+
+def test_a_collapsed_int8_model_is_flagged(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    pairs = self_labelled_pairs(model_dir, tmp_path / "val", [0, 1, 2])
+    calibration = write_images(tmp_path / "calib", [60])
+    rows = ["pytorch-fp32", "onnx-int8-static"]
+    honest = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
+                           threads=1, repeats=1, agreement_images=0)
+
+    _zero_classifier_scales(tmp_path / "r" / ROWS["onnx-int8-static"].onnx_file)
+    broken = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
+                           threads=1, repeats=1, agreement_images=3, reuse_exports=True, overwrite=True)
+    row = broken.row("onnx-int8-static")
+    labels = np.concatenate([np.asarray(Image.open(mask)).ravel() for _, mask in pairs])
+    present = np.unique(labels)
+    # one class c everywhere: pixels as fp32 = the share of c; IoU of c = that share, of every other class 0
+    shares = {int(c): float(np.mean(labels == c)) for c in present}
+    constant = next(c for c, share in shares.items() if share == pytest.approx(row.pixel_agreement, abs=1e-12))
+    assert row.miou == pytest.approx(shares[constant] / len(present), abs=1e-9)
+    assert row.collapsed and row.miou_change_points < -5 and row.miou < honest.row("onnx-int8-static").miou
+    assert broken.facts["reused_exports"] and broken.facts["calibration_images"] == 1  # read from the file
+    assert "**COLLAPSED**" in (tmp_path / "r" / "deploy_report.md").read_text()
+    assert json.loads((tmp_path / "r" / "deploy_report.json").read_text())["rows"][1]["collapsed"] is True
+
+    # the same broken file under a threshold it stays within is not flagged: the flag follows the threshold
+    lenient = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
+                            threads=1, repeats=1, agreement_images=0, reuse_exports=True, overwrite=True,
+                            collapse_points=100.0)
+    assert lenient.row("onnx-int8-static").miou == pytest.approx(row.miou)
+    assert not lenient.row("onnx-int8-static").collapsed
+
+
+def test_reuse_needs_the_files(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    pair = [(smooth_image(0), np.zeros((48, 56), np.uint8))]
+    with pytest.raises(RecipeError, match="model.onnx"):
+        deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-fp32"], reuse_exports=True)
+
+
+
+def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path):
+    import shutil
+
+    from hf_segformer.hub.cards import RunFacts, build_model_card
+
+    run = save_tiny_model(tmp_path / "run")
+    without = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    pairs = self_labelled_pairs(run, tmp_path / "val", [5])
+    deploy_report(run, pairs, DECODER, run / "deploy_report", rows=["pytorch-fp32"], threads=1, repeats=1,
+                  timing_images=1, agreement_images=1)
+    card = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    assert "## Deployment" not in without and "## Deployment" in card
+    row = json.loads((run / "deploy_report" / "deploy_report.json").read_text())["rows"][0]
+    assert row["label"] in card and f"{row['miou']:.4f}" in card  # the measured row, not a template
+    assert str(tmp_path) not in card
+    shutil.rmtree(run / "deploy_report")
+    assert "## Deployment" not in str(build_model_card(run, RunFacts(repo_id="tester/x")))
