@@ -1,9 +1,11 @@
 """From a recipe's data fields to a checked dataset: load (or generate) it, settle the class names, build the
-label decoder, run the pre-flight check. Shared by training, check-data, evaluation and push-dataset."""
+label decoder, run the pre-flight check. Shared by training, check-data, evaluation and push-dataset.
+With `streaming: true` the data is a `StreamingData` (the training stream and the bounded validation set)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from datasets import DatasetDict
 
@@ -11,20 +13,25 @@ from hf_segformer.configs import DataArguments, normalise_id2label
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
 from hf_segformer.data.loading import load_data
 from hf_segformer.data.preflight import DataReport, check_data
+from hf_segformer.data.streaming import (StreamingData, check_streaming_data, find_id2label_near_shards,
+                                         load_streaming_data)
 from hf_segformer.data.synthetic import write_synthetic_dataset
 from hf_segformer.errors import DataError
 from hf_segformer.configs import check_num_labels
 
 
-def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict[int, str]]:
-    """Load the data (generating the synthetic set first if asked) and settle the class names."""
+def prepare_data(data_args: DataArguments, seed: int,
+                 training_args: Any = None) -> tuple[DatasetDict | StreamingData, dict[int, str]]:
+    """Load the data (generating the synthetic set first if asked) and settle the class names. A streaming recipe
+    is checked against `training_args` (max_steps, strategies) before anything is read."""
     if data_args.synthetic_data:
         if not data_args.data_dir:
             raise DataError("synthetic_data: true needs data_dir (where the generated dataset is written).")
         write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
                                 data_args.synthetic_num_validation, data_args.synthetic_image_size)
-    data = load_data(data_args, seed)
-    id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    data = load_streaming_data(data_args, training_args) if data_args.streaming else load_data(data_args, seed)
+    id2label = (data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+                or find_id2label_near_shards(data_args.data_files_map))
     if id2label is None and data_args.dataset_name:
         id2label = hub_id2label(data_args.dataset_name)
     if id2label is None and data_args.num_labels:
@@ -57,7 +64,11 @@ def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
     return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index)
 
 
-def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
-    report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
+    if isinstance(data, StreamingData):  # the first streaming_check_samples training pairs + the bounded validation set
+        report = check_streaming_data(data, build_label_decoder(data_args), len(id2label), id2label,
+                                      data_args.streaming_check_samples, data_args.check_num_proc)
+    else:
+        report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
     print("\nPixels per class:\n" + report.class_table() + "\n")
     return report
