@@ -222,3 +222,11 @@ def test_the_stream_of_the_recipe_reads_like_the_folder_it_was_written_from(tmp_
     for row, expected in zip(streamed, folder):
         for column in ("image", "label"):
             np.testing.assert_array_equal(np.asarray(row[column]), np.asarray(expected[column]))
+
+
+def test_push_dataset_refuses_a_stream_before_reading_it(tmp_path):
+    from hf_segformer.hub.publish import publishable_data
+
+    missing = str(tmp_path / "nowhere" / "train-*.parquet")  # never opened: the refusal comes first
+    with pytest.raises(RecipeError, match="push-dataset does not read streams"):
+        publishable_data(DataArguments(streaming=True, data_files={"train": missing}))
