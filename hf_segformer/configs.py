@@ -24,6 +24,8 @@ WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
 LOSS_TERMS = ("ce", "focal", "dice", "ohem")
 LOSS_RESOLUTIONS = ("labels", "logits")
 METRIC_BACKENDS = ("confusion", "evaluate_hub")
+SPLIT_STRATEGIES = ("auto", "shards", "examples")  # how processes divide a stream (datasets' split_dataset_by_node)
+FORMAT_BY_EXTENSION = {".parquet": "parquet", ".tar": "webdataset"}
 
 
 def parse_colour(colour: Any) -> tuple[int, int, int]:
@@ -51,6 +53,31 @@ def parse_colour_map(colour_map: dict | str | None) -> dict[tuple[int, int, int]
         text = Path(colour_map).read_text() if os.path.isfile(colour_map) else colour_map
         colour_map = json.loads(text)
     return {parse_colour(k): int(v) for k, v in colour_map.items()}
+
+
+def parse_data_files(value: Any) -> dict[str, list[str]] | None:
+    """`data_files` from YAML (mapping, list or string) or the command line (JSON text or a glob) →
+    {split: [globs]}."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"data_files: cannot read {value!r} as JSON ({err}).") from err
+    if isinstance(value, (str, list)):
+        value = {"train": value}
+    if not isinstance(value, dict) or not value:
+        raise RecipeError(f"data_files: expected a mapping such as {{train: 'shards/train-*.parquet'}}; got {value!r}.")
+    parsed = {}
+    for split, globs in value.items():
+        globs = [globs] if isinstance(globs, str) else list(globs)
+        if not globs or not all(isinstance(g, str) and g for g in globs):
+            raise RecipeError(f"data_files: split '{split}' needs one or more paths or globs; got {globs!r}.")
+        parsed[str(split)] = globs
+    return parsed
 
 
 def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
@@ -132,6 +159,35 @@ class DataArguments:
         metadata={"help": "Hub dataset revision; 'refs/convert/parquet' reads the Hub's Parquet conversion of a "
                           "dataset published with a loading script (which datasets 5 no longer runs)."},
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the data as a stream (Hub dataset, Parquet or WebDataset shards) instead of "
+                          "materialising it; training then runs by max_steps."},
+    )
+    data_files: str | None = field(
+        default=None,
+        metadata={"help": "Shards per split, as a mapping {train: 'shards/train-*.parquet', validation: [...]} (YAML) "
+                          "or JSON text; a single glob is the train split. Local paths, globs or URLs "
+                          "(hf://, s3://, https://) of .parquet files or WebDataset .tar files."},
+    )
+    data_format: str | None = field(
+        default=None, metadata={"help": "'parquet' or 'webdataset' (default: from the data_files extensions)."}
+    )
+    shuffle_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "Streaming: examples shuffled together in each block (memory: that many undecoded "
+                          "examples per process); 0 or 1 keeps the stream order. Shard order is reshuffled "
+                          "every pass."},
+    )
+    streaming_split: str = field(
+        default="auto",
+        metadata={"help": "How processes divide the stream (split_dataset_by_node): 'shards' (each reads its own "
+                          "shards; needs shards % processes == 0), 'examples' (each reads all, keeps 1 in N), "
+                          "'auto' (shards when they divide evenly)."},
+    )
+    streaming_check_samples: int = field(
+        default=200, metadata={"help": "Streaming: training pairs decoded by the pre-flight check (the first N)."}
+    )
     image_column: str = field(default="image", metadata={"help": "Column with the images (Hub/disk datasets)."})
     label_column: str = field(default="label", metadata={"help": "Column with the masks (Hub/disk datasets)."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
@@ -200,7 +256,11 @@ class DataArguments:
         default=512, metadata={"help": "Evaluation: images are resized to eval_size², labels stay at native size."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation set (debugging)."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Truncate the evaluation set (debugging). With streaming: the validation examples read "
+                          "into memory for evaluation (required when there is a validation split)."},
+    )
     check_data: bool = field(default=True, metadata={"help": "Run the pre-flight data check before training."})
     check_num_proc: int | None = field(default=None, metadata={"help": "Processes for the data check (default: CPUs)."})
 
@@ -208,6 +268,17 @@ class DataArguments:
         self.id2label_map = normalise_id2label(self.id2label)
         self.colour_map_rgb = parse_colour_map(self.colour_map)
         check_num_labels(self.num_labels, self.id2label_map)
+        self.data_files_map = parse_data_files(self.data_files)
+        if self.data_format is not None and self.data_format not in FORMAT_BY_EXTENSION.values():
+            raise RecipeError(f"data_format must be 'parquet' or 'webdataset'; got '{self.data_format}'.")
+        if self.streaming_split not in SPLIT_STRATEGIES:
+            raise RecipeError(f"streaming_split must be one of {', '.join(SPLIT_STRATEGIES)}; "
+                              f"got '{self.streaming_split}'.")
+        if self.shuffle_buffer_size < 0:
+            raise RecipeError(f"shuffle_buffer_size must be ≥ 0; got {self.shuffle_buffer_size}.")
+        if self.streaming_check_samples < 1:
+            raise RecipeError(f"streaming_check_samples must be ≥ 1; got {self.streaming_check_samples} "
+                              "(turn the check off with check_data: false).")
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
         if self.rare_class_sampling and not self.check_data:

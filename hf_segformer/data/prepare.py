@@ -1,10 +1,12 @@
 """From a recipe's data fields to a checked dataset: load (or generate) it, settle the class names, build the
-label decoder, run the pre-flight check. Shared by training, check-data, evaluation and push-dataset."""
+label decoder, run the pre-flight check. Shared by training, check-data, evaluation and push-dataset.
+With `streaming: true` the data is a `StreamingData` (the training stream and the bounded validation set)."""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from datasets import DatasetDict
 
@@ -13,6 +15,8 @@ from hf_segformer.data.doctor import empty_class_problems, unlabelled_hint
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
 from hf_segformer.data.loading import canonical_split, load_data
 from hf_segformer.data.preflight import DataReport, check_data
+from hf_segformer.data.streaming import (StreamingData, check_streaming_data, find_id2label_near_shards,
+                                         load_streaming_data)
 from hf_segformer.data.synthetic import write_synthetic_dataset
 from hf_segformer.errors import DataError, problems_message
 from hf_segformer.configs import check_num_labels
@@ -20,15 +24,18 @@ from hf_segformer.configs import check_num_labels
 logger = logging.getLogger("hf_segformer")
 
 
-def prepare_data(data_args: DataArguments, seed: int) -> tuple[DatasetDict, dict[int, str]]:
-    """Load the data (generating the synthetic set first if asked) and settle the class names."""
+def prepare_data(data_args: DataArguments, seed: int,
+                 training_args: Any = None) -> tuple[DatasetDict | StreamingData, dict[int, str]]:
+    """Load the data (generating the synthetic set first if asked) and settle the class names. A streaming recipe
+    is checked against `training_args` (max_steps, strategies) before anything is read."""
     if data_args.synthetic_data:
         if not data_args.data_dir:
             raise DataError("synthetic_data: true needs data_dir (where the generated dataset is written).")
         write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
                                 data_args.synthetic_num_validation, data_args.synthetic_image_size)
-    data = load_data(data_args, seed)
-    id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    data = load_streaming_data(data_args, training_args) if data_args.streaming else load_data(data_args, seed)
+    id2label = (data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+                or find_id2label_near_shards(data_args.data_files_map))
     if id2label is None and data_args.dataset_name:
         id2label = hub_id2label(data_args.dataset_name)
     if id2label is None and data_args.num_labels:
@@ -62,8 +69,12 @@ def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
                         binary_masks=data_args.binary_masks)
 
 
-def run_data_check(data: DatasetDict, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
-    report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
+    if isinstance(data, StreamingData):  # the first streaming_check_samples training pairs + the bounded validation set
+        report = check_streaming_data(data, build_label_decoder(data_args), len(id2label), id2label,
+                                      data_args.streaming_check_samples, data_args.check_num_proc)
+    else:
+        report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
     train = report.splits.get(canonical_split(data_args.train_split))
     if train is not None and not data_args.allow_empty_classes:
         empty = empty_class_problems(train.pixel_counts, id2label, data_args.ignore_index, data_args.binary_masks,

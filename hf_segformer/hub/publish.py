@@ -62,6 +62,9 @@ def _class_id_masks(data: DatasetDict, decoder: LabelDecoder) -> DatasetDict:
 
 def publishable_data(data_args: DataArguments, seed: int = 42) -> tuple[DatasetDict, dict[int, str], DataReport]:
     """Load the recipe's data as training would, check every pair, and make the masks plain class ids."""
+    if data_args.streaming:  # checking every pair and re-encoding masks needs the whole set, which a stream is not
+        raise RecipeError("push-dataset does not read streams: set streaming: false (shards written by "
+                          "hf_segformer.data.shards.write_shards can be uploaded as they are).")
     data, id2label = prepare_data(data_args, seed)
     decoder = build_label_decoder(data_args)
     report = check_data(data, decoder, len(id2label), id2label, data_args.check_num_proc)

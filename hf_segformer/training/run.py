@@ -20,6 +20,7 @@ from hf_segformer.data.loading import canonical_split, undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
 from hf_segformer.data.rare_classes import RareClassSampler, load_presence
+from hf_segformer.data.streaming import StreamingData
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
 from hf_segformer.errors import DataError, RecipeError, TrainingError
 from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, load_hub_mean_iou
@@ -37,6 +38,7 @@ from hf_segformer.training.callbacks import SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from hf_segformer.training.run_checks import check_run
+from hf_segformer.training.stream import TrainStream
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
 from hf_segformer.visuals import dataset_palette
 
@@ -129,19 +131,35 @@ def log_runtime(training_args: SegformerTrainingArguments, threads: str) -> None
                 training_args.precision, training_args.precision_reason)
 
 
-def build_datasets(data: DatasetDict, data_args: DataArguments, training_args: SegformerTrainingArguments):
+def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
+                   training_args: SegformerTrainingArguments):
     """The training and evaluation splits with their transforms applied on the fly, and the raw evaluation split
-    (for the sample grid); the evaluation split is None when the run does not evaluate."""
+    (for the sample grid); the evaluation split is None when the run does not evaluate. Streaming: the training
+    set is this process's part of the stream (`TrainStream`), the evaluation split the bounded validation set."""
     train_split, eval_split = canonical_split(data_args.train_split), canonical_split(data_args.eval_split)
+    stream_source = None
+    if isinstance(data, StreamingData):
+        stream_source = data.train
+        data = DatasetDict({eval_split: data.evaluation} if data.evaluation is not None else {})
     if training_args.eval_strategy != "no" and eval_split not in data:
-        raise DataError(f"No '{data_args.eval_split}' split to evaluate on (the data has {sorted(data)}). "
-                        "Set validation_split: 0.1 to carve one from train, or eval_strategy: 'no'.")
+        splits = sorted([train_split, *data]) if stream_source is not None else sorted(data)
+        raise DataError(f"No '{data_args.eval_split}' split to evaluate on (the data has {splits}). "
+                        "Set validation_split: 0.1 to carve one from train (streaming: data_files: {validation: ...}), "
+                        "or eval_strategy: 'no'.")
     decoder = build_label_decoder(data_args)
-    train_dataset = undecoded(data[train_split]).with_transform(TrainTransform(
+    train_transform = TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
         data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
         data_args.rare_class_crop_prob, rarest_first(data_args, training_args, train_split),
-    ))
+    )
+    if stream_source is not None:  # decoded in dataloader_num_workers processes of the stream's own
+        train_dataset = TrainStream(stream_source, train_transform, seed=training_args.data_seed or training_args.seed,
+                                    shuffle_buffer_size=data_args.shuffle_buffer_size,
+                                    rank=training_args.process_index, world_size=training_args.world_size,
+                                    split=data_args.streaming_split, num_workers=training_args.dataloader_num_workers,
+                                    mp_context=training_args.dataloader_multiprocessing_context)
+    else:
+        train_dataset = undecoded(data[train_split]).with_transform(train_transform)
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])
@@ -221,7 +239,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
 
     # Data: load (or generate), check every pair on the main process, transforms applied on the fly.
     with training_args.main_process_first(local=False, desc="preparing data"):
-        data, id2label = prepare_data(data_args, training_args.seed)
+        data, id2label = prepare_data(data_args, training_args.seed, training_args)
         if data_args.check_data and training_args.process_index == 0:
             run_data_check(data, data_args, id2label).save(training_args.output_dir)
     loss_fn = build_loss(training_args, data_args, len(id2label), canonical_split(data_args.train_split))

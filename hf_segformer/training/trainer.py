@@ -16,11 +16,12 @@ from hf_segformer.errors import TrainingError
 from hf_segformer.evaluation.metrics import confusion_and_loss, confusion_matrices
 from hf_segformer.logits import pack_labels
 from hf_segformer.training.losses import SegmentationLoss
+from hf_segformer.training.stream import StreamingTrainerMixin
 
 logger = logging.getLogger(__name__)
 
 
-class SegformerTrainer(Trainer):
+class SegformerTrainer(StreamingTrainerMixin, Trainer):
     """Trainer whose evaluation keeps one C×C confusion matrix per sample instead of every logit.
 
     `prediction_step` returns per-sample confusion matrices as the "predictions" (the Trainer then gathers
@@ -30,6 +31,8 @@ class SegformerTrainer(Trainer):
     `pack_labels` rows (the Trainer pads only dimension 1 when it concatenates batches, so label maps of
     different widths would not stack): the classic path of `metric_backend: evaluate_hub`, where
     `compute_metrics` (`LogitsMeanIoU`) gets every logit at once.
+    A streaming training set (`TrainStream`) gets its own loader and its position saved in every checkpoint
+    (`StreamingTrainerMixin`).
     """
 
     def __init__(self, *args: Any, ignore_index: int = 255, eval_confusion: bool = True,
