@@ -148,7 +148,6 @@ def _export_onnx(argv: list[str]) -> int:
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_path")
     parser.epilog = ("--quantize writes an INT8 model instead (after the float32 export and its check) and also "
                      "compares its masks with PyTorch fp32 on validation images; its data options are recipe fields "
                      "(--config recipe.yaml, --data_dir, --eval_split ...).")

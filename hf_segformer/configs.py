@@ -182,7 +182,7 @@ class DataArguments:
     streaming_split: str = field(
         default="auto",
         metadata={"help": "How processes divide the stream (split_dataset_by_node): 'shards' (each reads its own "
-                          "shards; needs shards % processes == 0), 'examples' (each reads all, keeps 1 in N), "
+                          "shards; needs shards a multiple of the processes), 'examples' (each reads all, keeps 1 in N), "
                           "'auto' (shards when they divide evenly)."},
     )
     streaming_check_samples: int = field(

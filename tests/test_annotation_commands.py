@@ -33,7 +33,7 @@ def test_import_annotations_command_reads_a_cvat_zip_and_says_what_it_did(tmp_pa
     assert "1 image(s) without annotations were kept out" in printed
     with pytest.raises(DataError, match="already exists"):
         import_annotations_command(argv)
-    assert hf_segformer(["import-annotations", *argv]) == 1  # the CLI prints the error instead of a traceback
+    assert hf_segformer(["import-annotations", *argv]) == 2  # a user error: one line, exit status 2
     assert "already exists; choose a new output or pass --overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         import_annotations_command(argv[:2] + ["--out", "x"])  # --src is required: argparse says so

@@ -67,11 +67,11 @@ def test_webdataset_run_checks_the_first_pairs_and_evaluates_on_the_bounded_set(
 @pytest.mark.slow
 def test_bad_input_stops_the_run_before_any_step(tmp_path):
     recipe = tiny_streaming_recipe(tmp_path, check_data=True, streaming_check_samples=4)
-    refused = finetune(recipe, tmp_path / "no-steps", "--max_steps", "-1", expect_code=1)
+    refused = finetune(recipe, tmp_path / "no-steps", "--max_steps", "-1", expect_code=2)
     assert "error: streaming: true trains by steps" in refused.stderr
 
     (tmp_path / "shards" / "train-00004-of-00005.parquet").write_bytes(b"not parquet")
-    corrupt = finetune(recipe, tmp_path / "corrupt", expect_code=1)
+    corrupt = finetune(recipe, tmp_path / "corrupt", expect_code=2)
     assert "error: Some shards cannot be read (1 problem):" in corrupt.stderr
     assert "train-00004-of-00005.parquet (split 'train'): not a readable Parquet file" in corrupt.stderr
     (tmp_path / "shards" / "train-00004-of-00005.parquet").unlink()
@@ -79,7 +79,7 @@ def test_bad_input_stops_the_run_before_any_step(tmp_path):
     mask = tmp_path / "data" / "masks" / "train" / "00002.png"  # the third pair in file order: checked
     Image.fromarray(np.full((32, 32), 9, dtype=np.uint8)).save(mask)
     write_parquet_shards(synthetic_pairs(tmp_path / "data", "train"), tmp_path / "shards", "train", 4, overwrite=True)
-    checked = finetune(recipe, tmp_path / "checked", expect_code=1)
+    checked = finetune(recipe, tmp_path / "checked", expect_code=2)
     assert "error: The 'train (first 4 of the stream)' data failed the pre-flight check (1 problem):" in checked.stderr
     assert "00002.png: values 9 are outside the 4 classes" in checked.stderr
     assert not (tmp_path / "checked" / "model.safetensors").exists()

@@ -29,7 +29,8 @@ class SplitReport:
     num_samples: int
     pixel_counts: list[int]  # per class id, then the ignore index last
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
-    image_classes: list[list[int]] = field(default_factory=list)  # per image: class ids present (rare-class sampling)
+    # per image: class ids present (rare-class sampling); saved beside the report in class_presence.json
+    image_classes: list[list[int]] = field(default_factory=list, compare=False)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibration images, spread over the split (default %(default)s)")
     parser.add_argument("--num_check_images", type=int, default=8,
                         help="validation images (not used for calibration) whose masks INT8 and PyTorch are compared on")
-    parser.add_argument("--overwrite", action="store_true", help="with --quantize: replace OUT if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_path (with --quantize: the INT8 file too)")
 
 
 def _data(recipe_argv: list[str]) -> tuple[DataArguments, InferenceSettings, dict[str, Any]]:
