@@ -1,0 +1,1 @@
+"""Apps: the Gradio demo and the Hugging Face Space folder that serves it."""

@@ -1,0 +1,1 @@
+"""The Hub: model and dataset cards, publishing models and datasets."""

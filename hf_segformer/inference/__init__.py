@@ -1,0 +1,1 @@
+"""Inference: Segmenter (images to masks), the predict and export-onnx commands, INT8 quantization, ranking unlabelled images."""
