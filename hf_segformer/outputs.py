@@ -14,6 +14,7 @@ from hf_segformer.errors import RecipeError
 logger = logging.getLogger("hf_segformer")
 
 GB = 1024**3
+PROBE_PREFIX = ".hf_segformer_write_probe_"  # check_output_dir's write probe, removed at once
 
 
 def check_output_dir(output_dir: str | os.PathLike, min_free_gb: float = 1.0) -> None:
@@ -32,7 +33,7 @@ def check_output_dir(output_dir: str | os.PathLike, min_free_gb: float = 1.0) ->
     except OSError as error:
         raise RecipeError(f"output_dir {path} cannot be created ({error.strerror or error}): pick an output_dir "
                           "in a folder you can write to, or fix the permissions of its parent.") from error
-    probe = os.path.join(path, f".hf_segformer_write_probe_{os.getpid()}_{uuid.uuid4().hex}")
+    probe = os.path.join(path, f"{PROBE_PREFIX}{os.getpid()}_{uuid.uuid4().hex}")
     try:
         with open(probe, "xb") as f:  # "x": never truncates an existing file
             f.write(b"probe")
@@ -68,7 +69,7 @@ RUN_FILES = frozenset({
     "class_weights.json", "eval_samples.png", "eval_per_class.md", "eval_per_class.csv",
     "eval_confusion_matrix.npy", "eval_confusion_matrix.png", "README.md", "runs", ".hf_segformer_run",
 })
-RUN_PREFIXES = ("checkpoint-", "evaluation_", ".hf_segformer_write_probe_", "events.out.tfevents")
+RUN_PREFIXES = ("checkpoint-", "evaluation_", PROBE_PREFIX, "events.out.tfevents")
 # Files only this project's runs write: one of them (or the marker) tells our folder from a user's.
 RUN_SIGNATURES = frozenset({"training_args.bin", "trainer_state.json", "class_histogram.json", ".hf_segformer_run"})
 FINISHED = ("model.safetensors", "all_results.json", "eval_per_class.md")
@@ -100,7 +101,9 @@ def claim_output_dir(output_dir: str | os.PathLike, overwrite: bool, resume: str
     path = Path(output_dir)
     if resume is not None or not path.is_dir():
         return None
-    entries = sorted(name for name in os.listdir(path) if name != MOVED_ASIDE)
+    # Under DDP every process probes output_dir (check_output_dir) while the main one claims it: another process's
+    # probe, there for an instant, says nothing about whose folder this is.
+    entries = sorted(name for name in os.listdir(path) if name != MOVED_ASIDE and not name.startswith(PROBE_PREFIX))
     if not entries:
         return None
     foreign = [name for name in entries if not _is_run_entry(name)]

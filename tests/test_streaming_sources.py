@@ -158,6 +158,8 @@ def test_what_a_stream_cannot_do_is_refused_up_front(tmp_path, fields, message):
         validate_streaming_recipe(data_args(), training_args(tmp_path, **fields))
     with pytest.raises(RecipeError, match="validation_split carves a fraction"):
         validate_streaming_recipe(data_args(validation_split=0.1), training_args(tmp_path))
+    with pytest.raises(RecipeError, match="rare_class_sampling draws images by index"):
+        validate_streaming_recipe(data_args(rare_class_sampling=True), training_args(tmp_path))
 
 
 def test_the_validation_set_is_bounded_and_held_in_memory(tmp_path):
@@ -230,3 +232,19 @@ def test_push_dataset_refuses_a_stream_before_reading_it(tmp_path):
     missing = str(tmp_path / "nowhere" / "train-*.parquet")  # never opened: the refusal comes first
     with pytest.raises(RecipeError, match="push-dataset does not read streams"):
         publishable_data(DataArguments(streaming=True, data_files={"train": missing}))
+
+
+def test_a_class_missing_from_the_first_pairs_is_a_warning_for_a_stream(tmp_path, caplog):
+    """The check sees only the first pairs of a stream: a class that is not among them may come later, so the
+    "cannot teach every class" check warns instead of stopping the run (for a folder it is an error)."""
+    from hf_segformer.data.prepare import run_data_check
+
+    pairs = write_pairs(tmp_path / "t", 6, classes=2)  # classes 0 and 1 only ...
+    PILImage.fromarray(np.full((16, 24), 2, dtype=np.uint8)).save(pairs[5][1])  # ... class 2 in the sixth pair
+    write_parquet_shards(pairs, tmp_path / "shards", "train", 2)
+    args = data_args(data_files=str(tmp_path / "shards" / "*.parquet"), streaming_check_samples=4)
+    with caplog.at_level("WARNING", logger="hf_segformer"):
+        report = run_data_check(load_streaming_data(args), args, ID2LABEL)
+    assert report.splits["train"].num_samples == 4 and report.splits["train"].pixel_counts[2] == 0
+    assert "Not in the first 4 training pairs of the stream (1 problem):" in caplog.text
+    assert "class 2 'c' has no pixels in the 'train' split" in caplog.text

@@ -127,6 +127,20 @@ def test_a_folder_with_a_users_files_is_refused_and_overwrite_moves_them_aside_i
     assert [p.name for p in out.iterdir()] == ["previous_runs"]
 
 
+def test_another_process_s_write_probe_does_not_make_a_fresh_folder_a_users(tmp_path):
+    """Under DDP every process probes output_dir (check_run) while the main one claims it; a multi-node run into a
+    fresh folder on a shared file system was refused when the main process listed another process's probe."""
+    from hf_segformer.outputs import PROBE_PREFIX, claim_output_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{PROBE_PREFIX}4242_0123abcd").write_bytes(b"probe")
+    assert claim_output_dir(out, overwrite=False, resume=None) is None
+    (out / "notes.txt").write_text("mine")  # a user's file next to it is still refused, and named
+    with pytest.raises(RecipeError, match=r"did not write \(notes.txt\)"):
+        claim_output_dir(out, overwrite=False, resume=None)
+
+
 def test_a_finished_run_is_refused_and_only_our_own_moved_aside_runs_are_pruned(tmp_path):
     from hf_segformer.outputs import claim_output_dir
 

@@ -70,7 +70,8 @@ def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
 
 
 def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
-    if isinstance(data, StreamingData):  # the first streaming_check_samples training pairs + the bounded validation set
+    streaming = isinstance(data, StreamingData)
+    if streaming:  # the first streaming_check_samples training pairs + the bounded validation set
         report = check_streaming_data(data, build_label_decoder(data_args), len(id2label), id2label,
                                       data_args.streaming_check_samples, data_args.check_num_proc)
     else:
@@ -79,7 +80,10 @@ def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, 
     if train is not None and not data_args.allow_empty_classes:
         empty = empty_class_problems(train.pixel_counts, id2label, data_args.ignore_index, data_args.binary_masks,
                                      data_args.train_split)
-        if empty:
+        if empty and streaming:  # a class missing from the first pairs may still come later in the stream
+            logger.warning(problems_message(f"Not in the first {train.num_samples} training pairs of the stream",
+                                            empty))
+        elif empty:
             raise DataError(problems_message("The training data cannot teach every class", empty))
     hint = unlabelled_hint(id2label, data_args.reduce_labels)
     if hint:

@@ -204,6 +204,9 @@ def validate_streaming_recipe(data_args: Any, training_args: Any) -> None:
         if str(getattr(getattr(training_args, name), "value", getattr(training_args, name))) == "epoch":
             raise RecipeError(f"{name}: epoch has no meaning for a stream (the run is one pass of max_steps); "
                               f"use {name}: steps.")
+    if getattr(data_args, "rare_class_sampling", False):
+        raise RecipeError("rare_class_sampling draws images by index from a materialised split; a stream has no "
+                          "index: turn it off (rare_class_crop_prob works with a stream).")
     if data_args.validation_split > 0:
         raise RecipeError("validation_split carves a fraction of a materialised train split; with streaming give a "
                           "validation split (data_files: {validation: ...}) or set validation_split: 0.")
