@@ -90,7 +90,7 @@ def main() -> None:
                                  dataloader_num_workers=cli.workers, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
         metrics = trainer.train().metrics
-    emit({"train_runtime": metrics["train_runtime"], "threads": torch.get_num_threads(),
+    emit({"train_runtime": metrics["train_runtime"], "threads": torch.get_num_threads(), "workers": cli.workers,
           "precision": "bf16" if cli.bf16 else "fp16" if cli.fp16 else "fp32", "peak_rss_gb": memory_gb("VmHWM"),
           "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cli.device == "cuda" else None})
 

@@ -127,6 +127,33 @@ def apply_threads(requested: int | None = None) -> Choice:
     return choice
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory(enabled: bool = True) -> Choice:
+    """On a CPU, let glibc keep freed memory for reuse instead of handing it back to the system.
+
+    glibc serves every allocation above 32 MB with a fresh mmap and unmaps it on free, so each step's large
+    activations are faulted in again, page by page, zero-filled by the kernel: elementwise ops on a batch-8 B0's
+    1/4-resolution maps ran 4× slower than on reused memory, and a whole training step 1.4× slower
+    (benchmarks/bench_train_speed.py). With mmap off and no trimming, freed blocks stay in the heap; the peak
+    RSS grows by about one step's transient memory. Settings apply to allocations made after the call."""
+    if not enabled:
+        return Choice("released", "reuse_freed_memory: false")
+    if os.name != "posix" or os.uname().sysname != "Linux":
+        return Choice("released", "not Linux")
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return Choice("released", "not glibc")
+    libc = ctypes.CDLL(None)
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+        return Choice("released", "mallopt refused")
+    return Choice("kept for reuse", "glibc mallopt: no mmap, no trimming")
+
+
 def choose_loader_workers(requested: str | int, on_accelerator: bool) -> Choice:
     """DataLoader worker processes. `auto`: on a CPU run the model's threads need the cores, and decoding plus
     augmenting a batch costs ~3 % of a step, so one worker overlaps it (none on a single core); on an accelerator

@@ -42,7 +42,7 @@ from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
 from hf_segformer.logits import upsample_logits, upsampled_argmax
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import apply_token_merging
-from hf_segformer.runtime import Choice, apply_threads, choose_precision
+from hf_segformer.runtime import Choice, apply_threads, choose_precision, keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +353,8 @@ class InferenceArguments(InferenceSettings):
         device = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         precision = self.resolved_precision(device)
         threads = apply_threads()
+        if device.type == "cpu":
+            keep_freed_memory()
         logger.info("Device: %s; torch threads: %s (%s); precision: %s (%s)", device, threads.value, threads.why,
                     precision.value, precision.why)
         if Path(model).is_dir() and not (Path(model) / "config.json").is_file():

@@ -67,15 +67,22 @@ def steps_that_fit(left_s: float, start: int, step_s: float, eval_s: float, save
     return low
 
 
-def rebuild_scheduler(trainer: Any, total_steps: int, current_step: int) -> None:
-    """Replace the Trainer's LR scheduler by one for `total_steps` (warm-up and decay from the recipe), positioned
-    at `current_step`. The optimizer groups keep their `initial_lr`, so per-group multipliers survive."""
+def rebuild_scheduler(trainer: Any, total_steps: int, current_step: int, warmup_steps: int | None = None) -> None:
+    """Replace the Trainer's LR scheduler by one for `total_steps` (decay from the recipe; warm-up from the recipe,
+    or `warmup_steps` when given), positioned at `current_step`. The optimizer groups keep their `initial_lr`, so
+    per-group multipliers survive."""
     trainer.lr_scheduler = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": a repositioning, not a step
-        scheduler = trainer.create_scheduler(num_training_steps=max(total_steps, 1), optimizer=trainer.optimizer)
-        scheduler.last_epoch = current_step - 1
-        scheduler.step()
+    recipe_warmup = trainer.args.warmup_steps
+    if warmup_steps is not None:
+        trainer.args.warmup_steps = warmup_steps
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": a repositioning
+            scheduler = trainer.create_scheduler(num_training_steps=max(total_steps, 1), optimizer=trainer.optimizer)
+            scheduler.last_epoch = current_step - 1
+            scheduler.step()
+    finally:
+        trainer.args.warmup_steps = recipe_warmup
 
 
 def _broadcast(values: list[float], args: Any) -> list[float]:
@@ -105,6 +112,9 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self.trainer = None
         self.spent_before_s = 0.0  # from earlier train() calls, read back from the checkpoint on resume
         self.budget_steps: int | None = None
+        # Fixed at the first decision: a warm-up ratio that followed every re-fit would move the warm-up's end
+        # (a lengthened run went back below the peak rate it had reached).
+        self.warmup_steps: int | None = None
         self.step_s: float | None = None
         self.eval_s = 0.0
         self.save_s = 0.0
@@ -129,7 +139,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
     # ExportableState: written into trainer_state.json with every checkpoint.
     def state(self) -> dict:
         return {"args": {"budget_s": self.budget_s, "max_steps_cap": self.max_steps_cap},
-                "attributes": {"spent_s": self.spent_s(), "budget_steps": self.budget_steps}}
+                "attributes": {"spent_s": self.spent_s(), "budget_steps": self.budget_steps,
+                               "warmup_steps": self.warmup_steps}}
 
     def spent_s(self) -> float:
         return self.spent_before_s + (time.monotonic() - self._start)
@@ -143,6 +154,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             attributes = stored.get("attributes", {})
             self.spent_before_s = float(attributes.get("spent_s") or 0.0)
             previous = attributes.get("budget_steps")
+            if attributes.get("warmup_steps") is not None:
+                self.warmup_steps = int(attributes["warmup_steps"])
             if previous:
                 self._apply(int(previous), state, args)
             logger.info("Time budget: %.0f s of %.0f s spent before this resume.", self.spent_before_s, self.budget_s)
@@ -216,8 +229,10 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self.budget_steps = total
         state.max_steps = total
         state.compute_steps(args, total)  # ratio-valued logging/eval/save steps follow the real length
+        if self.warmup_steps is None:
+            self.warmup_steps = args.get_warmup_steps(total)
         if self.trainer is not None and self.trainer.optimizer is not None:
-            rebuild_scheduler(self.trainer, total, state.global_step)
+            rebuild_scheduler(self.trainer, total, state.global_step, self.warmup_steps)
 
     def _guard(self, args: Any, state: Any, control: Any) -> None:
         """Stop before the budget if steps run slower than measured (the final evaluation and save still fit)."""
@@ -275,7 +290,8 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         """What train_results.json records: the budget decided the run's length."""
         return {"budget_max_time_s": round(self.budget_s, 1), "budget_steps": self.budget_steps,
                 "budget_step_time_s": round(self.step_s, 4) if self.step_s else None,
-                "budget_eval_time_s": round(self.eval_s, 2), "budget_stopped_early": self.stopped_early,
+                "budget_eval_time_s": round(self.eval_s, 2), "budget_warmup_steps": self.warmup_steps,
+                "budget_stopped_early": self.stopped_early,
                 "budget_spent_s": round(self.spent_s(), 1)}
 
 

@@ -32,7 +32,7 @@ from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
 from hf_segformer.modeling.build import build_image_processor, build_model, check_model_folder
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
-from hf_segformer.runtime import apply_threads
+from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
@@ -122,13 +122,13 @@ def check_checkpoint_files(folder: str) -> None:
                               "from an earlier checkpoint-* folder, or start again with --overwrite_output_dir.") from err
 
 
-def log_runtime(training_args: SegformerTrainingArguments, threads: str) -> None:
+def log_runtime(training_args: SegformerTrainingArguments, threads: str, memory: str) -> None:
     """The first lines of a run: what it runs on and why, before anything else is printed."""
     device = training_args.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
-    logger.info("Device: %s; torch threads: %s; loader workers: %d (%s); precision: %s (%s)", name, threads,
-                training_args.dataloader_num_workers, training_args.loader_workers_reason,
-                training_args.precision, training_args.precision_reason)
+    logger.info("Device: %s; torch threads: %s; loader workers: %d (%s); precision: %s (%s); freed memory: %s",
+                name, threads, training_args.dataloader_num_workers, training_args.loader_workers_reason,
+                training_args.precision, training_args.precision_reason, memory)
 
 
 def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
@@ -218,7 +218,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     """One fine-tuning run, top to bottom: set-up and checks, data, model, Trainer, train, save, evaluate, push."""
     setup_logging(training_args)
     threads = apply_threads(training_args.torch_threads)
-    log_runtime(training_args, f"{threads.value} ({threads.why})")
+    on_cpu = training_args.device.type == "cpu"
+    memory = keep_freed_memory(training_args.reuse_freed_memory) if on_cpu else Choice("as is", "not a CPU run")
+    log_runtime(training_args, f"{threads.value} ({threads.why})", f"{memory.value} ({memory.why})")
     logger.debug("Training arguments %s", training_args)
     check_run(training_args)  # fp16 only on a GPU, output_dir writable with free space
     check_ignore_index(data_args.ignore_index)
