@@ -7,7 +7,7 @@ measured step time, so a setting that slows a step pays for it in steps. Cases c
 share the machine's load alike; the steps each run got are in the table. After training, each model is also
 evaluated on `--test_split` (the split no setting was chosen on), at native resolution.
 
-    python benchmarks/bench_budget.py --max_time 25m --cases recipe crop384 --parallel 2 --threads 1
+    python benchmarks/bench_budget.py --max_time 20m --cases crop256 crop384 --parallel 2 --threads 1 --workers 0
     python benchmarks/bench_budget.py --max_time 90s --cases recipe ema          # smoke test
     python benchmarks/bench_budget.py --table outputs/bench-budget               # the table of every run so far
 
@@ -42,6 +42,7 @@ CASES: dict[str, list[str]] = {
     "rcrop": ["--rare_class_crop_prob", "0.5"], "norcrop": ["--rare_class_crop_prob", "0"],
     "norcs": ["--rare_class_sampling", "false"],
     "ema": ["--ema_decay", "0.999"], "noema": ["--ema_decay", "null"],
+    "tome-hq": ["--token_merging", "hq"], "tome-fast": ["--token_merging", "fast"],
 }
 
 
@@ -59,7 +60,7 @@ def start_case(case: str, seed: int, cli: argparse.Namespace) -> tuple[subproces
     command = [sys.executable, str(ROOT / "recipes/finetune.py"), "--config", str(cli.recipe),
                "--data_dir", str(cli.data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
                "--max_time", cli.max_time, "--seed", str(seed), "--report_to", "none", "--push_to_hub", "false",
-               *overrides(case)]
+               *(["--dataloader_num_workers", str(cli.workers)] if cli.workers is not None else []), *overrides(case)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cli.threads), "HF_HUB_OFFLINE": "1"}
     log = open(f"{output_dir}.log", "w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), output_dir
@@ -78,7 +79,7 @@ def evaluate_test(output_dir: Path, cli: argparse.Namespace) -> dict:
 
 
 def row_of(case: str, seed: int, output_dir: Path, code: int, cli: argparse.Namespace) -> dict:
-    row = {"case": case, "seed": seed, "max_time": cli.max_time, "threads": cli.threads,
+    row = {"case": case, "seed": seed, "max_time": cli.max_time, "threads": cli.threads, "workers": cli.workers,
            "parallel": cli.parallel, "recipe": str(cli.recipe), "data_dir": str(cli.data_dir)}
     if code != 0 or not (output_dir / "all_results.json").is_file():
         return {**row, "error": f"exit {code} (see {output_dir}.log)"}
@@ -116,6 +117,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[42])
     parser.add_argument("--parallel", type=int, default=1, help="cases trained at once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
+    parser.add_argument("--workers", type=int, help="loader workers per case (default: the recipe's); 0 keeps "
+                        "parallel cases from competing for cores through their loaders")
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--table", action="store_true", help="print the table of runs.jsonl and stop")
     cli = parser.parse_args()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hf_segformer.configs import DataArguments
 from hf_segformer.data.images import MASK_EXTENSIONS, to_rgb
+
+if TYPE_CHECKING:  # annotations only: drawing masks must not import transformers (conversion commands)
+    from hf_segformer.configs import DataArguments
 
 IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels in masks; class 0 is black in the default palette
 WRONG_COLOUR = (230, 25, 45)
@@ -56,17 +59,6 @@ def dataset_palette(num_classes: int, data_args: DataArguments | None = None) ->
                 colours = np.array(image.getpalette(), dtype=np.uint8).reshape(-1, 3)[:num_classes]
                 palette[: len(colours)] = colours
     return palette
-
-
-PALETTE_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are
-
-
-def recipe_data_args(recipe: dict, colour_map: str | None = None) -> DataArguments | None:
-    """The data fields of a recipe that name the dataset's colours (a `--colour_map` option wins), or None."""
-    keys = {key: recipe[key] for key in PALETTE_KEYS if recipe.get(key) is not None}
-    if colour_map:
-        keys["colour_map"] = colour_map
-    return DataArguments(**keys) if keys else None
 
 
 def _first_mask_file(data_args: DataArguments) -> Path | None:

@@ -59,9 +59,19 @@ def test_no_import_circles_and_no_relative_imports():
         visit(name, [])
 
 
-def test_configs_import_nothing_of_the_package_but_errors_and_runtime():
+def test_configs_import_nothing_of_the_package_but_errors_values_and_runtime():
     imported = {m for m in _package_imports(PACKAGE / "configs.py") if m.count(".") == 1}
-    assert imported <= {"hf_segformer.errors", "hf_segformer.runtime"}, imported
+    assert imported <= {"hf_segformer.errors", "hf_segformer.recipe_values", "hf_segformer.runtime"}, imported
+
+
+def test_conversion_commands_start_without_transformers_or_torch():
+    # coco-to-masks, import-annotations and their label helpers run on machines (and in loops) where a
+    # transformers import (seconds) would be most of the command's time.
+    code = ("import sys, hf_segformer.cli, hf_segformer.data.coco, hf_segformer.data.labels, "
+            "hf_segformer.data.annotations.importer; "
+            "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_the_dataset_card_template_is_package_data():

@@ -18,7 +18,8 @@ from streaming_helpers import write_pairs
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
-from hf_segformer.configs import DataArguments, SegformerTrainingArguments, parse_data_files
+from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+from hf_segformer.recipe_values import parse_data_files
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
 from hf_segformer.data.streaming import (check_streaming_data, find_id2label_near_shards, load_streaming_data,

@@ -38,12 +38,13 @@ except ImportError as err:  # the CLI prints this instead of a traceback
     raise RecipeError("hf-segformer demo needs Gradio: pip install 'hf-segformer[demo]'.") from err
 
 from hf_segformer.app.space import export_space
+from hf_segformer.configs import recipe_data_args
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, list_images
 from hf_segformer.hub.cards import hub_repo_id
 from hf_segformer.inference.segmenter import MODES, InferenceArguments, InferenceSettings, Segmenter
 from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
 from hf_segformer.parser import parse_command
-from hf_segformer.visuals import dataset_palette, default_palette, overlay, pixels_per_class, recipe_data_args
+from hf_segformer.visuals import dataset_palette, default_palette, overlay, pixels_per_class
 
 logger = logging.getLogger(__name__)
 

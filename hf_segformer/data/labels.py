@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hf_segformer.configs import normalise_id2label
+from hf_segformer.recipe_values import normalise_id2label
 from hf_segformer.errors import DataError
 
 ID2LABEL_FILE = "id2label.json"

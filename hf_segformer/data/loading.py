@@ -18,16 +18,9 @@ from PIL import Image as PILImage
 from hf_segformer.configs import DataArguments
 from hf_segformer.data.images import IMAGE_EXTENSIONS, MASK_EXTENSIONS, is_image_file
 from hf_segformer.errors import DataError, problems_message
+from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger(__name__)
-
-SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
-                 "valid": "validation", "test": "test", "testing": "test"}
-
-
-def canonical_split(name: str) -> str:
-    return SPLIT_ALIASES.get(name.lower(), name)
-
 
 def _index_files(folder: Path, extensions: set[str], suffix: str) -> tuple[dict[str, Path], list[str]]:
     """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys.

@@ -29,9 +29,9 @@ from datasets import Dataset, Features, Image, IterableDataset, load_dataset, lo
 
 from hf_segformer.configs import FORMAT_BY_EXTENSION
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
-from hf_segformer.data.loading import canonical_split
 from hf_segformer.data.preflight import DataReport, check_split
 from hf_segformer.errors import DataError, RecipeError, problems_message
+from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger("hf_segformer")
 

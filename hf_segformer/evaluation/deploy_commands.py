@@ -22,7 +22,6 @@ from typing import Any
 from hf_segformer.configs import DataArguments
 from hf_segformer.data.images import open_image
 from hf_segformer.data.labels import LabelDecoder
-from hf_segformer.data.loading import canonical_split
 from hf_segformer.errors import RecipeError
 from hf_segformer.evaluation.deploy_report import DEFAULT_COLLAPSE_POINTS, DEFAULT_ROWS, ROWS, deploy_report
 from hf_segformer.evaluation.run import load_split
@@ -30,6 +29,7 @@ from hf_segformer.inference.onnx_export import export_onnx
 from hf_segformer.inference.quantize import MODES, QuantizationSettings, export_quantized, split_calibration
 from hf_segformer.inference.segmenter import InferenceSettings
 from hf_segformer.parser import parse_command
+from hf_segformer.recipe_values import canonical_split
 
 DEFAULT_CALIBRATION_IMAGES = 16
 

@@ -31,7 +31,7 @@ from PIL import Image as PILImage
 from hf_segformer.configs import DataArguments
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
-from hf_segformer.data.loading import canonical_split, load_data, undecoded
+from hf_segformer.data.loading import load_data, undecoded
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
@@ -41,6 +41,7 @@ from hf_segformer.outputs import writable_folder
 from hf_segformer.parser import parse_command
 from hf_segformer.runtime import has_accelerator
 from hf_segformer.visuals import dataset_palette, sample_grid, spread_indices
+from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from hf_segformer.configs import recipe_data_args
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
 from hf_segformer.errors import DataError, RecipeError, problems_message
 from hf_segformer.inference.predict_export import ExportArguments, check_export_target, export_after_predict
 from hf_segformer.inference.segmenter import InferenceArguments, Segmenter
 from hf_segformer.outputs import writable_folder
 from hf_segformer.parser import parse_command
-from hf_segformer.visuals import dataset_palette, mask_image, overlay, recipe_data_args
+from hf_segformer.visuals import dataset_palette, mask_image, overlay
 
 
 @dataclass

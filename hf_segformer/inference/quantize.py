@@ -40,6 +40,7 @@ from hf_segformer.data.images import load_image
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import INPUT_NAME, check_parity, load_onnx_session, onnx_metadata
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.runtime import cpu_flags
 
 MODES = ("dynamic", "static")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -327,14 +328,7 @@ def quantization_info(session: Any) -> dict[str, Any] | None:
 def cpu_int8_features() -> dict[str, bool]:
     """Which x86 dot-product extensions the CPU has (Linux): INT8 speed on the CPU depends on them, and ONNX
     Runtime advises reduce_range on CPUs without VNNI (u8×s8 products can saturate 16-bit sums there)."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_flags() or set()
     return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
             "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}), "amx_int8": "amx_int8" in flags}
 

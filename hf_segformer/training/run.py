@@ -16,7 +16,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
-from hf_segformer.data.loading import canonical_split, undecoded
+from hf_segformer.data.loading import undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
 from hf_segformer.data.rare_classes import RareClassSampler, load_presence
@@ -41,6 +41,7 @@ from hf_segformer.training.run_checks import check_run
 from hf_segformer.training.stream import TrainStream
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
 from hf_segformer.visuals import dataset_palette
+from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger("hf_segformer")
 
