@@ -63,15 +63,19 @@ BUDGET = ["--lr_scheduler_type", "polynomial", "--lr_scheduler_kwargs", '{"lr_en
           "--warmup_steps", "0.5", "--logging_steps", "1", "--num_train_epochs", "1"]
 
 
-def test_budget_decides_the_length_and_the_schedule_ends(tmp_path, train_tiny):
+def test_budget_decides_the_length_and_the_schedule_ends(tmp_path, train_tiny, capfd):
     budget = 20.0
     results = train_tiny(tmp_path, *BUDGET, "--max_time", "20s", "--eval_strategy", "steps", "--eval_steps", "15")
+    progress = capfd.readouterr().err
     run = tmp_path / "run"
     train = json.loads((run / "train_results.json").read_text())
     state = json.loads((run / "trainer_state.json").read_text())
     assert train["budget_max_time_s"] == budget
     assert train["budget_steps"] == state["global_step"] == state["max_steps"]
     assert train["budget_steps"] > 4  # more than two epochs: the budget, not num_train_epochs, set the length
+    # The progress bar shows the decided length, not the provisional one (an ETA of thousands of hours).
+    assert f"{train['budget_steps']}/{train['budget_steps']} [" in progress and "/10000000 [" not in progress.split(
+        "\r")[-1]
     learning_rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     # The Trainer logs the rate each step used: the last step used the decay's last value before lr_end.
     total = state["max_steps"]

@@ -233,6 +233,12 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
             self.warmup_steps = args.get_warmup_steps(total)
         if self.trainer is not None and self.trainer.optimizer is not None:
             rebuild_scheduler(self.trainer, total, state.global_step, self.warmup_steps)
+        if self.trainer is not None:  # the progress bar was sized from the provisional length: thousands of hours
+            for callback in self.trainer.callback_handler.callbacks:
+                bar = getattr(callback, "training_bar", None)
+                if bar is not None:
+                    bar.total = total
+                    bar.refresh()
 
     def _guard(self, args: Any, state: Any, control: Any) -> None:
         """Stop before the budget if steps run slower than measured (the final evaluation and save still fit)."""
