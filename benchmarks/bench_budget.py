@@ -9,6 +9,8 @@ evaluated on `--test_split` (the split no setting was chosen on), at native reso
 
     python benchmarks/bench_budget.py --max_time 20m --cases crop256 crop384 --parallel 2 --threads 1 --workers 0
     python benchmarks/bench_budget.py --max_time 90s --cases recipe ema          # smoke test
+    python benchmarks/bench_budget.py --recipe recipes/custom/segformer-b0-scratch.yaml \
+        --data_dir ../shared/datasets/isbi_membrane --recipe_args "--id2label '{0: membrane, 1: cell}'" ...
     python benchmarks/bench_budget.py --table outputs/bench-budget               # the table of every run so far
 
 Rows append to `<output_dir>/runs.jsonl`; `--table` prints the table from it without training.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -60,7 +63,8 @@ def start_case(case: str, seed: int, cli: argparse.Namespace) -> tuple[subproces
     command = [sys.executable, str(ROOT / "recipes/finetune.py"), "--config", str(cli.recipe),
                "--data_dir", str(cli.data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
                "--max_time", cli.max_time, "--seed", str(seed), "--report_to", "none", "--push_to_hub", "false",
-               *(["--dataloader_num_workers", str(cli.workers)] if cli.workers is not None else []), *overrides(case)]
+               *(["--dataloader_num_workers", str(cli.workers)] if cli.workers is not None else []),
+               *shlex.split(cli.recipe_args), *overrides(case)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cli.threads), "HF_HUB_OFFLINE": "1"}
     log = open(f"{output_dir}.log", "w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), output_dir
@@ -79,7 +83,8 @@ def evaluate_test(output_dir: Path, cli: argparse.Namespace) -> dict:
 
 
 def row_of(case: str, seed: int, output_dir: Path, code: int, cli: argparse.Namespace) -> dict:
-    row = {"case": case, "seed": seed, "max_time": cli.max_time, "threads": cli.threads, "workers": cli.workers,
+    row = {"case": case, "seed": seed, "output_dir": str(output_dir), "max_time": cli.max_time, "threads": cli.threads,
+           "workers": cli.workers,
            "parallel": cli.parallel, "recipe": str(cli.recipe), "data_dir": str(cli.data_dir)}
     if code != 0 or not (output_dir / "all_results.json").is_file():
         return {**row, "error": f"exit {code} (see {output_dir}.log)"}
@@ -103,7 +108,8 @@ def print_table(rows: list[dict], test_split: str) -> None:
             return "—" if x is None else f"{x:.3f}"
 
         print(f"| {r['case']} | {r['seed']} | {r['max_time']} | {r['threads']} × {r['parallel']} | "
-              f"{r.get('budget_steps')} | {cell(r.get('eval_mean_iou'))} | {cell(min(val.values()) if val else None)} | "
+              f"{r.get('budget_steps')} | {cell(r.get('eval_mean_iou'))} | "
+              f"{cell(min(val.values()) if val else None)} | "
               f"{cell(r.get(f'{test_split}_mean_iou'))} | {cell(min(test) if test else None)} | {cell(rare)} |")
 
 
@@ -119,12 +125,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
     parser.add_argument("--workers", type=int, help="loader workers per case (default: the recipe's); 0 keeps "
                         "parallel cases from competing for cores through their loaders")
+    parser.add_argument("--recipe_args", default="", help="recipe fields for every case, e.g. "
+                        "\"--id2label '{0: membrane, 1: cell}' --ignore_index 255\"")
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--table", action="store_true", help="print the table of runs.jsonl and stop")
     cli = parser.parse_args()
     runs = cli.output_dir / "runs.jsonl"
-    if cli.table:
-        print_table([json.loads(line) for line in runs.read_text().splitlines() if line.strip()], cli.test_split)
+    if cli.table:  # held-out results evaluated after the run (hf-segformer evaluate) are picked up too
+        rows = [json.loads(line) for line in runs.read_text().splitlines() if line.strip()]
+        for row in rows:
+            folder = Path(row.get("output_dir")
+                          or cli.output_dir / f"{row['case']}-seed{row['seed']}-{row['max_time']}")
+            held_out = folder / f"eval-{cli.test_split}" / f"{cli.test_split}_results.json"
+            if held_out.is_file():
+                row.update(json.loads(held_out.read_text()))
+        print_table(rows, cli.test_split)
         return
     if not (cli.data_dir / "images").is_dir():
         sys.exit(f"{cli.data_dir} has no images/: pass --data_dir (the shared sets sit in ../shared/datasets).")
