@@ -4,8 +4,10 @@ by side in one run (`hf-segformer deploy-report`), plus the same ONNX exports wi
 The model: SegFormer-B0 (random init) trained on the aerial train split with the project's recipe, e.g.
 
     nice -n 10 python recipes/finetune.py --config recipes/aerial/segformer-b0.yaml --output_dir outputs/aerial-b0-300 \
-        --crop_size 256 --per_device_train_batch_size 4 --max_steps 300 --bf16 false --eval_strategy no \
-        --save_strategy no --load_best_model_at_end false --dataloader_num_workers 1
+        --crop_size 256 --per_device_train_batch_size 4 --max_steps 300 --max_time null --bf16 false \
+        --eval_strategy no --save_strategy no --load_best_model_at_end false --dataloader_num_workers 1 \
+        --rare_class_sampling false \
+        --rare_class_crop_prob 0 --ema_decay null --learning_rate 6e-4 --train_scale 512 256
 
 then (validation split: 8 images, each mask at its native size; calibration: 16 train images):
 

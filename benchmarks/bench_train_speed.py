@@ -9,7 +9,8 @@ wrapper process); on a GPU the peak allocated GPU memory the run reports.
 Cases (`--cases`):
   plain-fp32, plain-bf16   transformers' example minus albumentations (benchmarks/plain_trainer.py), all cores
   readme                   `accelerate launch recipes/finetune.py --config recipes/aerial/segformer-b0.yaml`:
-                           no Accelerate config, precision and threads as the run chooses them
+                           no Accelerate config, precision, threads and workers as the run chooses them (the
+                           recipe at 512² crops, without its time budget, rare-class sampling or EMA: PINNED)
   readme-fp32, readme-bf16 the same with --precision fp32 / bf16 (equal precision with the plain rows)
   stock-head               readme-fp32 with --fuse_decode_head false (what the reordered head buys)
   system-malloc            readme with --reuse_freed_memory false (what keeping freed memory buys on a CPU)
@@ -48,6 +49,10 @@ OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["-
         "channels-last": ["--channels_last", "true"], "compile": ["--torch_compile", "true"],
         "tome-hq": ["--token_merging", "hq"],
         "tome-fast": ["--token_merging", "fast"]}
+# The recipe's data pipeline, loss and optimiser at the issue's 512² crops, for a fixed number of steps: its time
+# budget, smaller crops and per-run extras (rare-class sampling, EMA) are set aside so every case does the same work.
+PINNED = ["--max_time", "null", "--crop_size", "512", "--train_scale", "1024", "512", "--rare_class_sampling", "false",
+          "--rare_class_crop_prob", "0", "--ema_decay", "null"]
 PLAIN = {"plain-fp32": [], "plain-bf16": ["--bf16"], "plain-fp16": ["--fp16"]}
 WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
            "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9); sys.exit(r.returncode)")
@@ -67,7 +72,7 @@ def run_case(name: str, steps: int, cli: argparse.Namespace, workdir: Path) -> d
                    "--model_variant", cli.variant, "--max_steps", str(steps), "--eval_strategy", "no",
                    "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none",
                    "--output_dir", str(output_dir), "--overwrite_output_dir", "true", "--logging_steps", "1000",
-                   *OURS[name]]
+                   *PINNED, *OURS[name]]
     result = subprocess.run([sys.executable, "-c", WRAPPER, *command], env=env, capture_output=True, text=True,
                             cwd=workdir)
     log = result.stdout + result.stderr
