@@ -1,4 +1,4 @@
-"""From-scratch settings compared at one wall-clock budget (`max_time`) on a shared set, side by side.
+r"""From-scratch settings compared at one wall-clock budget (`max_time`) on a shared set, side by side.
 
 Every case trains SegFormer-B0 from random init with a recipe (default `recipes/aerial/segformer-b0.yaml`) for
 the same `max_time`, changed only by the case's overrides; the budget fixes each run's steps from its own
@@ -10,8 +10,9 @@ evaluated on `--test_split` (the split no setting was chosen on), at native reso
     python benchmarks/bench_budget.py --max_time 20m --cases crop256 crop384 --parallel 2 --threads 1 --workers 0
     python benchmarks/bench_budget.py --max_time 90s --cases recipe ema          # smoke test
     python benchmarks/bench_budget.py --recipe recipes/custom/segformer-b0-scratch.yaml \
-        --data_dir ../shared/datasets/isbi_membrane --recipe_args "--id2label '{0: membrane, 1: cell}'" ...
-    python benchmarks/bench_budget.py --table outputs/bench-budget               # the table of every run so far
+        --data_dir ../shared/datasets/isbi_membrane \
+        --recipe_args "--id2label '{\"0\": \"membrane\", \"1\": \"cell\"}'" --max_time 10m ...
+    python benchmarks/bench_budget.py --table --output_dir outputs/bench-budget   # the table of every run so far
 
 Rows append to `<output_dir>/runs.jsonl`; `--table` prints the table from it without training.
 """
@@ -125,8 +126,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case")
     parser.add_argument("--workers", type=int, help="loader workers per case (default: the recipe's); 0 keeps "
                         "parallel cases from competing for cores through their loaders")
-    parser.add_argument("--recipe_args", default="", help="recipe fields for every case, e.g. "
-                        "\"--id2label '{0: membrane, 1: cell}' --ignore_index 255\"")
+    parser.add_argument("--recipe_args", default="", help="recipe fields for every case, as on the command line "
+                        "(JSON for mappings), e.g. --id2label '{\"0\": \"membrane\", \"1\": \"cell\"}'")
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--table", action="store_true", help="print the table of runs.jsonl and stop")
     cli = parser.parse_args()

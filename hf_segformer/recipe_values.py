@@ -14,7 +14,24 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from hf_segformer.errors import DataError, RecipeError
+
+
+def load_mapping_text(text: str) -> Any:
+    """A mapping or list written on the command line: JSON, or the YAML flow form a recipe uses
+    (`{0: background, 1: road}`), so both spellings work in both places. JSON's error if neither reads."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise err from None
+        if isinstance(value, (dict, list)):
+            return value
+        raise
 
 
 def parse_colour(colour: Any) -> tuple[int, int, int]:
@@ -70,7 +87,7 @@ def parse_data_files(value: Any) -> dict[str, list[str]] | None:
 
 
 def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
-    """Recipe value (mapping, JSON text or path to a JSON file) → {int id: name}, ids 0..n-1."""
+    """Recipe value (mapping, JSON or YAML flow text, or the path of a JSON file) → {int id: name}, ids 0..n-1."""
     if id2label is None:
         return None
     if isinstance(id2label, str):
@@ -81,10 +98,10 @@ def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
                             "id2label.json, or the mapping itself, e.g. {0: background, 1: road}.")
         where = id2label if is_file else "the id2label value"
         try:
-            id2label = json.loads(Path(id2label).read_text() if is_file else text)
+            id2label = json.loads(Path(id2label).read_text()) if is_file else load_mapping_text(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"id2label: {where} is not valid JSON ({err.msg} at line {err.lineno}, column "
-                            f"{err.colno}); write it as {{\"0\": \"background\", \"1\": \"road\"}}.") from err
+            raise DataError(f"id2label: {where} cannot be read ({err.msg} at line {err.lineno}, column "
+                            f"{err.colno}); write it as {{0: background, 1: road}} (or JSON).") from err
     if isinstance(id2label, list):
         id2label = dict(enumerate(id2label))
     if not isinstance(id2label, dict):
@@ -108,9 +125,9 @@ def check_num_labels(num_labels: int | None, id2label: dict[int, str] | None) ->
 
 
 def parse_mapping(value: dict | str, name: str) -> dict[str, float]:
-    """A recipe mapping given in YAML (dict) or on the command line (JSON text)."""
+    """A recipe mapping given in YAML (dict) or on the command line (JSON or YAML flow text)."""
     try:
-        mapping = json.loads(value) if isinstance(value, str) else dict(value)
+        mapping = load_mapping_text(value) if isinstance(value, str) else dict(value)
         return {str(k): float(v) for k, v in mapping.items()}
     except (ValueError, TypeError, AttributeError) as err:
         raise RecipeError(f"{name}: expected a mapping such as {{\"ce\": 1.0, \"dice\": 0.5}}; got {value!r}.") from err

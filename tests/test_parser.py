@@ -163,3 +163,16 @@ def test_published_recipes_use_the_published_optimiser_and_state_what_to_expect(
     assert (args.learning_rate, args.head_lr_multiplier, args.warmup_steps, args.max_steps) == (6e-5, 10.0, 1500, 160_000)
     assert args.lr_scheduler_type == "polynomial" and args.lr_scheduler_kwargs == {"power": 1.0, "lr_end": 0.0}
     assert args.sync_batchnorm and args.weight_decay == 0.01
+
+
+def test_the_command_line_takes_mappings_as_a_recipe_writes_them(recipe, tmp_path):
+    path = recipe(f"output_dir: {tmp_path}\n")
+    data_args, _, training_args = parse_recipe(["--config", str(path), "--id2label", "{0: membrane, 1: cell}",
+                                                "--loss", "{ce: 1.0, dice: 0.5}"])
+    assert data_args.id2label_map == {0: "membrane", 1: "cell"}
+    assert training_args.loss_terms == {"ce": 1.0, "dice": 0.5}
+    data_args, _, _ = parse_recipe(["--config", str(path), "--id2label", '{"0": "membrane", "1": "cell"}'])
+    assert data_args.id2label_map == {0: "membrane", 1: "cell"}
+    with pytest.raises(ValueError, match="id2label: the id2label value cannot be read"):
+        parse_recipe(["--config", str(path), "--id2label", "{0: a, 1:"])
+
