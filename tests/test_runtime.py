@@ -129,35 +129,17 @@ def test_loader_workers_auto_and_explicit(monkeypatch):
 # ---- freed memory kept for reuse on a CPU ----------------------------------------------------------
 
 GLIBC = sys.platform == "linux" and __import__("platform").libc_ver()[0] == "glibc"
-PAGE_FAULTS = """
-import resource, sys, torch
-from hf_segformer.runtime import keep_freed_memory
-choice = keep_freed_memory(sys.argv[1] == "on")
-def step():  # a training step's pattern: large activations made from each other, used, freed, made again
-    a = torch.ones(64 * 2**20, dtype=torch.uint8)
-    b = a + 1
-    return (b * 2).sum()
-for _ in range(4):  # the first steps grow the heap until the step's blocks fit in what was freed
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    step()
-print(choice.value, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator only (Linux)")
-def test_large_blocks_are_reused_not_faulted_in_again():
-    def faults(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", PAGE_FAULTS, mode], capture_output=True, text=True, check=True)
-        value, count = out.stdout.split("\n")[-2].rsplit(" ", 1)
-        return value, int(count)
-
-    kept, released = faults("on"), faults("off")
-    assert kept[0] == "kept for reuse" and released[0] == "released"
-    pages = 5 * 3 * 64 * 2**20 // 4096
-    assert released[1] > 0.9 * pages  # every block faulted in again, page by page, at every step
-    assert kept[1] < 0.1 * pages  # freed blocks served the next step's
+@pytest.mark.parametrize("enabled, expected", [(True, "kept for reuse"), (False, "released")])
+def test_freed_memory_is_kept_unless_the_recipe_says_not(enabled, expected):
+    # In a fresh process: the setting lasts for the process. Its speed is shown by bench_train_speed.py
+    # (system-malloc case), not here.
+    code = ("import sys; from hf_segformer.runtime import keep_freed_memory; "
+            f"print(keep_freed_memory({enabled}).value)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
 
 
 # ---- every launch form, for real ----------------------------------------------------------------------

@@ -72,9 +72,9 @@ def rebuild_scheduler(trainer: Any, total_steps: int, current_step: int, warmup_
     or `warmup_steps` when given), positioned at `current_step`. The optimizer groups keep their `initial_lr`, so
     per-group multipliers survive."""
     trainer.lr_scheduler = None
-    recipe_warmup = trainer.args.warmup_steps
+    args, recipe_warmup = trainer.args, getattr(trainer.args, "warmup_steps", None)
     if warmup_steps is not None:
-        trainer.args.warmup_steps = warmup_steps
+        args.warmup_steps = warmup_steps
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": a repositioning
@@ -82,7 +82,8 @@ def rebuild_scheduler(trainer: Any, total_steps: int, current_step: int, warmup_
             scheduler.last_epoch = current_step - 1
             scheduler.step()
     finally:
-        trainer.args.warmup_steps = recipe_warmup
+        if warmup_steps is not None:
+            args.warmup_steps = recipe_warmup
 
 
 def _broadcast(values: list[float], args: Any) -> list[float]:
