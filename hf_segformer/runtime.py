@@ -11,7 +11,9 @@ This module only decides; it imports nothing of the package, so the recipe datac
 
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,9 +152,6 @@ def keep_freed_memory(enabled: bool = True) -> Choice:
         return Choice("released", "reuse_freed_memory: false")
     if os.name != "posix" or os.uname().sysname != "Linux":
         return Choice("released", "not Linux")
-    import ctypes
-    import platform
-
     if platform.libc_ver()[0] != "glibc":
         return Choice("released", "not glibc")
     libc = ctypes.CDLL(None)

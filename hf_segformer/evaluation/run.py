@@ -39,9 +39,9 @@ from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.inference.segmenter import InferenceArguments, Segmenter, class_map
 from hf_segformer.outputs import writable_folder
 from hf_segformer.parser import parse_command
+from hf_segformer.recipe_values import canonical_split
 from hf_segformer.runtime import has_accelerator
 from hf_segformer.visuals import dataset_palette, sample_grid, spread_indices
-from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
 from hf_segformer.modeling.build import build_image_processor, build_model, check_model_folder
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
+from hf_segformer.recipe_values import canonical_split
 from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
@@ -41,7 +42,6 @@ from hf_segformer.training.run_checks import check_run
 from hf_segformer.training.stream import TrainStream
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
 from hf_segformer.visuals import dataset_palette
-from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger("hf_segformer")
 
