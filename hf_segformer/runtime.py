@@ -38,14 +38,21 @@ def accelerator_has_bf16() -> bool:
     return hasattr(torch, "xpu") and torch.xpu.is_available()
 
 
-def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags (Linux `/proc/cpuinfo`, first core); None where that file is absent."""
+def cpu_info(field: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    """One field of Linux's `/proc/cpuinfo` for the first core ("flags", "model name"); "" where the file lacks
+    it, None where there is no such file."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+    line = next((line for line in text.splitlines() if line.split(":", 1)[0].strip() == field), "")
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags; None where /proc/cpuinfo is absent."""
+    flags = cpu_info("flags", cpuinfo)
+    return None if flags is None else set(flags.split())
 
 
 def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
@@ -150,9 +157,7 @@ def keep_freed_memory(enabled: bool = True) -> Choice:
     RSS grows by about one step's transient memory. Settings apply to allocations made after the call."""
     if not enabled:
         return Choice("released", "reuse_freed_memory: false")
-    if os.name != "posix" or os.uname().sysname != "Linux":
-        return Choice("released", "not Linux")
-    if platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc":  # Linux's usual C library; elsewhere the allocator is left alone
         return Choice("released", "not glibc")
     libc = ctypes.CDLL(None)
     if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):

@@ -43,6 +43,7 @@ from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.quantize import QUANTIZATION_KEY, cpu_int8_features, quantize_onnx
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.runtime import cpu_info
 
 RESULT_PREFIX = "RESULT "
 REPORT_FILES = ("deploy_report.md", "deploy_report.json")
@@ -517,12 +518,7 @@ def machine_facts() -> dict[str, Any]:
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "int8_features": cpu_int8_features(),
             "torch": torch.__version__, "onnxruntime": ort_version, "python": platform.python_version()}
 
