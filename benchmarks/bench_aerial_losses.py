@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from workers import RECIPE_FIXED_WORK
+
 ROOT = Path(__file__).resolve().parents[1]
 RARE = ("road", "unlabeled")
 LOSSES = {
@@ -42,12 +44,11 @@ def run_case(name: str, extra: list[str], cli: argparse.Namespace) -> dict:
     output_dir = Path(cli.output_dir) / name.replace("/", "_").replace("+", "_").replace("@", "_")
     command = [sys.executable, str(ROOT / "recipes/finetune.py"), "--config", str(ROOT / "recipes/aerial/segformer-b0.yaml"),
                "--data_dir", str(cli.data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
-               "--max_steps", str(cli.steps), "--max_time", "null", "--crop_size", str(cli.crop_size),
+               "--max_steps", str(cli.steps), *RECIPE_FIXED_WORK, "--crop_size", str(cli.crop_size),
                "--train_scale", str(2 * cli.crop_size), str(cli.crop_size), "--learning_rate", str(cli.learning_rate),
                "--per_device_train_batch_size", str(cli.batch_size), "--bf16", "true", "--eval_strategy", "no",
                "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none",
-               "--logging_steps", "50", "--seed", "42", "--rare_class_sampling", "false", "--rare_class_crop_prob", "0",
-               "--ema_decay", "null", *extra]
+               "--logging_steps", "50", "--seed", "42", *extra]
     env = {"OMP_NUM_THREADS": str(cli.threads), **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)

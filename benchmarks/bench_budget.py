@@ -71,6 +71,11 @@ def start_case(case: str, seed: int, cli: argparse.Namespace) -> tuple[subproces
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), output_dir
 
 
+def held_out_results(output_dir: Path, split: str) -> dict:
+    path = output_dir / f"eval-{split}" / f"{split}_results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def evaluate_test(output_dir: Path, cli: argparse.Namespace) -> dict:
     """The trained model on the held-back split (nothing was chosen on it)."""
     command = [sys.executable, "-m", "hf_segformer.cli", "evaluate", "--config", str(cli.recipe),
@@ -79,8 +84,7 @@ def evaluate_test(output_dir: Path, cli: argparse.Namespace) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(f"{output_dir}.log", "a") as log:
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
-    path = output_dir / f"eval-{cli.test_split}" / f"{cli.test_split}_results.json"
-    return json.loads(path.read_text()) if code == 0 and path.is_file() else {}
+    return held_out_results(output_dir, cli.test_split) if code == 0 else {}
 
 
 def row_of(case: str, seed: int, output_dir: Path, code: int, cli: argparse.Namespace) -> dict:
@@ -137,9 +141,7 @@ def main() -> None:
         for row in rows:
             folder = Path(row.get("output_dir")
                           or cli.output_dir / f"{row['case']}-seed{row['seed']}-{row['max_time']}")
-            held_out = folder / f"eval-{cli.test_split}" / f"{cli.test_split}_results.json"
-            if held_out.is_file():
-                row.update(json.loads(held_out.read_text()))
+            row.update(held_out_results(folder, cli.test_split))
         print_table(rows, cli.test_split)
         return
     if not (cli.data_dir / "images").is_dir():

@@ -36,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workers import RESULT_PREFIX, fmt
+from workers import RECIPE_FIXED_WORK, RESULT_PREFIX, fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,10 +49,7 @@ OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["-
         "channels-last": ["--channels_last", "true"], "compile": ["--torch_compile", "true"],
         "tome-hq": ["--token_merging", "hq"],
         "tome-fast": ["--token_merging", "fast"]}
-# The recipe's data pipeline, loss and optimiser at the issue's 512² crops, for a fixed number of steps: its time
-# budget, smaller crops and per-run extras (rare-class sampling, EMA) are set aside so every case does the same work.
-PINNED = ["--max_time", "null", "--crop_size", "512", "--train_scale", "1024", "512", "--rare_class_sampling", "false",
-          "--rare_class_crop_prob", "0", "--ema_decay", "null"]
+PINNED = [*RECIPE_FIXED_WORK, "--crop_size", "512", "--train_scale", "1024", "512"]  # the issue's 512² crops
 PLAIN = {"plain-fp32": [], "plain-bf16": ["--bf16"], "plain-fp16": ["--fp16"]}
 WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
            "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9); sys.exit(r.returncode)")

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 RESULT_PREFIX = "RESULT "
+# The aerial recipe's data pipeline, loss and optimiser for a fixed number of steps: its time budget and per-run
+# extras (rare-class sampling and crops, EMA) set aside, so a benchmark's cases do the same work.
+RECIPE_FIXED_WORK = ["--max_time", "null", "--rare_class_sampling", "false", "--rare_class_crop_prob", "0",
+                     "--ema_decay", "null"]
 
 
 def memory_gb(field: str) -> float:
