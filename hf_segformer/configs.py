@@ -163,6 +163,13 @@ class DataArguments:
     eval_size: int = field(
         default=512, metadata={"help": "Evaluation: images are resized to eval_size², labels stay at native size."}
     )
+    eval_scale: list[int] | None = field(
+        default=None,
+        metadata={"help": "Evaluation: resize keeping the aspect ratio to fit (long side, short side), as "
+                          "MMSegmentation's test pipeline; set it to train_scale so that the model is evaluated at "
+                          "the scale it trained at (eval_size² squashes other shapes). Saved with the model: "
+                          "`hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(
         default=None,
@@ -201,6 +208,10 @@ class DataArguments:
                 or len(self.train_scale) != 2 or len(self.ratio_range) != 2:
             raise RecipeError(f"train_scale and ratio_range take two numbers each (e.g. train_scale: [2048, 512]); "
                               f"got train_scale: {self.train_scale}, ratio_range: {self.ratio_range}.")
+        if self.eval_scale is not None and (not isinstance(self.eval_scale, (list, tuple)) or len(self.eval_scale) != 2
+                                            or min(self.eval_scale) <= 0):
+            raise RecipeError(f"eval_scale takes two positive numbers (long side, short side), e.g. the train_scale "
+                              f"{list(self.train_scale)}; got {self.eval_scale}.")
 
 
 @dataclass

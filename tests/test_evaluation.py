@@ -141,3 +141,54 @@ def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path,
     events = EventAccumulator(str(next((tmp_path / "run/runs").iterdir())))
     events.Reload()
     assert [event.step for event in events.Images("eval/samples")] == [1, 2]
+
+
+def test_keep_ratio_evaluation_in_training_matches_the_saved_model_on_any_batch(tmp_path, validation_data,
+                                                                                 tiny_segformer):
+    """eval_scale: training evaluates each image at its own shape (a padded batch is run image by image), and the
+    model saved with it predicts the same way: the training figures are what `hf-segformer evaluate` reproduces."""
+    from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+    from hf_segformer.data.prepare import build_label_decoder
+    from hf_segformer.data.transforms import EvalTransform, SegmentationCollator
+    from hf_segformer.evaluation.metrics import SegmentationMetrics
+    from hf_segformer.evaluation.run import load_split
+    from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.training.trainer import SegformerTrainer
+
+    data_args = DataArguments(data_dir=str(validation_data), id2label=json.dumps(ID2LABEL), eval_scale=[64, 48])
+    split, decoder = load_split(data_args), build_label_decoder(data_args)
+    model, processor = tiny_segformer(ID2LABEL), build_image_processor(32, [64, 48])
+    transform = EvalTransform(decoder, 32, (64, 48))
+    assert transform.input_size(44, 20) == (64, 29)  # long side 44 → 64 binds, not the short side 20 → 48
+
+    results = {}
+    for batch in (1, 3):  # 3: mixed sizes padded into one batch
+        args = SegformerTrainingArguments(output_dir=str(tmp_path / f"run{batch}"), per_device_eval_batch_size=batch,
+                                          use_cpu=True, report_to="none", dataloader_num_workers=0)
+        trainer = SegformerTrainer(model=model, args=args, eval_dataset=split.with_transform(transform),
+                                   data_collator=SegmentationCollator(), processing_class=processor,
+                                   compute_metrics=SegmentationMetrics(len(ID2LABEL), ID2LABEL), ignore_index=255)
+        results[batch] = trainer.evaluate()
+    assert results[3]["eval_mean_iou"] == pytest.approx(results[1]["eval_mean_iou"], abs=1e-9)
+    assert results[3]["eval_loss"] == pytest.approx(results[1]["eval_loss"], rel=1e-5)
+
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    expected = metrics_from_confusion(expected_confusion(tmp_path / "model", validation_data, InferenceSettings()))
+    assert results[3]["eval_mean_iou"] == pytest.approx(expected["mean_iou"], abs=1e-9)
+    other = metrics_from_confusion(expected_confusion(tmp_path / "model", validation_data,
+                                                      InferenceSettings(scale=[96, 64])))
+    assert other["mean_iou"] != pytest.approx(expected["mean_iou"], abs=1e-9)  # the saved scale was the one used
+
+
+def test_a_keep_ratio_batch_is_padded_and_its_sizes_kept():
+    import torch
+
+    from hf_segformer.data.transforms import SegmentationCollator
+
+    image = lambda h, w: {"pixel_values": torch.full((3, h, w), 255, dtype=torch.uint8),  # noqa: E731
+                          "labels": torch.zeros((h, w), dtype=torch.long)}
+    batch = SegmentationCollator()([image(4, 6), image(5, 3)])
+    assert batch["pixel_values"].shape == (2, 3, 5, 6)
+    assert batch["pixel_sizes"].tolist() == [[4, 6], [5, 3]]
+    assert "pixel_sizes" not in SegmentationCollator()([image(4, 6), image(4, 6)])  # training crops: plain batch

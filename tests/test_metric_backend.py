@@ -83,6 +83,18 @@ def test_evaluate_hub_recipe_fails_before_data_or_training(no_cached_hub_module,
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_keep_ratio_evaluation_with_the_hub_module_is_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(train, "setup_logging", lambda args: None)
+    monkeypatch.setattr(train, "load_hub_mean_iou", lambda: pytest.fail("the Hub module was loaded first"))
+    training_args = SegformerTrainingArguments(output_dir=str(tmp_path / "run"), metric_backend="evaluate_hub",
+                                               report_to="none", use_cpu=True)
+    with pytest.raises(RecipeError, match="eval_scale.*metric_backend: confusion"):
+        train.main(DataArguments(data_dir=str(tmp_path / "data"), eval_scale=[1024, 512]), ModelArguments(),
+                   training_args)
+    with pytest.raises(RecipeError, match="eval_scale takes two positive numbers"):
+        DataArguments(data_dir=str(tmp_path / "data"), eval_scale=[512])
+
+
 def test_unknown_metric_backend_is_refused(tmp_path):
     with pytest.raises(RecipeError, match="metric_backend must be one of confusion, evaluate_hub"):
         SegformerTrainingArguments(output_dir=str(tmp_path), metric_backend="hub", report_to="none")

@@ -57,6 +57,13 @@ def rescale_factor(width: int, height: int, scale: tuple[float, float]) -> float
     return min(long_edge / max(width, height), short_edge / min(width, height))
 
 
+def keep_ratio_size(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int]:
+    """(width, height) after the keep-ratio rescale to `scale`, rounded half up: the one rule for evaluation in
+    training and for inference, so that both see the same pixels."""
+    ratio = rescale_factor(width, height, scale)
+    return max(1, int(width * ratio + 0.5)), max(1, int(height * ratio + 0.5))
+
+
 def as_rgb(image: Image.Image, name: str = "image", said: set[str] | None = None) -> Image.Image:
     """Upright (EXIF orientation) 8-bit RGB, as the model expects. Grayscale, palette, RGBA (alpha dropped) and
     16-bit images (scaled by their maximum) are converted and the log says so: once per image mode when the

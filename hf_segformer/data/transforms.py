@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_segformer.data.images import entry_name, open_image, rescale_factor, to_rgb, upright
+from hf_segformer.data.images import entry_name, keep_ratio_size, open_image, rescale_factor, to_rgb, upright
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.logits import LABEL_PAD
 
@@ -157,15 +157,22 @@ def photometric_distortion(image: Image.Image) -> Image.Image:
 
 @dataclass
 class EvalTransform:
-    """Resize the image to `size`² for the model; decode the mask at its own (native) resolution."""
+    """Resize the image for the model (to `size`², or keeping its aspect ratio to fit `scale` (long side, short
+    side) as training's random resize does); decode the mask at its own (native) resolution."""
 
     decoder: LabelDecoder
     size: int = 512
+    scale: tuple[float, float] | None = None
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the model sees for an image of this size."""
+        return (self.size, self.size) if self.scale is None else keep_ratio_size(width, height, self.scale)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image = to_rgb(upright(open_image(image_entry))).resize((self.size, self.size), Image.BILINEAR)
+            image = to_rgb(upright(open_image(image_entry)))
+            image = image.resize(self.input_size(*image.size), Image.BILINEAR)
             pixel_values.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
             label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
             labels.append(torch.from_numpy(label.astype(np.int64)))
@@ -174,16 +181,31 @@ class EvalTransform:
 
 @dataclass
 class SegmentationCollator:
-    """Stack uint8 images, normalise once per batch, pad labels of different sizes with LABEL_PAD."""
+    """Stack uint8 images, normalise once per batch, pad labels of different sizes with LABEL_PAD.
+
+    Images of different sizes (keep-ratio evaluation) are padded bottom/right to a common size, and
+    `pixel_sizes` [B, 2] (height, width) says how much of each is the image, so that the model can be run on
+    each image alone: attention is global, so padding would change the prediction."""
 
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        pixels = torch.stack([e["pixel_values"] for e in examples]).float().div_(255.0)
+        images = [e["pixel_values"] for e in examples]
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        batch: dict[str, torch.Tensor] = {}
+        if len(set(sizes)) > 1:
+            stacked = torch.zeros((len(images), images[0].shape[0], max(h for h, _ in sizes),
+                                   max(w for _, w in sizes)), dtype=images[0].dtype)
+            for i, image in enumerate(images):
+                stacked[i, :, : image.shape[-2], : image.shape[-1]] = image
+            batch["pixel_sizes"] = torch.tensor(sizes, dtype=torch.long)
+        else:
+            stacked = torch.stack(images)
+        pixels = stacked.float().div_(255.0)
         mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
         std = torch.tensor(self.image_std).view(1, -1, 1, 1)
-        batch = {"pixel_values": pixels.sub_(mean).div_(std)}
+        batch = {"pixel_values": pixels.sub_(mean).div_(std), **batch}
         if "labels" in examples[0]:
             labels = [e["labels"] for e in examples]
             height = max(label.shape[0] for label in labels)

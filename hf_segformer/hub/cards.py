@@ -25,7 +25,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard,
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.reports import class_table
-from hf_segformer.modeling.build import MIT_VARIANTS
+from hf_segformer.modeling.build import KEEP_RATIO_SCALE, MIT_VARIANTS
 from hf_segformer.visuals import default_palette
 
 DATASET_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # package data
@@ -143,7 +143,8 @@ def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, An
         "cat_max_ratio": data_args.cat_max_ratio,
         "hflip_prob": data_args.hflip_prob,
         "photometric_distortion": data_args.photometric_distortion,
-        "eval_size": data_args.eval_size,
+        "eval_size": data_args.eval_size if not getattr(data_args, "eval_scale", None) else None,
+        "eval_scale": list(data_args.eval_scale) if getattr(data_args, "eval_scale", None) else None,
     }
     return {key: value for key, value in values.items() if value is not None}
 
@@ -316,7 +317,13 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
     if config is None:
         raise DataError(f"{output_dir} has no config.json: save the model before writing its card.")
     id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
-    size = (_read_json(output_dir / "preprocessor_config.json") or {}).get("size", {})
+    processor = _read_json(output_dir / "preprocessor_config.json") or {}
+    size = processor.get("size", {})
+    keep_ratio = processor.get(KEEP_RATIO_SCALE)
+    resize = (f"resized keeping their aspect ratio to fit {max(keep_ratio)}×{min(keep_ratio)} (long × short side; "
+              "`Segmenter` and `hf-segformer predict` do this, `pipeline('image-segmentation')` resizes to "
+              f"{size.get('height', '?')}×{size.get('width', '?')})" if keep_ratio else
+              f"resized to {size.get('height', '?')}×{size.get('width', '?')} by the image processor")
     eval_results, by_split = _eval_results(output_dir, facts)
     license_metadata = _license_metadata(facts)
     model_name = facts.repo_id.split("/")[-1]
@@ -342,8 +349,7 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
         "## How to use\n\n" + _usage(facts.repo_id),
         "## Intended uses and limitations\n\n"
         f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
-        "gives every pixel one of them. Images are resized to "
-        f"{size.get('height', '?')}×{size.get('width', '?')} by the image processor, and the prediction is "
+        f"gives every pixel one of them. Images are {resize}, and the prediction is "
         "upsampled back to the image's size. Expect lower accuracy on imagery unlike the training data (other "
         "sensors, resolutions, regions or seasons); check the dataset card's caveats.",
         _training_section(output_dir, facts),

@@ -34,12 +34,13 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-from hf_segformer.data.images import load_image, rescale_factor
+from hf_segformer.data.images import keep_ratio_size, load_image
 from hf_segformer.data.labels import numbered_classes
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
 from hf_segformer.logits import upsample_logits, upsampled_argmax
+from hf_segformer.modeling.build import KEEP_RATIO_SCALE
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import apply_token_merging
 from hf_segformer.runtime import Choice, apply_threads, choose_precision, keep_freed_memory
@@ -60,8 +61,9 @@ class InferenceSettings:
                 "inference)."})
     scale: list[int] | None = field(default=None, metadata={
         "help": "Keep-ratio resize before inference, as MMSegmentation's scale (long side, short side), e.g. 2048 512. "
-                "Unset: whole resizes to the image processor's size (as pipeline('image-segmentation') and the "
-                "training evaluation do), slide keeps the native size."})
+                "Unset: the scale the model was evaluated at in training (recipe eval_scale, saved with it); for a "
+                "model without one, whole resizes to the image processor's size (as pipeline('image-segmentation') "
+                "does) and slide keeps the native size."})
     slide_crop: list[int] = field(default_factory=lambda: [512, 512],
                                   metadata={"help": "Slide window size: height [width]."})
     slide_stride: list[int] = field(default_factory=lambda: [341, 341], metadata={
@@ -175,6 +177,8 @@ class Segmenter:
         self.id2label = class_names(model.config, getattr(model.config, "name_or_path", "") or "the model")
         self.num_labels = model.config.num_labels
         self.input_size = processor_input_size(image_processor)
+        self.scale = self.settings.scale if self.settings.scale is not None else getattr(
+            image_processor, KEEP_RATIO_SCALE, None)  # the training evaluation's keep-ratio resize
         self.autocast = PRECISIONS[precision]
         self._table = normalisation_table(image_processor).to(self.device).view(-1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
@@ -247,9 +251,8 @@ class Segmenter:
     def input_size_of(self, image: Image.Image, factor: float = 1.0) -> tuple[int, int]:
         """(height, width) the image is resized to for the model, at test-time scale `factor`."""
         width, height = image.size
-        if self.settings.scale is not None:
-            ratio = rescale_factor(width, height, tuple(self.settings.scale))
-            height, width = _round(height * ratio), _round(width * ratio)
+        if self.scale is not None:
+            width, height = keep_ratio_size(width, height, tuple(self.scale))
         elif self.settings.mode == "whole" and self.input_size is not None:
             height, width = self.input_size
         return _round(height * factor), _round(width * factor)

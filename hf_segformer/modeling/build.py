@@ -88,7 +88,17 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
     )
 
 
-def build_image_processor(eval_size: int, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD):
-    """The processor saved with the model: exactly the evaluation preprocessing (resize to eval_size², normalise)."""
-    return _ImageProcessor(size={"height": eval_size, "width": eval_size}, image_mean=list(image_mean),
-                           image_std=list(image_std), do_reduce_labels=False)
+# The processor's attribute (saved in preprocessor_config.json) holding a keep-ratio evaluation scale; transformers'
+# own processors resize to `size` and ignore it, `Segmenter` (evaluate, predict, demo) honours it.
+KEEP_RATIO_SCALE = "keep_ratio_scale"
+
+
+def build_image_processor(eval_size: int, eval_scale: list[int] | None = None, image_mean=IMAGENET_MEAN,
+                          image_std=IMAGENET_STD):
+    """The processor saved with the model: exactly the evaluation preprocessing (resize to eval_size², or keeping
+    the aspect ratio to fit eval_scale; normalise)."""
+    processor = _ImageProcessor(size={"height": eval_size, "width": eval_size}, image_mean=list(image_mean),
+                                image_std=list(image_std), do_reduce_labels=False)
+    if eval_scale:
+        setattr(processor, KEEP_RATIO_SCALE, [int(side) for side in eval_scale])
+    return processor

@@ -164,7 +164,8 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])
-    return train_dataset, raw_eval.with_transform(EvalTransform(decoder, data_args.eval_size)), raw_eval
+    return train_dataset, raw_eval.with_transform(EvalTransform(
+        decoder, data_args.eval_size, tuple(data_args.eval_scale) if data_args.eval_scale else None)), raw_eval
 
 
 def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments,
@@ -236,6 +237,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         if training_args.process_index == 0:
             mark_run_folder(training_args.output_dir)
         checkpoint = resolve_checkpoint(training_args)
+    if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
+        raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
+                          "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
@@ -250,7 +254,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
 
     # Model, metrics, Trainer.
     model = prepare_model(model_args, training_args, id2label, data_args.ignore_index)
-    image_processor = build_image_processor(data_args.eval_size)
+    image_processor = build_image_processor(data_args.eval_size, data_args.eval_scale)
     metrics = (LogitsMeanIoU(hub_mean_iou, id2label, data_args.ignore_index) if hub_mean_iou is not None
                else SegmentationMetrics(len(id2label), id2label))
     trainer = SegformerTrainer(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -118,9 +119,13 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels", None)
-        outputs = model(**inputs)
         if labels is None:
             raise ValueError("SegformerTrainer needs 'labels' in every batch.")
+        sizes = inputs.pop("pixel_sizes", None)
+        if sizes is not None:  # images of different sizes, padded by the collator (keep-ratio evaluation)
+            loss = self._evaluate_by_size(model, inputs["pixel_values"], labels, sizes)
+            return (loss, {"loss": loss}) if return_outputs else loss
+        outputs = model(**inputs)
         if model.training:
             loss = self._finite_or_skipped(self.loss_fn(outputs.logits, labels), model)
         elif not self.eval_confusion:
@@ -130,6 +135,28 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
                                                              self.ignore_index)
         outputs["loss"] = loss
         return (loss, outputs) if return_outputs else loss
+
+    def _evaluate_by_size(self, model, pixel_values: torch.Tensor, labels: torch.Tensor,
+                          sizes: torch.Tensor) -> torch.Tensor:
+        """Confusion matrices and mean cross-entropy of a batch of padded images, each image run without its padding
+        (together with the others of its size): the prediction must not depend on what it was batched with."""
+        if model.training or not self.eval_confusion:
+            raise ValueError("Images of different sizes in one batch are supported only for evaluation with "
+                             "metric_backend: confusion (use eval_size, not eval_scale, with evaluate_hub).")
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (height, width) in enumerate(sizes.tolist()):
+            groups[(height, width)].append(i)
+        confusion, loss_sum, pixels = None, 0.0, 0
+        for (height, width), indices in groups.items():
+            logits = model(pixel_values=pixel_values[indices, :, :height, :width]).logits
+            if confusion is None:
+                confusion = torch.zeros((len(sizes), logits.shape[1], logits.shape[1]), dtype=torch.int64,
+                                        device=logits.device)
+            part, loss = confusion_and_loss(logits, labels[indices], logits.shape[1], self.ignore_index)
+            confusion[indices] = part
+            loss_sum, pixels = loss_sum + loss * part.sum(), pixels + part.sum()
+        self._batch_confusion = confusion
+        return loss_sum / max(int(pixels), 1)
 
     def _finite_or_skipped(self, loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
         """The loss, or — for a NaN/Inf loss, up to `max_nonfinite_losses` times — a zero loss that still
@@ -150,12 +177,14 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         self._batch_confusion = None
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        if prediction_loss_only or logits is None or labels is None:
+        if prediction_loss_only or labels is None:
             return loss, logits, labels
-        if not self.eval_confusion:
-            return loss, logits, pack_labels(labels)
         confusion = self._batch_confusion
         if confusion is None:
+            if logits is None or isinstance(logits, tuple):
+                return loss, logits, labels
+            if not self.eval_confusion:
+                return loss, logits, pack_labels(labels)
             confusion = confusion_matrices(logits, labels, logits.shape[1], self.ignore_index)
         return loss, confusion, confusion.sum(dim=(1, 2))
 
