@@ -17,6 +17,7 @@ Cases (`--cases`):
   channels-last            readme with --channels_last true
   compile                  readme with --torch_compile true (a first, discarded run fills the compile cache)
   tome-hq, tome-fast       readme with training-time token merging (SegFormer++ presets)
+  workers0, workers1       readme with 0 / 1 loader worker processes (what `dataloader_num_workers: auto` picks)
 
 bf16 rows are skipped on a CPU without native bf16 (emulated bf16 is several times slower than fp32 there).
 
@@ -48,8 +49,9 @@ OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["-
         "system-malloc": ["--reuse_freed_memory", "false"],
         "channels-last": ["--channels_last", "true"], "compile": ["--torch_compile", "true"],
         "tome-hq": ["--token_merging", "hq"],
-        "tome-fast": ["--token_merging", "fast"]}
-PINNED = [*RECIPE_FIXED_WORK, "--crop_size", "512", "--train_scale", "1024", "512"]  # the issue's 512² crops
+        "tome-fast": ["--token_merging", "fast"],
+        "workers0": ["--dataloader_num_workers", "0"], "workers1": ["--dataloader_num_workers", "1"]}
+PINNED = [*RECIPE_FIXED_WORK, "--train_scale", "1024", "512"]  # and --crop_size (the issue's 512² by default)
 PLAIN = {"plain-fp32": [], "plain-bf16": ["--bf16"], "plain-fp16": ["--fp16"]}
 WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
            "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9); sys.exit(r.returncode)")
@@ -69,7 +71,7 @@ def run_case(name: str, steps: int, cli: argparse.Namespace, workdir: Path) -> d
                    "--model_variant", cli.variant, "--max_steps", str(steps), "--eval_strategy", "no",
                    "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none",
                    "--output_dir", str(output_dir), "--overwrite_output_dir", "true", "--logging_steps", "1000",
-                   *PINNED, *OURS[name]]
+                   *PINNED, "--crop_size", str(cli.crop_size), *OURS[name]]
     result = subprocess.run([sys.executable, "-c", WRAPPER, *command], env=env, capture_output=True, text=True,
                             cwd=workdir)
     log = result.stdout + result.stderr
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared/datasets/dubai_aerial")
     parser.add_argument("--variant", default="b0", choices=["b0", "b2"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--crop_size", type=int, default=512, help="training crops of the project's cases (the "
+                        "plain Trainer's are 512²: compare plain rows only at 512)")
     cli = parser.parse_args()
     if not (cli.data_dir / "images" / "train").is_dir():
         sys.exit(f"No images/train under {cli.data_dir}: pass --data_dir (the shared aerial set).")
@@ -115,7 +119,8 @@ def main() -> None:
             rows[name] = {**long, "s_per_step": seconds}
             print(f"{name}: {seconds:.2f} s/step ({long['threads']} threads, {long['precision']})", flush=True)
 
-    print(f"\nSegFormer-{cli.variant.upper()}, {cli.data_dir.name} train, 512² crops, batch 8, {cli.device}, "
+    print(f"\nSegFormer-{cli.variant.upper()}, {cli.data_dir.name} train, {cli.crop_size}² crops, batch 8, "
+          f"{cli.device}, "
           f"{os.cpu_count()} CPU cores; steady state over steps {cli.short}–{cli.long}\n")
     print("| case | precision | torch threads | loader workers | s/step | images/s | peak memory GB | vs plain fp32 "
           "| vs plain, same precision |")

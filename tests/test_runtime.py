@@ -114,11 +114,15 @@ def test_the_users_omp_num_threads_is_kept_but_a_launchers_default_is_not(monkey
 
 
 def test_loader_workers_auto_and_explicit(monkeypatch):
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert choose_loader_workers("auto", on_accelerator=False).value == 1
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 1)
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)  # a worker would take a core from the model's 2 threads
     assert choose_loader_workers("auto", on_accelerator=False).value == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
+    assert choose_loader_workers("auto", on_accelerator=False).value == 1  # 4 cores per process
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(runtime, "usable_cores", lambda: 16)
     assert choose_loader_workers("auto", on_accelerator=True).value == 8
     assert choose_loader_workers("3", on_accelerator=True).value == 3
