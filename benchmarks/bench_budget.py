@@ -42,6 +42,7 @@ CASES: dict[str, list[str]] = {
     "nophoto": ["--photometric_distortion", "false"],
     "scale256": ["--train_scale", "512", "256", "--eval_scale", "512", "256"],
     "scale384": ["--train_scale", "768", "384", "--eval_scale", "768", "384"],
+    "scale1x": ["--train_scale", "2048", "512"], "drop": ["--drop_path_rate", "0.1", "--classifier_dropout_prob", "0.1"],
     "warmup0": ["--warmup_steps", "0"], "warmup0.1": ["--warmup_steps", "0.1"],
     "head10": ["--head_lr_multiplier", "10"],
     "noweights": ["--class_weights", "null"], "effective": ["--class_weights", "effective_number"],
