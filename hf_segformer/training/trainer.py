@@ -181,7 +181,7 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
             return loss, logits, labels
         confusion = self._batch_confusion
         if confusion is None:
-            if logits is None or isinstance(logits, tuple):
+            if logits is None:
                 return loss, logits, labels
             if not self.eval_confusion:
                 return loss, logits, pack_labels(labels)
