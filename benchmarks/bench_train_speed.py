@@ -51,7 +51,7 @@ OURS = {"readme": [], "readme-fp32": ["--precision", "fp32"], "readme-bf16": ["-
         "tome-hq": ["--token_merging", "hq"],
         "tome-fast": ["--token_merging", "fast"],
         "workers0": ["--dataloader_num_workers", "0"], "workers1": ["--dataloader_num_workers", "1"]}
-PINNED = [*RECIPE_FIXED_WORK, "--train_scale", "1024", "512"]  # and --crop_size (the issue's 512² by default)
+PINNED = [*RECIPE_FIXED_WORK, "--train_scale", "1024", "512"]  # and --crop_size, as the plain Trainer's
 PLAIN = {"plain-fp32": [], "plain-bf16": ["--bf16"], "plain-fp16": ["--fp16"]}
 WRAPPER = ("import json, resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
            "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9); sys.exit(r.returncode)")
@@ -63,7 +63,8 @@ def run_case(name: str, steps: int, cli: argparse.Namespace, workdir: Path) -> d
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     if name in PLAIN:
         command = [sys.executable, str(ROOT / "benchmarks/plain_trainer.py"), "--data_dir", str(cli.data_dir),
-                   "--variant", cli.variant, "--max_steps", str(steps), "--device", cli.device, *PLAIN[name]]
+                   "--variant", cli.variant, "--max_steps", str(steps), "--device", cli.device,
+                   "--crop", str(cli.crop_size), *PLAIN[name]]
     else:
         output_dir = workdir / f"{name}-{steps}"
         command = [str(ACCELERATE), "launch", str(ROOT / "recipes/finetune.py"), "--config",
@@ -99,8 +100,8 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=ROOT.parent / "shared/datasets/dubai_aerial")
     parser.add_argument("--variant", default="b0", choices=["b0", "b2"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--crop_size", type=int, default=512, help="training crops of the project's cases (the "
-                        "plain Trainer's are 512²: compare plain rows only at 512)")
+    parser.add_argument("--crop_size", type=int, default=512, help="training crop side of every case, the plain "
+                        "Trainer's included (the issue's 512² by default)")
     cli = parser.parse_args()
     if not (cli.data_dir / "images" / "train").is_dir():
         sys.exit(f"No images/train under {cli.data_dir}: pass --data_dir (the shared aerial set).")

@@ -118,6 +118,7 @@ def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, An
     args = training_args
     precision = args.precision  # settled by SegformerTrainingArguments (runtime.choose_precision)
     optimizer = getattr(args.optim, "value", args.optim)
+    eval_scale = data_args.eval_scale
     values = {
         "learning_rate": args.learning_rate,
         "train_batch_size (per device)": args.per_device_train_batch_size,
@@ -143,8 +144,8 @@ def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, An
         "cat_max_ratio": data_args.cat_max_ratio,
         "hflip_prob": data_args.hflip_prob,
         "photometric_distortion": data_args.photometric_distortion,
-        "eval_size": data_args.eval_size if not getattr(data_args, "eval_scale", None) else None,
-        "eval_scale": list(data_args.eval_scale) if getattr(data_args, "eval_scale", None) else None,
+        "eval_size": None if eval_scale else data_args.eval_size,
+        "eval_scale": list(eval_scale) if eval_scale else None,
     }
     return {key: value for key, value in values.items() if value is not None}
 

@@ -229,6 +229,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     check_model_folder(model_args.model_name_or_path)  # before the data work
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
+    if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
+        raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
+                          "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
     with training_args.main_process_first(local=False, desc="output folder"):
         # Never write over, merge into or delete what is there. Every process decides the same refusal (nothing
         # moves without overwrite_output_dir); only the main one moves old outputs aside.
@@ -237,9 +240,6 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         if training_args.process_index == 0:
             mark_run_folder(training_args.output_dir)
         checkpoint = resolve_checkpoint(training_args)
-    if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
-        raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
-                          "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
