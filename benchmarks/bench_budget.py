@@ -47,7 +47,7 @@ CASES: dict[str, list[str]] = {
     "head10": ["--head_lr_multiplier", "10"],
     "noweights": ["--class_weights", "null"], "effective": ["--class_weights", "effective_number"],
     "clip5": ["--class_weight_clip", "5"], "clip20": ["--class_weight_clip", "20"],
-    "dice": ["--loss", "{ce: 1.0, dice: 0.5}"], "ohem": ["--loss", "{ohem: 1.0}"],
+    "dice": ["--loss", "{ce: 1.0, dice: 0.5}"], "ohem": ["--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
     "rcs": ["--rare_class_sampling", "true", "--rare_class_temperature", "0.1"],
     "rcs0.01": ["--rare_class_sampling", "true", "--rare_class_temperature", "0.01"],
     "rcrop": ["--rare_class_crop_prob", "0.5"], "norcrop": ["--rare_class_crop_prob", "0"],

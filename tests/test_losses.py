@@ -8,10 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
 from hf_segformer.data.preflight import DataReport, SplitReport
 from hf_segformer.errors import RecipeError
 from hf_segformer.logits import LABEL_PAD
 from hf_segformer.training import losses
+from hf_segformer.training import run as train
+from hf_segformer.training.run_checks import check_field_combinations
 from hf_segformer.training.losses import (
     SegmentationLoss,
     class_weights,
@@ -187,6 +190,22 @@ def test_ohem_with_threshold_one_is_cross_entropy():
     logits[0, 0] = 100.0  # saturated pixels (probability rounds to 1.0) are kept too
     assert ohem_cross_entropy_loss(logits, batch, IGNORE, thresh=1.0, min_kept=0).item() == pytest.approx(
         cross_entropy_loss(logits, batch, IGNORE).item(), rel=1e-6)
+
+
+def test_ohem_that_would_keep_every_pixel_of_a_crop_is_refused_before_any_work(monkeypatch, tmp_path):
+    # MMSegmentation's min_kept (100 000 per image) is below a 512² crop but not a 256² one: OHEM would be CE.
+    monkeypatch.setattr(train, "setup_logging", lambda args: None)
+    monkeypatch.setattr(train, "prepare_data", lambda *args, **kwargs: pytest.fail("data work started"))
+    run = tmp_path / "run"
+    with pytest.raises(RecipeError, match=r"ohem_min_kept 100000 is not below the 65536 pixels of a 256² crop.*16384"):
+        train.main(DataArguments(data_dir=str(tmp_path / "data"), crop_size=256), ModelArguments(),
+                   SegformerTrainingArguments(output_dir=str(run), loss="{ohem: 1.0}", report_to="none", use_cpu=True))
+    assert list(run.iterdir()) == []  # made writable-checked, nothing written
+    for crop_size, min_kept, loss in ((512, 100_000, "{ohem: 1.0}"), (256, 16_384, "{ohem: 1.0}"),
+                                      (256, 100_000, "{ce: 1.0, ohem: 0.0}")):
+        check_field_combinations(
+            DataArguments(data_dir=str(tmp_path / "data"), crop_size=crop_size),
+            SegformerTrainingArguments(output_dir=str(run), loss=loss, ohem_min_kept=min_kept, report_to="none"))
 
 
 def test_dice_of_perfect_and_wrong_predictions():

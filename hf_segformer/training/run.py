@@ -38,7 +38,7 @@ from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
-from hf_segformer.training.run_checks import check_run
+from hf_segformer.training.run_checks import check_field_combinations, check_run
 from hf_segformer.training.stream import TrainStream
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
 from hf_segformer.visuals import dataset_palette
@@ -229,9 +229,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     check_model_folder(model_args.model_name_or_path)  # before the data work
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)  # a bad preset fails before any data work
-    if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
-        raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
-                          "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
+    check_field_combinations(data_args, training_args)  # eval_scale with evaluate_hub, OHEM keeping everything
     with training_args.main_process_first(local=False, desc="output folder"):
         # Never write over, merge into or delete what is there. Every process decides the same refusal (nothing
         # moves without overwrite_output_dir); only the main one moves old outputs aside.

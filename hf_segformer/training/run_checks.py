@@ -1,4 +1,5 @@
-"""Run checks made before any data work: the precision on this device, and the output folder.
+"""Run checks made before any data work: the precision on this device, fields that contradict each other, and
+the output folder.
 
 Each check raises `RecipeError` with one message that names the field or path and says what to do. Which
 precision a run uses (recipe, Accelerate config, or chosen for the machine) is settled when the recipe is parsed
@@ -51,6 +52,19 @@ def check_cpu_bf16(training_args: Any) -> None:
         logger.warning("bf16 autocast on a CPU without %s is emulated (several times slower than fp32): leave "
                        "precision to auto (or set precision: fp32) and mixed_precision: 'no' in the Accelerate "
                        "config on this machine.", " or ".join(CPU_BF16_FLAGS))
+
+
+def check_field_combinations(data_args: Any, training_args: Any) -> None:
+    """Fields that are each valid but together would not do what they say."""
+    if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
+        raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
+                          "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
+    crop_pixels = data_args.crop_size ** 2
+    if training_args.loss_terms.get("ohem") and training_args.ohem_min_kept >= crop_pixels:
+        raise RecipeError(f"ohem_min_kept {training_args.ohem_min_kept} is not below the {crop_pixels} pixels of a "
+                          f"{data_args.crop_size}² crop: OHEM would keep every pixel and train plain cross-entropy. "
+                          f"Lower ohem_min_kept (e.g. {crop_pixels // 4}, a quarter of the crop) or drop the ohem "
+                          "term.")
 
 
 def check_run(training_args: Any, min_free_gb: float = 1.0) -> None:
