@@ -166,8 +166,9 @@ class DataArguments:
     eval_scale: list[int] | None = field(
         default=None,
         metadata={"help": "Evaluation: resize keeping the aspect ratio to fit (long side, short side), as "
-                          "MMSegmentation's test pipeline; set it to train_scale so that the model is evaluated at "
-                          "the scale it trained at (eval_size² squashes other shapes). Saved with the model: "
+                          "MMSegmentation's test pipeline: train_scale evaluates at the scale the model trained at, "
+                          "train_scale × ratio_range's upper end at the most detail it saw (the from-scratch "
+                          "recipes; README, \"Metrics\"). eval_size² squashes other shapes. Saved with the model: "
                           "`hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
