@@ -166,10 +166,10 @@ class DataArguments:
     eval_scale: list[int] | None = field(
         default=None,
         metadata={"help": "Evaluation: resize keeping the aspect ratio to fit (long side, short side), as "
-                          "MMSegmentation's test pipeline: train_scale evaluates at the scale the model trained at, "
-                          "train_scale × ratio_range's upper end at the most detail it saw (the from-scratch "
-                          "recipes; README, \"Metrics\"). eval_size² squashes other shapes. Saved with the model: "
-                          "`hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
+                          "MMSegmentation's test pipeline: train_scale evaluates at the scale the model trained at; "
+                          "which scale reads best depends on the data (benchmarks/bench_eval_scale.py measures it "
+                          "for a trained model; README, \"Metrics\"). eval_size² squashes other shapes. Saved with "
+                          "the model: `hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(
