@@ -37,7 +37,8 @@ def parse_scale(text: str) -> tuple[int, int]:
 def evaluate(scale: tuple[int, int], split: str, cli: argparse.Namespace) -> dict:
     """The metrics of one `hf-segformer evaluate` run; its log sits beside its results."""
     out = cli.output_dir / f"{scale[0]}x{scale[1]}-{split}"
-    results = out / f"{metric_prefix(split)}_results.json"
+    prefix = metric_prefix(split)
+    results = out / f"{prefix}_results.json"
     if not results.is_file():
         out.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "hf_segformer.cli", "evaluate", "--config", str(cli.config),
@@ -49,7 +50,6 @@ def evaluate(scale: tuple[int, int], split: str, cli: argparse.Namespace) -> dic
                                   stderr=subprocess.STDOUT, cwd=ROOT).returncode
         if code != 0:
             sys.exit(f"evaluate at {scale} on {split} failed (exit {code}): see {out / 'evaluate.log'}")
-    prefix = metric_prefix(split)
     return {key.replace(f"{prefix}_", "", 1): value for key, value in json.loads(results.read_text()).items()}
 
 
