@@ -12,6 +12,10 @@ stage is mapped straight to D channels at its own resolution, and the 4·D-chann
 the largest activation of a B0 forward and the most expensive convolution at high resolution — is never
 built. Results equal the original head up to float rounding. Inference only: BatchNorm is folded with its
 running statistics.
+
+Both heads upsample in channels-last layout: PyTorch's CPU bilinear kernel is vectorised over channels there, and
+on contiguous [B, C, h, w] maps it ran 6× slower (forward) and 5× slower (backward) at B0's 256 channels — a
+fifth of a training step (benchmarks/bench_train_step.py). The logits leave the head contiguous again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
+
+
+def upsampled(mapped: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """A stage's D-channel map at the head's 1/4 resolution, channels-last (the sum of the stages stays so)."""
+    mapped = mapped.contiguous(memory_format=torch.channels_last)
+    if mapped.shape[2:] == size:
+        return mapped
+    return F.interpolate(mapped, size=size, mode="bilinear", align_corners=False)
 
 
 class FoldedDecodeHead(nn.Module):
@@ -48,11 +60,10 @@ class FoldedDecodeHead(nn.Module):
         size = encoder_hidden_states[0].shape[2:]
         fused = None
         for hidden, weight in zip(encoder_hidden_states, self.stage_weights):
-            mapped = torch.einsum("oc,bchw->bohw", weight.to(hidden.dtype), hidden)
-            if mapped.shape[2:] != size:
-                mapped = F.interpolate(mapped, size=size, mode="bilinear", align_corners=False)
+            mapped = upsampled(torch.einsum("oc,bchw->bohw", weight.to(hidden.dtype), hidden), size)
             fused = mapped if fused is None else fused + mapped
-        return self.classifier(torch.relu(fused + self.bias.to(fused.dtype)[None, :, None, None]))
+        logits = self.classifier(torch.relu(fused + self.bias.to(fused.dtype)[None, :, None, None]))
+        return logits.contiguous()
 
 
 class FoldedSegformer(nn.Module):
@@ -94,11 +105,9 @@ def fused_head_forward(self: SegformerDecodeHead, encoder_hidden_states: tuple[t
     for i, (hidden, projection) in enumerate(zip(encoder_hidden_states, self.linear_projections)):
         block = fuse[:, (stages - 1 - i) * dim : (stages - i) * dim]  # the stock head concatenates in reverse
         weight, bias = block @ projection.proj.weight, block @ projection.proj.bias
-        mapped = F.conv2d(hidden, weight[:, :, None, None], bias)
-        if mapped.shape[2:] != size:
-            mapped = F.interpolate(mapped, size=size, mode="bilinear", align_corners=False)
+        mapped = upsampled(F.conv2d(hidden, weight[:, :, None, None], bias), size)
         fused = mapped if fused is None else fused + mapped
-    return self.classifier(self.dropout(self.activation(self.batch_norm(fused))))
+    return self.classifier(self.dropout(self.activation(self.batch_norm(fused)))).contiguous()
 
 
 def fuse_decode_head_for_training(model: nn.Module) -> bool:
