@@ -160,6 +160,13 @@ class DataArguments:
     photometric_distortion: bool = field(
         default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
     )
+    cache_images: str = field(
+        default="auto",
+        metadata={"help": "Keep decoded training images in memory, each decoded once per process instead of at every "
+                          "draw (the aerial set: a sample's transform 18.5 → 5.8 ms). auto: when the decoded training "
+                          "split (sizes from the data check) fits in a quarter of the memory available, shared by "
+                          "this machine's processes and loader workers; true; false. Not for streaming data."},
+    )
     eval_size: int = field(
         default=512, metadata={"help": "Evaluation: images are resized to eval_size², labels stay at native size."}
     )
@@ -197,6 +204,12 @@ class DataArguments:
                               "(turn the check off with check_data: false).")
         if not 0.0 <= self.validation_split < 1.0:
             raise RecipeError(f"validation_split must be in [0, 1); got {self.validation_split}.")
+        self.cache_images = str(self.cache_images).strip().lower()
+        if self.cache_images not in ("auto", "true", "false"):
+            raise RecipeError(f"cache_images must be auto, true or false; got '{self.cache_images}'.")
+        if self.streaming and self.cache_images == "true":
+            raise RecipeError("cache_images: true keeps a split's decoded images in memory; streaming data is read "
+                              "once per pass: set cache_images: false (or auto).")
         if self.rare_class_sampling and not self.check_data:
             raise RecipeError("rare_class_sampling uses the data check's per-image class presence: keep check_data: true.")
         if not 0.0 <= self.rare_class_crop_prob <= 1.0:

@@ -79,6 +79,16 @@ def usable_cores() -> int:
     return max(1, min(logical, physical))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory that new allocations can take now without swapping (psutil), None where unknown."""
+    try:
+        import psutil  # a dependency of accelerate
+
+        return int(psutil.virtual_memory().available)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
 def local_processes() -> int:
     """Processes of this run on this machine (set by accelerate/torchrun), 1 for a plain `python` run."""
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, JpegImagePlugin
 
+from hf_segformer.data.image_cache import DecodedImageCache, plan_cache
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
 from hf_segformer.logits import LABEL_PAD
@@ -294,3 +295,57 @@ def test_exif_orientation_is_applied_like_datasets_image(upside_down_photo):
     small = Image.fromarray(out["labels"][0].numpy().astype(np.uint8)).resize((48, 48), Image.NEAREST)
     score, _ = agreement(out["pixel_values"][0], torch.from_numpy(np.asarray(small).astype(np.int64)))
     assert score >= 0.99
+
+
+def entries(*paths) -> list[dict]:
+    return [{"path": str(path), "bytes": None} for path in paths]
+
+
+def test_cached_images_give_the_crops_of_a_cache_that_holds_nothing(tmp_path, write_image, write_mask,
+                                                                      upside_down_photo):
+    """cache_images: a pair decoded once is reused, and a crop does not depend on whether its image was in the cache
+    (hit, or missed because the cache was full): runs stay reproducible however much memory there was."""
+    image, mask = block_scene(height=768, width=1024, block=128)
+    big = (write_image(tmp_path / "big.jpg", array=image, quality=95), write_mask(tmp_path / "big.png", mask))
+    batch = {"image": entries(big[0], upside_down_photo[0]), "label": entries(big[1], upside_down_photo[1])}
+    roomy = make_transform(crop_size=64, scale=(128, 96), ratio_range=(0.5, 1.5))
+    roomy.cache = DecodedImageCache(None)
+    full = make_transform(crop_size=64, scale=(128, 96), ratio_range=(0.5, 1.5))
+    full.cache = DecodedImageCache(0)
+    for seed in range(4):
+        random.seed(seed)
+        first = roomy(batch)
+        random.seed(seed)
+        second = full(batch)
+        for a, b in zip(first["pixel_values"] + first["labels"], second["pixel_values"] + second["labels"]):
+            assert torch.equal(a, b)
+        score, _ = agreement(first["pixel_values"][1], first["labels"][1])  # EXIF orientation still applied
+        assert score >= 0.99
+    assert len(roomy.cache) == 2 and roomy.cache.bytes == 1024 * 768 * 4 + 96 * 64 * 4
+    assert len(full.cache) == 0
+    cached_image, cached_mask = roomy.cache.pair(*entries(big[0], big[1]))
+    assert cached_image is roomy.cache.pair(*entries(big[0], big[1]))[0]  # decoded once, not per draw
+    assert cached_image.mode == "RGB" and cached_mask.size == (1024, 768)
+
+
+def test_cache_plan_follows_the_setting_and_the_memory():
+    sizes = [(1000, 500)] * 10  # ~20 MB decoded (4 bytes per pixel)
+    cache, why = plan_cache("auto", sizes, available_bytes=10**9, sharers=2)
+    assert cache is not None and cache.max_bytes == 125_000_000 and "fits" in why
+    cache, why = plan_cache("auto", sizes, available_bytes=10**8, sharers=2)
+    assert cache is None and "does not fit" in why
+    assert plan_cache("auto", sizes, 10**9, 1, workers_restart=True)[0] is None
+    assert plan_cache("auto", None, 10**9, 1)[0] is None  # no data check: no sizes to decide on
+    assert plan_cache("false", sizes, 10**12, 1)[0] is None
+    assert plan_cache("true", None, None, 4)[0].max_bytes is None
+
+
+@pytest.mark.parametrize("value, streaming, message", [("sometimes", False, "auto, true or false"),
+                                                       (True, True, "streaming")])
+def test_cache_setting_errors_name_the_field(value, streaming, message):
+    from hf_segformer.configs import DataArguments
+    from hf_segformer.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=message) as error:
+        DataArguments(data_dir="data", cache_images=value, streaming=streaming)
+    assert "cache_images" in str(error.value)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
+from hf_segformer.data.image_cache import DecodedImageCache
 from hf_segformer.data.images import entry_name, keep_ratio_size, open_image, rescale_factor, to_rgb, upright
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.logits import LABEL_PAD
@@ -40,11 +41,14 @@ class TrainTransform:
     ignore_index: int = 255
     rare_class_crop_prob: float = 0.0  # this share of crops is centred on a pixel of the image's rarest class
     rare_classes: tuple[int, ...] = ()  # class ids from the rarest (training-pixel share) to the most common
+    cache: DecodedImageCache | None = field(default=None, repr=False)  # decoded pairs kept in memory (cache_images)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image, label = self.transform(open_image(image_entry), open_image(mask_entry), entry_name(mask_entry))
+            image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
+                           else (open_image(image_entry), open_image(mask_entry)))
+            image, label = self.transform(image, mask, entry_name(mask_entry))
             pixel_values.append(image)
             labels.append(label)
         return {"pixel_values": pixel_values, "labels": labels}

@@ -16,6 +16,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.data.image_cache import DecodedImageCache, plan_cache
 from hf_segformer.data.loading import undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
@@ -33,7 +34,7 @@ from hf_segformer.modeling.build import build_image_processor, build_model, chec
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
 from hf_segformer.recipe_values import canonical_split
-from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
+from hf_segformer.runtime import Choice, apply_threads, available_memory, keep_freed_memory, local_processes
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
@@ -160,12 +161,28 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
                                     split=data_args.streaming_split, num_workers=training_args.dataloader_num_workers,
                                     mp_context=training_args.dataloader_multiprocessing_context)
     else:
+        train_transform.cache = image_cache(data_args, training_args, train_split)
         train_dataset = undecoded(data[train_split]).with_transform(train_transform)
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])
     return train_dataset, raw_eval.with_transform(EvalTransform(
         decoder, data_args.eval_size, tuple(data_args.eval_scale) if data_args.eval_scale else None)), raw_eval
+
+
+def image_cache(data_args: DataArguments, training_args: SegformerTrainingArguments,
+                split: str) -> DecodedImageCache | None:
+    """The decoded-image cache `cache_images` asks for; `auto` sizes the split from the data check's report."""
+    sizes = None
+    report = Path(training_args.output_dir) / "class_histogram.json"
+    if data_args.cache_images == "auto" and data_args.check_data and report.is_file():
+        train = DataReport.load(report).splits.get(split)
+        sizes = train.image_sizes if train is not None else None
+    workers = training_args.dataloader_num_workers
+    cache, why = plan_cache(data_args.cache_images, sizes, available_memory(), local_processes() * max(workers, 1),
+                            workers_restart=workers > 0 and not training_args.dataloader_persistent_workers)
+    logger.info("Decoded training images %s (%s).", "kept in memory" if cache is not None else "not cached", why)
+    return cache
 
 
 def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments,
