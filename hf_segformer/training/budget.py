@@ -189,9 +189,10 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         return max(sum(intervals) / len(intervals), 1e-6)
 
     def _final_s(self, args: Any) -> float:
-        """Reserved for the end: the last in-loop evaluation and checkpoint, then run.py's save and evaluation."""
-        strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
-        evals = int(self.final_eval) + int(strategy != "no")  # the Trainer also evaluates at the last step
+        """Reserved for the end: the last in-loop evaluation and checkpoint, then run.py's save and evaluation (which
+        reuses the in-loop one unless load_best_model_at_end reloads other weights)."""
+        in_loop = getattr(args.eval_strategy, "value", args.eval_strategy) != "no"
+        evals = int(in_loop) + int(self.final_eval and (not in_loop or args.load_best_model_at_end))
         return evals * self.eval_s + 2 * self.save_s + self.report_s
 
     def _decide(self, args: Any, state: Any, control: Any) -> None:

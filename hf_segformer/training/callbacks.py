@@ -1,4 +1,5 @@
-"""Trainer callbacks: the sample grid (image | ground truth | prediction | error) at every evaluation."""
+"""Trainer callbacks: the sample grid (image | ground truth | prediction | error) at every evaluation, and the
+last evaluation's metrics (the run's final report reuses them when they are of the final weights)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,22 @@ class SampleGridCallback(TrainerCallback):
             if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
                 return callback.tb_writer
         return None
+
+
+class LastEvaluation(TrainerCallback):
+    """The metrics and step of this process's latest evaluation.
+
+    The Trainer evaluates after the last step of a run with an evaluation strategy; the final report needs the
+    same numbers, and evaluating the same weights again cost a whole evaluation (12 s of a 25-minute aerial run).
+    """
+
+    def __init__(self):
+        self.step: int | None = None
+        self.metrics: dict | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.step, self.metrics = state.global_step, dict(metrics or {})
+
+    def of_step(self, step: int) -> dict | None:
+        """The metrics if the latest evaluation was made at `step`, else None."""
+        return self.metrics if self.step == step and self.metrics else None

@@ -36,7 +36,7 @@ from hf_segformer.modeling.token_merging import apply_token_merging, resolve_tok
 from hf_segformer.recipe_values import canonical_split
 from hf_segformer.runtime import Choice, apply_threads, available_memory, keep_freed_memory, local_processes
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
-from hf_segformer.training.callbacks import SampleGridCallback
+from hf_segformer.training.callbacks import LastEvaluation, SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss, class_weights_from_report, validate_class_weights
 from hf_segformer.training.run_checks import check_field_combinations, check_run
@@ -287,6 +287,8 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     if training_args.ema_decay is not None:  # evaluated and saved as the average of the weights
         trainer.ema = WeightAverage(trainer.model, training_args.ema_decay)
         trainer.add_callback(trainer.ema)
+    last_evaluation = LastEvaluation()
+    trainer.add_callback(last_evaluation)
     budget = None
     if training_args.max_time_s is not None:  # max_time: the budget fixes max_steps after the first steps
         budget = TimeBudgetCallback.attach(trainer, training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
@@ -309,10 +311,13 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     trainer.save_state()
     results = dict(train_result.metrics)
 
-    # Evaluate at native resolution, with per-class reports.
+    # Evaluate at native resolution, with per-class reports: the Trainer's evaluation after the last step is of the
+    # saved weights unless load_best_model_at_end swapped them.
     if eval_dataset is not None:
+        final_step = trainer.state.global_step
+        eval_metrics = None if training_args.load_best_model_at_end else last_evaluation.of_step(final_step)
         try:
-            eval_metrics = trainer.evaluate()
+            eval_metrics = eval_metrics or trainer.evaluate()
         except torch.OutOfMemoryError as err:
             raise TrainingError(out_of_memory_message(training_args, data_args.crop_size, "evaluation")) from err
         trainer.log_metrics("eval", eval_metrics)
