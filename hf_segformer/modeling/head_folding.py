@@ -14,8 +14,10 @@ built. Results equal the original head up to float rounding. Inference only: Bat
 running statistics.
 
 Both heads upsample in channels-last layout: PyTorch's CPU bilinear kernel is vectorised over channels there, and
-on contiguous [B, C, h, w] maps it ran 6× slower (forward) and 5× slower (backward) at B0's 256 channels — a
-fifth of a training step (benchmarks/bench_train_step.py). The logits leave the head contiguous again.
+on contiguous [B, C, h, w] maps it was several times slower, forward and backward, at B0's 256 channels
+(benchmarks/bench_train_step.py). The training head hands BatchNorm a contiguous sum again: torch's CPU BatchNorm
+on channels-last input computed its statistics with ~20× the float error (2-process SyncBN and 1-process runs then
+drifted apart, tests/test_multi_node.py). The logits leave both heads contiguous.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def fused_head_forward(self: SegformerDecodeHead, encoder_hidden_states: tuple[t
         weight, bias = block @ projection.proj.weight, block @ projection.proj.bias
         mapped = upsampled(F.conv2d(hidden, weight[:, :, None, None], bias), size)
         fused = mapped if fused is None else fused + mapped
-    return self.classifier(self.dropout(self.activation(self.batch_norm(fused)))).contiguous()
+    return self.classifier(self.dropout(self.activation(self.batch_norm(fused.contiguous()))))
 
 
 def fuse_decode_head_for_training(model: nn.Module) -> bool:
