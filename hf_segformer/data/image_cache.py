@@ -1,6 +1,6 @@
 """Decoded training images kept in memory (`cache_images`): each pair is decoded once per process instead of at every
-draw. On the aerial set (JPEGs up to 2149×1480) decoding was two thirds of the training transform's time: 18.5 ms
-per sample from the files against 5.8 ms from memory (B0 recipe's crop 256, one thread).
+draw. On the aerial set (JPEGs up to 2149×1480) decoding was most of the training transform's time: 59 pairs/s from
+the files against 147 from memory with the aerial recipe's crop 256 (benchmarks/bench_input_pipeline.py, one thread).
 
 While the cache is on, every image is decoded whole (no reduced-scale JPEG decode), hit or miss, so a crop does not
 depend on what the cache happened to hold: runs stay reproducible whether or not an image fitted.
