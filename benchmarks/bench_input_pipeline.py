@@ -74,13 +74,9 @@ def run(pairs, rounds: int, crop: int, scale: tuple[int, int]) -> dict[str, floa
     batch: list = []
 
     def ours(transform: TrainTransform):
-        def step(image_path, mask_path):
-            if transform.cache is not None:
-                image, mask = transform.cache.pair(str(image_path), str(mask_path))
-            else:
-                image, mask = Image.open(image_path), Image.open(mask_path)
-            pixels, labels = transform.transform(image, mask, str(mask_path))
-            batch.append({"pixel_values": pixels, "labels": labels})
+        def step(image_path, mask_path):  # through __call__, which reads from the cache or opens the files
+            out = transform({"image": [str(image_path)], "label": [str(mask_path)]})
+            batch.append({"pixel_values": out["pixel_values"][0], "labels": out["labels"][0]})
             if len(batch) == 8:
                 collate(batch)
                 batch.clear()
@@ -91,7 +87,8 @@ def run(pairs, rounds: int, crop: int, scale: tuple[int, int]) -> dict[str, floa
         cached.cache.pair(str(image_path), str(mask_path))
     return {name: time_pairs(fn, pairs, rounds) for name, fn in
             (("decode only", decode), ("reference processor", reference),
-             ("hf_segformer TrainTransform", ours(transform)), ("… decoded pairs in memory (cache_images)", ours(cached)))}
+             ("hf_segformer TrainTransform", ours(transform)),
+             ("… decoded pairs in memory (cache_images)", ours(cached)))}
 
 
 def report(title: str, rates: dict[str, float]) -> None:
