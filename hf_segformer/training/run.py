@@ -61,18 +61,24 @@ def setup_logging(training_args: SegformerTrainingArguments) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
+def data_report(data_args: DataArguments, training_args: SegformerTrainingArguments) -> DataReport | None:
+    """The data check's report as the main process saved it (every process reads the same file); None without the
+    check. The class weights, the rare-class sampler and crops, and the image cache's sizing all come from it."""
+    path = Path(training_args.output_dir) / "class_histogram.json"
+    return DataReport.load(path) if data_args.check_data and path.is_file() else None
+
+
 def build_loss(training_args: SegformerTrainingArguments, data_args: DataArguments, num_labels: int,
-               train_split: str) -> SegmentationLoss:
+               train_split: str, report: DataReport | None) -> SegmentationLoss:
     """The recipe's loss; class weights computed from the data check's training histogram are saved with the run."""
     weights = training_args.class_weights
     if isinstance(weights, list):
         weights = validate_class_weights(weights, num_labels)
     elif weights is not None:
-        histogram = Path(training_args.output_dir) / "class_histogram.json"
-        if not data_args.check_data or not histogram.is_file():
+        if report is None:
             raise RecipeError(f"class_weights: {weights} is computed from the data check's pixel histogram; "
                               "keep check_data: true (or give the weights as a list).")
-        weights = class_weights_from_report(DataReport.load(histogram), weights, split=train_split,
+        weights = class_weights_from_report(report, weights, split=train_split,
                                             clip=training_args.class_weight_clip, beta=training_args.class_weight_beta)
         if training_args.process_index == 0:
             (Path(training_args.output_dir) / "class_weights.json").write_text(json.dumps(weights))
@@ -134,7 +140,7 @@ def log_runtime(training_args: SegformerTrainingArguments, threads: str, memory:
 
 
 def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
-                   training_args: SegformerTrainingArguments):
+                   training_args: SegformerTrainingArguments, report: DataReport | None):
     """The training and evaluation splits with their transforms applied on the fly, and the raw evaluation split
     (for the sample grid); the evaluation split is None when the run does not evaluate. Streaming: the training
     set is this process's part of the stream (`TrainStream`), the evaluation split the bounded validation set."""
@@ -152,7 +158,7 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
     train_transform = TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
         data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
-        data_args.rare_class_crop_prob, rarest_first(data_args, training_args, train_split),
+        data_args.rare_class_crop_prob, rarest_first(data_args, report, train_split),
     )
     if stream_source is not None:  # decoded in dataloader_num_workers processes of the stream's own
         train_dataset = TrainStream(stream_source, train_transform, seed=training_args.data_seed or training_args.seed,
@@ -161,7 +167,7 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
                                     split=data_args.streaming_split, num_workers=training_args.dataloader_num_workers,
                                     mp_context=training_args.dataloader_multiprocessing_context)
     else:
-        train_transform.cache = image_cache(data_args, training_args, train_split)
+        train_transform.cache = image_cache(data_args, training_args, train_split, report)
         train_dataset = undecoded(data[train_split]).with_transform(train_transform)
     if eval_split not in data:
         return train_dataset, None, None
@@ -170,14 +176,11 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
         decoder, data_args.eval_size, tuple(data_args.eval_scale) if data_args.eval_scale else None)), raw_eval
 
 
-def image_cache(data_args: DataArguments, training_args: SegformerTrainingArguments,
-                split: str) -> DecodedImageCache | None:
+def image_cache(data_args: DataArguments, training_args: SegformerTrainingArguments, split: str,
+                report: DataReport | None) -> DecodedImageCache | None:
     """The decoded-image cache `cache_images` asks for; `auto` sizes the split from the data check's report."""
-    sizes = None
-    report = Path(training_args.output_dir) / "class_histogram.json"
-    if data_args.cache_images == "auto" and data_args.check_data and report.is_file():
-        train = DataReport.load(report).splits.get(split)
-        sizes = train.image_sizes if train is not None else None
+    train = report.splits.get(split) if report is not None and data_args.cache_images == "auto" else None
+    sizes = train.image_sizes if train is not None else None
     workers = training_args.dataloader_num_workers
     cache, why = plan_cache(data_args.cache_images, sizes, available_memory(), local_processes() * max(workers, 1),
                             workers_restart=workers > 0 and not training_args.dataloader_persistent_workers)
@@ -185,12 +188,11 @@ def image_cache(data_args: DataArguments, training_args: SegformerTrainingArgume
     return cache
 
 
-def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments,
+def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainingArguments, report: DataReport,
                        num_images: int) -> RareClassSampler:
     """The training split's sampler from the data check's histogram and per-image presence (saved by process 0
     before this point: main_process_first)."""
     split = canonical_split(data_args.train_split)
-    report = DataReport.load(Path(training_args.output_dir) / "class_histogram.json")
     image_classes = load_presence(training_args.output_dir, split)
     if len(image_classes) != num_images:
         raise DataError(f"class_presence.json lists {len(image_classes)} training images but the split has "
@@ -202,11 +204,11 @@ def rare_class_sampler(data_args: DataArguments, training_args: SegformerTrainin
     return sampler
 
 
-def rarest_first(data_args: DataArguments, training_args: SegformerTrainingArguments, split: str) -> tuple[int, ...]:
+def rarest_first(data_args: DataArguments, report: DataReport | None, split: str) -> tuple[int, ...]:
     """Class ids present in the training split, rarest first (for rare_class_crop_prob); () when off."""
     if data_args.rare_class_crop_prob <= 0:
         return ()
-    counts = DataReport.load(Path(training_args.output_dir) / "class_histogram.json").splits[split].pixel_counts[:-1]
+    counts = report.splits[split].pixel_counts[:-1]
     return tuple(int(c) for c in sorted(range(len(counts)), key=lambda c: counts[c]) if counts[c] > 0)
 
 
@@ -264,8 +266,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         data, id2label = prepare_data(data_args, training_args.seed, training_args)
         if data_args.check_data and training_args.process_index == 0:
             run_data_check(data, data_args, id2label).save(training_args.output_dir)
-    loss_fn = build_loss(training_args, data_args, len(id2label), canonical_split(data_args.train_split))
-    train_dataset, eval_dataset, raw_eval = build_datasets(data, data_args, training_args)
+    report = data_report(data_args, training_args)  # pixel histogram, per-split image sizes; None without the check
+    loss_fn = build_loss(training_args, data_args, len(id2label), canonical_split(data_args.train_split), report)
+    train_dataset, eval_dataset, raw_eval = build_datasets(data, data_args, training_args, report)
 
     # Model, metrics, Trainer.
     model = prepare_model(model_args, training_args, id2label, data_args.ignore_index)
@@ -283,7 +286,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
                                   palette=dataset_palette(len(id2label), data_args))
 
     if data_args.rare_class_sampling:  # images drawn through their rarest classes (pre-flight presence)
-        trainer.train_sampler = rare_class_sampler(data_args, training_args, len(train_dataset))
+        trainer.train_sampler = rare_class_sampler(data_args, training_args, report, len(train_dataset))
     if training_args.ema_decay is not None:  # evaluated and saved as the average of the weights
         trainer.ema = WeightAverage(trainer.model, training_args.ema_decay)
         trainer.add_callback(trainer.ema)
