@@ -4,11 +4,12 @@ save inside it.
 
 How: the Trainer starts with a provisional `max_steps` (the recipe's `max_steps` as an upper bound, or a large
 number). After a few steady steps (`skip_steps` slow first steps excluded, then `measure_steps` timed), the main
-process measures one evaluation batch and the save size, solves for the number of steps that still fits and
-broadcasts it; the LR scheduler is rebuilt for that total and fast-forwarded to the current step (the Trainer
-builds its scheduler once, from `max_steps`, in `_prepare_for_training`). A guard stops early if the steps turn
-out slower than measured. The time spent is stored in the checkpoint's trainer state, so a resumed run only
-gets what is left.
+process times one real evaluation and the save, solves for the number of steps that still fits (keeping `margin`
+of the time left in reserve) and broadcasts it; the LR scheduler is rebuilt for that total and fast-forwarded to
+the current step (the Trainer builds its scheduler once, from `max_steps`, in `_prepare_for_training`). It fits
+again every eighth of the steps left, from the steps and evaluations seen so far. A guard stops early if the
+steps turn out slower than measured. The time spent is stored in the checkpoint's trainer state, so a resumed
+run only gets what is left.
 """
 
 from __future__ import annotations
@@ -208,7 +209,10 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
                 self.eval_s = max(sum(busy) / len(busy) - step_s, 0.0)
         spent = self.spent_s()
         per_epoch = state.global_step / state.epoch if state.epoch else float("inf")
-        left = self.budget_s - spent - self._final_s(args) - max(self.margin * self.budget_s, step_s)
+        # The reserve covers step-time drift until the next fit, so it shrinks with the time left (a share of the
+        # whole budget left ~45 s of a 25-minute run unused).
+        reserve = max(self.margin * (self.budget_s - spent), step_s)
+        left = self.budget_s - spent - self._final_s(args) - reserve
         more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
                               self.max_steps_cap) if left > 0 else 0
         step_s, total = _broadcast([step_s, float(state.global_step + more)], args)
