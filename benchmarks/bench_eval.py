@@ -107,9 +107,10 @@ def worker(args: argparse.Namespace) -> dict:
     import evaluate
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from hf_segformer.configs import ModelArguments, SegformerTrainingArguments
+    from hf_segformer.config.model import ModelArguments
     from hf_segformer.evaluation.metrics import MEAN_IOU_MODULE_PATH, SegmentationMetrics, confusion_matrices
     from hf_segformer.modeling.build import build_model
+    from hf_segformer.training.arguments import SegformerTrainingArguments
     from hf_segformer.training.trainer import SegformerTrainer
 
     label_size = tuple(args.label_size or (args.image_size, args.image_size))

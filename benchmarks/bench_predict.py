@@ -91,7 +91,7 @@ def worker_pipeline(args: argparse.Namespace) -> dict:
     import numpy as np
     from transformers import pipeline
 
-    from hf_segformer.visuals import default_palette, mask_image
+    from hf_segformer.data.palettes import default_palette, mask_image
 
     pipe = pipeline("image-segmentation", model=str(args.work / "model"), device="cpu")
     label2id = {name: int(i) for i, name in pipe.model.config.id2label.items()}
@@ -112,9 +112,9 @@ def worker_pipeline(args: argparse.Namespace) -> dict:
 
 def worker_predict(args: argparse.Namespace) -> dict:
     from hf_segformer.data.images import load_image
+    from hf_segformer.data.palettes import default_palette
     from hf_segformer.inference.predict import find_jobs, predict_files
     from hf_segformer.inference.segmenter import Segmenter
-    from hf_segformer.visuals import default_palette
 
     segmenter = Segmenter.from_pretrained(args.work / "model", precision=args.precision, compile=args.compile)
     jobs = find_jobs([str(args.work / f"images_{args.size}")], args.out, overlays=False)

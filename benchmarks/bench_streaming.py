@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import load_folder_dataset, pair_files, undecoded
 from hf_segformer.data.shards import write_parquet_shards

@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 from workers import memory_gb
 
-from hf_segformer.configs import DataArguments, ModelArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.modeling.build import build_model
 from hf_segformer.modeling.head_folding import FoldedSegformer
 from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
@@ -199,15 +200,16 @@ def speed_table(args: argparse.Namespace) -> None:
 def miou_table(args: argparse.Namespace) -> None:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
+    from hf_segformer.config.parser import parse_command
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.evaluation.metrics import metrics_from_confusion
     from hf_segformer.evaluation.run import evaluate_shard, load_split
     from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
-    from hf_segformer.parser import parse_command
+    from hf_segformer.training.arguments import RECIPE_DATACLASSES
 
     argv = ["--config", args.recipe] + (["--data_dir", args.data_dir] if args.data_dir else [])
     argv += ["--scale", *map(str, args.scale)] if args.scale else []
-    data_args, settings, recipe = parse_command(argv, (DataArguments, InferenceSettings))
+    data_args, settings, recipe = parse_command(argv, (DataArguments, InferenceSettings), RECIPE_DATACLASSES)
     dataset = load_split(data_args, int(recipe.get("seed", 42)))
     decoder = build_label_decoder(data_args)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir)

@@ -22,10 +22,10 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     # recipes and runs
-    "DataArguments": "hf_segformer.configs",
-    "ModelArguments": "hf_segformer.configs",
-    "SegformerTrainingArguments": "hf_segformer.configs",
-    "parse_recipe": "hf_segformer.parser",
+    "DataArguments": "hf_segformer.config.data",
+    "ModelArguments": "hf_segformer.config.model",
+    "SegformerTrainingArguments": "hf_segformer.training.arguments",
+    "parse_recipe": "hf_segformer.training.arguments",
     "train": ("hf_segformer.training.run", "main"),
     "SegformerTrainer": "hf_segformer.training.trainer",
     "SegmentationLoss": "hf_segformer.training.losses",

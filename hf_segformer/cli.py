@@ -11,7 +11,7 @@ from hf_segformer.errors import DataError, RecipeError, TrainingError
 
 def _check_data(argv: list[str]) -> int:
     from hf_segformer.data.prepare import prepare_data, run_data_check
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     data_args, _, training_args = parse_recipe(argv)
     data, id2label = prepare_data(data_args, training_args.seed)
@@ -24,7 +24,7 @@ def _check_data(argv: list[str]) -> int:
 
 
 def _train(argv: list[str], default_config: str | None = None) -> int:
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
     from hf_segformer.training.run import main
 
     main(*parse_recipe(argv, default_config=default_config))
@@ -112,7 +112,7 @@ def _coco_to_masks(argv: list[str]) -> int:
 
 def _push_dataset(argv: list[str]) -> int:
     from hf_segformer.hub.publish import push_dataset
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     parser = argparse.ArgumentParser(
         prog="hf-segformer push-dataset", allow_abbrev=False,

@@ -215,7 +215,7 @@ def tiny_segformer():
 def train_tiny():
     """Run `hf_segformer.training.run.main` in-process on a tiny synthetic set (32×32, 8 + 4 images); returns the runner."""
     from hf_segformer.data.synthetic import write_synthetic_dataset
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
     from hf_segformer.training.run import main
 
     def run(tmp_path: Path, *overrides: str) -> dict:

@@ -18,10 +18,11 @@ from pathlib import Path
 from datasets import Image
 from transformers import SegformerForSemanticSegmentation
 
-from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+from hf_segformer.config.data import DataArguments
 from hf_segformer.data.prepare import build_label_decoder, prepare_data
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator
 from hf_segformer.evaluation.metrics import SegmentationMetrics
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.trainer import SegformerTrainer
 
 

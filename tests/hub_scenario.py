@@ -31,7 +31,7 @@ def main(work: Path, data_dir: Path) -> None:
     from hf_segformer.cli import run_train
     from hf_segformer.hub.publish import push_model
     from hf_segformer.modeling.build import build_image_processor, variant_config
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
     from hf_segformer.training.trainer import SegformerTrainer
 
     out: dict = {}

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import save_image, save_mask
 
-from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.cli import main as hf_segformer
 from hf_segformer.data.annotations.importer import main as import_annotations_command
+from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.predict_export import ExportArguments
 
 

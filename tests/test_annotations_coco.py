@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import read_mask, save_image
 
+from hf_segformer.data.annotations.coco_format import encode_compressed_counts, mask_runs
+from hf_segformer.data.annotations.exporter import export_masks
+from hf_segformer.data.annotations.importer import import_annotations
+from hf_segformer.data.annotations.preannotations import MaskToExport
 from hf_segformer.data.coco import decode_compressed_counts
 from hf_segformer.errors import DataError
-from hf_segformer.data.annotations.coco_format import encode_compressed_counts, mask_runs
-from hf_segformer.data.annotations.importer import import_annotations
-from hf_segformer.data.annotations.exporter import export_masks
-from hf_segformer.data.annotations.preannotations import MaskToExport
 
 X = 255
 

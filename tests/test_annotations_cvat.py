@@ -12,11 +12,11 @@ import pytest
 from conftest import read_mask, save_image, save_mask
 from PIL import Image
 
-from hf_segformer.errors import DataError
 from hf_segformer.data.annotations.cvat_mask import parse_labelmap
-from hf_segformer.data.annotations.importer import import_annotations
 from hf_segformer.data.annotations.exporter import export_masks
+from hf_segformer.data.annotations.importer import import_annotations
 from hf_segformer.data.annotations.preannotations import MaskToExport
+from hf_segformer.errors import DataError
 
 X = 255
 LABELMAP = "# label:color_rgb:parts:actions\nbackground:0,0,0::\nroad:128,64,128::\ncar:0,0,142::\n"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import read_mask, save_image
 
-from hf_segformer.errors import DataError
 from hf_segformer.data.annotations import brush_rle
+from hf_segformer.data.annotations.exporter import export_masks
 from hf_segformer.data.annotations.importer import import_annotations
 from hf_segformer.data.annotations.label_studio import image_candidates, parse_label_config
-from hf_segformer.data.annotations.exporter import export_masks
 from hf_segformer.data.annotations.preannotations import LabelStudioOptions, MaskToExport
+from hf_segformer.errors import DataError
 
 W, H = 8, 4  # 8 × 4 images: 25% of the width is 2 pixels, 25% of the height 1 pixel, exactly
 X = 255  # ignore_index

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hf_segformer.errors import DataError
 from hf_segformer.data.annotations import brush_rle
+from hf_segformer.errors import DataError
 
 HEADER_24_WORDS = [0, 0, 0, 24]  # 32-bit word count, most significant byte first
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from hf_segformer import cli
-from hf_segformer.configs import DataArguments
-from hf_segformer.recipe_values import parse_colour_map
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.values import parse_colour_map
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import load_data
 from hf_segformer.data.preflight import DataReport, check_data, check_split

@@ -128,7 +128,7 @@ def _write_split(root: Path, name: str, annotations: list[dict]) -> tuple[Path, 
 
 
 def test_converted_folder_is_a_data_dir_that_loads_and_passes_the_data_check(tmp_path):
-    from hf_segformer.configs import DataArguments
+    from hf_segformer.config.data import DataArguments
     from hf_segformer.data.labels import LabelDecoder, find_id2label_file
     from hf_segformer.data.loading import load_data
     from hf_segformer.data.preflight import check_data

@@ -10,7 +10,7 @@ from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import load_data, load_folder_dataset, pair_files
 from hf_segformer.data.prepare import build_label_decoder

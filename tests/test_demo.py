@@ -32,12 +32,12 @@ from conftest import build_tiny_segformer, free_port, save_image  # noqa: E402
 from hf_segformer import cli
 from hf_segformer.app.demo import DemoModel, launch, read_upload
 from hf_segformer.app.space import MODEL_ENV
-from hf_segformer.hub.cards import space_link
+from hf_segformer.data.palettes import colourise
 from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.hub.cards import space_link
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.build import build_image_processor
 from hf_segformer.modeling.token_merging import apply_token_merging, has_token_merging
-from hf_segformer.visuals import colourise
 
 ID2LABEL = {0: "background", 1: "road", 2: "building"}
 COLOURS = [(10, 20, 30), (200, 40, 40), (40, 200, 90)]  # the "dataset's" colours, unlike the default palette

@@ -114,12 +114,13 @@ def test_an_unwritable_output_folder_is_an_error_before_any_work(tmp_path, valid
 def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path, validation_data, tiny_segformer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+    from hf_segformer.config.data import DataArguments
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
     from hf_segformer.evaluation.metrics import SegmentationMetrics
     from hf_segformer.evaluation.run import load_split
     from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.training.arguments import SegformerTrainingArguments
     from hf_segformer.training.callbacks import SampleGridCallback
     from hf_segformer.training.trainer import SegformerTrainer
 
@@ -147,12 +148,13 @@ def test_keep_ratio_evaluation_in_training_matches_the_saved_model_on_any_batch(
                                                                                  tiny_segformer):
     """eval_scale: training evaluates each image at its own shape (a padded batch is run image by image), and the
     model saved with it predicts the same way: the training figures are what `hf-segformer evaluate` reproduces."""
-    from hf_segformer.configs import DataArguments, SegformerTrainingArguments
+    from hf_segformer.config.data import DataArguments
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.data.transforms import EvalTransform, SegmentationCollator
     from hf_segformer.evaluation.metrics import SegmentationMetrics
     from hf_segformer.evaluation.run import load_split
     from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.training.arguments import SegformerTrainingArguments
     from hf_segformer.training.trainer import SegformerTrainer
 
     data_args = DataArguments(data_dir=str(validation_data), id2label=json.dumps(ID2LABEL), eval_scale=[64, 48])

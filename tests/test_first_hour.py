@@ -14,7 +14,7 @@ import pytest
 from conftest import ACCELERATE
 
 from hf_segformer.cli import main as cli_main
-from hf_segformer.configs import TRAINING_ONLY_DATA_FIELDS, DataArguments
+from hf_segformer.config.data import TRAINING_ONLY_DATA_FIELDS, DataArguments
 from hf_segformer.evaluation.run import metric_prefix, write_results
 from hf_segformer.runtime import cpu_has_native_bf16, has_accelerator, usable_cores
 
@@ -100,13 +100,14 @@ def test_predict_help_has_no_data_or_training_fields(capsys):
 
 
 def test_evaluate_still_takes_a_training_recipe_and_its_hidden_fields(tmp_path):
+    from hf_segformer.config.parser import parse_command
     from hf_segformer.inference.segmenter import InferenceArguments
-    from hf_segformer.parser import parse_command
+    from hf_segformer.training.arguments import RECIPE_DATACLASSES
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data_dir: d\ncrop_size: 64\nlearning_rate: 0.001\n")
     data_args, inference_args, rest = parse_command(["--config", str(recipe), "--hflip_prob", "0.0"],
-                                                    (DataArguments, InferenceArguments))
+                                                    (DataArguments, InferenceArguments), RECIPE_DATACLASSES)
     assert (data_args.data_dir, data_args.crop_size, data_args.hflip_prob) == ("d", 64, 0.0)
     assert rest == {"learning_rate": 0.001}
 

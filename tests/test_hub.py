@@ -246,7 +246,7 @@ def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
 
 def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp_path):
     from hf_segformer.hub.cards import run_facts
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     (tmp_path / "ckpt").mkdir()
     data_args, model_args, training_args = parse_recipe([
@@ -258,7 +258,7 @@ def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp
 
 
 def test_colour_masks_are_published_as_class_ids(data_root, make_pairs):
-    from hf_segformer.configs import DataArguments
+    from hf_segformer.config.data import DataArguments
     from hf_segformer.hub.publish import publishable_data
 
     colours = np.zeros((32, 48, 3), dtype=np.uint8)

@@ -75,7 +75,7 @@ def round_trip_all_formats(tmp_path: Path, model: Path, store: Path, id2label: d
 
 
 def test_label_studio_export_to_a_trained_model_and_back(tmp_path):
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
     from hf_segformer.training.run import main as train
 
     store = tmp_path / "store"

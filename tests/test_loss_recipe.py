@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.losses import SegmentationLoss
 from hf_segformer.training.trainer import SegformerTrainer
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.preflight import DataReport, SplitReport
 from hf_segformer.errors import RecipeError
 from hf_segformer.logits import LABEL_PAD
 from hf_segformer.training import losses
 from hf_segformer.training import run as train
-from hf_segformer.training.run_checks import check_field_combinations
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.losses import (
     SegmentationLoss,
     class_weights,
@@ -25,6 +26,7 @@ from hf_segformer.training.losses import (
     ohem_cross_entropy_loss,
     validate_class_weights,
 )
+from hf_segformer.training.run_checks import check_field_combinations
 
 IGNORE = 255
 C = 3

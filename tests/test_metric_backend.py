@@ -23,7 +23,8 @@ import torch
 from huggingface_hub import constants as hub_constants
 from torch.utils.data import Dataset
 
-from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.transforms import SegmentationCollator
 from hf_segformer.errors import RecipeError
 from hf_segformer.evaluation.metrics import (
@@ -35,6 +36,7 @@ from hf_segformer.evaluation.metrics import (
 )
 from hf_segformer.logits import LABEL_PAD, pack_labels, unpack_label
 from hf_segformer.training import run as train
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.trainer import SegformerTrainer
 
 ID2LABEL = {0: "road", 1: "sky", 2: "car", 3: "tree", 4: "sign"}

@@ -17,8 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from streaming_helpers import (ACCELERATE, REPO, eval_metrics, free_port, run, run_env, step_losses,
-                      tiny_streaming_recipe)
+from streaming_helpers import (
+    ACCELERATE,
+    REPO,
+    eval_metrics,
+    free_port,
+    run,
+    run_env,
+    step_losses,
+    tiny_streaming_recipe,
+)
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 # The quickstart at CI size: 8 + 4 synthetic 32×32 images, crop = image, 4 steps. Dropout off and the decode

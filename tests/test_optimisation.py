@@ -17,9 +17,9 @@ from conftest import ACCELERATE, run_offline
 from torch import nn
 from train_step_script import one_step, samples, tiny_model
 
-from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
 from hf_segformer.modeling.batchnorm import AllReduceBatchNorm2d, convert_sync_batchnorm
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.losses import SegmentationLoss, downsample_labels
 from hf_segformer.training.trainer import SegformerTrainer
 

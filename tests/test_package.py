@@ -59,9 +59,16 @@ def test_no_import_circles_and_no_relative_imports():
         visit(name, [])
 
 
-def test_configs_import_nothing_of_the_package_but_errors_values_and_runtime():
-    imported = {m for m in _package_imports(PACKAGE / "configs.py") if m.count(".") == 1}
-    assert imported <= {"hf_segformer.errors", "hf_segformer.recipe_values", "hf_segformer.runtime"}, imported
+def test_the_recipe_fields_import_nothing_heavy():
+    # The data and model fields are read by light commands and by every parser: no transformers, no torch.
+    code = ("import sys, hf_segformer.config.data, hf_segformer.config.model, hf_segformer.config.values; "
+            "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    for module in ("data", "model", "values"):
+        imported = {m for m in _package_imports(PACKAGE / "config" / f"{module}.py") if m.count(".") >= 1}
+        assert all(m.startswith(("hf_segformer.config", "hf_segformer.errors", "hf_segformer.data.images"))
+                   for m in imported), imported
 
 
 def test_conversion_commands_start_without_transformers_or_torch():

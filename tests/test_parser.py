@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.errors import RecipeError
-from hf_segformer.parser import parse_recipe
+from hf_segformer.training.arguments import SegformerTrainingArguments, parse_recipe
 
 
 @pytest.fixture

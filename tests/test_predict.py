@@ -11,9 +11,9 @@ from conftest import PALETTE_COLOURS
 from PIL import Image
 
 from hf_segformer.cli import main
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.data.palettes import dataset_palette, default_palette, mask_image
 from hf_segformer.inference.segmenter import Segmenter
-from hf_segformer.visuals import dataset_palette, default_palette, mask_image
 
 ID2LABEL = {0: "background", 1: "road", 2: "car"}
 COLOURS = {"#FF0000": 0, "#00FF00": 1, "#0000FF": 2, "#FFFFFF": 255}

@@ -14,8 +14,14 @@ from conftest import save_image
 from PIL import Image
 
 from hf_segformer.data.preflight import DataReport, SplitReport
-from hf_segformer.inference.ranking import (class_presence, image_score, load_class_frequencies, pixel_uncertainty,
-                                            rank_unlabelled, rarity_weights)
+from hf_segformer.inference.ranking import (
+    class_presence,
+    image_score,
+    load_class_frequencies,
+    pixel_uncertainty,
+    rank_unlabelled,
+    rarity_weights,
+)
 
 LN2_OVER_LN3 = math.log(2) / math.log(3)  # normalised entropy of (½, ½, 0) among 3 classes
 ID2LABEL = {0: "bg", 1: "road", 2: "rare"}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streaming_helpers import write_pairs
 from datasets import Features, Image, IterableDataset, load_dataset
+from streaming_helpers import write_pairs
 
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
 from hf_segformer.errors import DataError

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
 from hf_segformer.outputs import check_output_dir
 from hf_segformer.runtime import ENV_MIXED_PRECISION, cpu_has_native_bf16
 from hf_segformer.training import run_checks as runchecks
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.run_checks import check_cpu_bf16, check_fp16_device, check_run
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"

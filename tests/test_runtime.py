@@ -12,9 +12,9 @@ import pytest
 from conftest import ACCELERATE, free_port
 
 from hf_segformer import runtime
-from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.errors import RecipeError
 from hf_segformer.runtime import choose_loader_workers, choose_precision, choose_threads
+from hf_segformer.training.arguments import SegformerTrainingArguments
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,17 +14,23 @@ import json
 
 import numpy as np
 import pytest
-from streaming_helpers import write_pairs
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
+from streaming_helpers import write_pairs
 
-from hf_segformer.configs import DataArguments, SegformerTrainingArguments
-from hf_segformer.recipe_values import parse_data_files
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.values import parse_data_files
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
-from hf_segformer.data.streaming import (check_streaming_data, find_id2label_near_shards, load_streaming_data,
-                                         open_streams, validate_streaming_recipe)
+from hf_segformer.data.streaming import (
+    check_streaming_data,
+    find_id2label_near_shards,
+    load_streaming_data,
+    open_streams,
+    validate_streaming_recipe,
+)
 from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.training.arguments import SegformerTrainingArguments
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 

@@ -13,8 +13,8 @@ import json
 
 import numpy as np
 import pytest
-from streaming_helpers import eval_metrics, finetune, step_losses, synthetic_pairs, tiny_streaming_recipe
 from PIL import Image
+from streaming_helpers import eval_metrics, finetune, step_losses, synthetic_pairs, tiny_streaming_recipe
 
 from hf_segformer.data.shards import write_parquet_shards
 

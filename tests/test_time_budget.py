@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_segformer.recipe_values import parse_duration
+from hf_segformer.config.values import parse_duration
 from hf_segformer.errors import RecipeError
 from hf_segformer.training.budget import periodic_count, rebuild_scheduler, steps_that_fit
 

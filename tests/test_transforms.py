@@ -343,7 +343,7 @@ def test_cache_plan_follows_the_setting_and_the_memory():
 @pytest.mark.parametrize("value, streaming, message", [("sometimes", False, "auto, true or false"),
                                                        (True, True, "streaming")])
 def test_cache_setting_errors_name_the_field(value, streaming, message):
-    from hf_segformer.configs import DataArguments
+    from hf_segformer.config.data import DataArguments
     from hf_segformer.errors import RecipeError
 
     with pytest.raises(RecipeError, match=message) as error:

@@ -23,7 +23,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def data_args(data_dir: Path, *extra: str):
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     data, _, _ = parse_recipe(["--data_dir", str(data_dir), "--output_dir", str(data_dir.parent / "out"),
                                "--check_num_proc", "1", *extra])
@@ -313,7 +313,7 @@ def test_cli_typo_gets_did_you_mean(capsys):
 
 
 def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     recipe = tmp_path / "my.yaml"
     recipe.write_text("output_dir: out\nlearning_rate: [1e-4\n")
@@ -322,7 +322,7 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
 
 
 def test_null_on_the_command_line_unsets_a_recipe_value(tmp_path):
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: out\nclass_weights: inverse_frequency\nmax_train_samples: 5\n")
@@ -344,7 +344,7 @@ def test_bad_recipe_values_are_one_line_errors(argv, expected, capsys):
 
 
 def test_train_scale_64_in_a_recipe_is_named(tmp_path):
-    from hf_segformer.parser import parse_recipe
+    from hf_segformer.training.arguments import parse_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: out\ntrain_scale: 64\n")

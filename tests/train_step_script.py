@@ -17,8 +17,8 @@ import tempfile
 import torch
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, TrainerCallback
 
-from hf_segformer.configs import SegformerTrainingArguments
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.losses import SegmentationLoss
 from hf_segformer.training.trainer import SegformerTrainer
 

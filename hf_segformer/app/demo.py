@@ -38,13 +38,15 @@ except ImportError as err:  # the CLI prints this instead of a traceback
     raise RecipeError("hf-segformer demo needs Gradio: pip install 'hf-segformer[demo]'.") from err
 
 from hf_segformer.app.space import export_space
-from hf_segformer.configs import recipe_data_args
+from hf_segformer.config.data import recipe_data_args
+from hf_segformer.config.parser import parse_command
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, list_images
+from hf_segformer.data.palettes import dataset_palette, default_palette, pixels_per_class
 from hf_segformer.hub.cards import hub_repo_id
 from hf_segformer.inference.segmenter import MODES, InferenceArguments, InferenceSettings, Segmenter
 from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
-from hf_segformer.parser import parse_command
-from hf_segformer.visuals import dataset_palette, default_palette, overlay, pixels_per_class
+from hf_segformer.training.arguments import RECIPE_DATACLASSES
+from hf_segformer.visuals import overlay
 
 logger = logging.getLogger(__name__)
 
@@ -367,7 +369,7 @@ def recipe_palette(recipe: dict, colour_map: str | None) -> Callable[[int], np.n
 
 def main(argv: list[str]) -> int:
     """`hf-segformer demo`: serve the app until interrupted, or write the Space folder with --export-space."""
-    inference_args, demo_args, recipe = parse_command(argv, (InferenceArguments, DemoArguments))
+    inference_args, demo_args, recipe = parse_command(argv, (InferenceArguments, DemoArguments), RECIPE_DATACLASSES)
     model = inference_args.model_path(recipe)
     palette = recipe_palette(recipe, demo_args.colour_map)
     if demo_args.export_space:

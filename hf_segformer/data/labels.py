@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hf_segformer.config.values import normalise_id2label
 from hf_segformer.errors import DataError
-from hf_segformer.recipe_values import normalise_id2label
 
 ID2LABEL_FILE = "id2label.json"
 

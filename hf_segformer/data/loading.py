@@ -15,10 +15,10 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.values import SPLIT_ALIASES, canonical_split
 from hf_segformer.data.images import IMAGE_EXTENSIONS, MASK_EXTENSIONS, is_image_file
 from hf_segformer.errors import DataError, problems_message
-from hf_segformer.recipe_values import SPLIT_ALIASES, canonical_split
 
 logger = logging.getLogger(__name__)
 

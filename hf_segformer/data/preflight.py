@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from hf_segformer.data.images import entry_name, open_image, upright
 from hf_segformer.data.doctor import out_of_range_hint
+from hf_segformer.data.images import entry_name, open_image, upright
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import undecoded
 from hf_segformer.data.rare_classes import save_presence

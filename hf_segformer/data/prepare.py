@@ -10,16 +10,20 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.values import canonical_split, check_num_labels, normalise_id2label
 from hf_segformer.data.doctor import empty_class_problems, unlabelled_hint
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
 from hf_segformer.data.loading import load_data
 from hf_segformer.data.preflight import DataReport, check_data
-from hf_segformer.data.streaming import (StreamingData, check_streaming_data, find_id2label_near_shards,
-                                         load_streaming_data)
+from hf_segformer.data.streaming import (
+    StreamingData,
+    check_streaming_data,
+    find_id2label_near_shards,
+    load_streaming_data,
+)
 from hf_segformer.data.synthetic import write_synthetic_dataset
 from hf_segformer.errors import DataError, problems_message
-from hf_segformer.recipe_values import canonical_split, check_num_labels, normalise_id2label
 
 logger = logging.getLogger("hf_segformer")
 

@@ -27,11 +27,11 @@ from typing import Any
 import pyarrow.parquet as pq  # installed with datasets (which requires it): reads a shard's footer only
 from datasets import Dataset, Features, Image, IterableDataset, load_dataset, load_from_disk
 
-from hf_segformer.configs import FORMAT_BY_EXTENSION
+from hf_segformer.config.data import FORMAT_BY_EXTENSION
+from hf_segformer.config.values import canonical_split
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.preflight import DataReport, check_split
 from hf_segformer.errors import DataError, RecipeError, problems_message
-from hf_segformer.recipe_values import canonical_split
 
 logger = logging.getLogger("hf_segformer")
 

@@ -19,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.parser import parse_command
+from hf_segformer.config.values import canonical_split
 from hf_segformer.data.images import open_image
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import RecipeError
@@ -28,8 +30,7 @@ from hf_segformer.evaluation.run import load_split
 from hf_segformer.inference.onnx_export import export_onnx
 from hf_segformer.inference.quantize import MODES, QuantizationSettings, export_quantized, split_calibration
 from hf_segformer.inference.segmenter import InferenceSettings
-from hf_segformer.parser import parse_command
-from hf_segformer.recipe_values import canonical_split
+from hf_segformer.training.arguments import RECIPE_DATACLASSES
 
 DEFAULT_CALIBRATION_IMAGES = 16
 
@@ -48,7 +49,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data(recipe_argv: list[str]) -> tuple[DataArguments, InferenceSettings, dict[str, Any]]:
-    return parse_command(recipe_argv, (DataArguments, InferenceSettings))
+    return parse_command(recipe_argv, (DataArguments, InferenceSettings), RECIPE_DATACLASSES)
 
 
 def _has_data(data_args: DataArguments) -> bool:

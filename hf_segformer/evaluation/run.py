@@ -28,20 +28,22 @@ import torch
 from datasets import Dataset
 from PIL import Image as PILImage
 
-from hf_segformer.configs import DataArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.parser import parse_command
+from hf_segformer.config.values import canonical_split
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.loading import load_data, undecoded
+from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
 from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.inference.segmenter import InferenceArguments, Segmenter, class_map
 from hf_segformer.outputs import writable_folder
-from hf_segformer.parser import parse_command
-from hf_segformer.recipe_values import canonical_split
 from hf_segformer.runtime import has_accelerator
-from hf_segformer.visuals import dataset_palette, sample_grid, spread_indices
+from hf_segformer.training.arguments import RECIPE_DATACLASSES
+from hf_segformer.visuals import sample_grid, spread_indices
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ def main(argv: list[str]) -> dict[str, float]:
 
 
     data_args, inference_args, eval_args, recipe = parse_command(
-        argv, (DataArguments, InferenceArguments, EvaluateArguments))
+        argv, (DataArguments, InferenceArguments, EvaluateArguments), RECIPE_DATACLASSES)
     model = inference_args.model_path(recipe)
     split = canonical_split(data_args.eval_split)
     output_dir = Path(eval_args.eval_output_dir or default_output_dir(model, split, inference_args))

@@ -22,11 +22,11 @@ import numpy as np
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from hf_segformer.data.palettes import default_palette
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.reports import class_table
 from hf_segformer.modeling.build import KEEP_RATIO_SCALE, MIT_VARIANTS
-from hf_segformer.visuals import default_palette
 
 DATASET_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # package data
 NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)

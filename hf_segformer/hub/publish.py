@@ -19,7 +19,8 @@ from datasets import DatasetDict, Image
 from huggingface_hub import CommitOperationAdd, HfApi
 from PIL import Image as PILImage
 
-from hf_segformer.configs import DataArguments, ModelArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.coco import CATEGORY_MAP_FILE
 from hf_segformer.data.images import open_image
 from hf_segformer.data.labels import ID2LABEL_FILE, LabelDecoder

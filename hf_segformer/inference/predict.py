@@ -27,14 +27,16 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_segformer.configs import recipe_data_args
+from hf_segformer.config.data import recipe_data_args
+from hf_segformer.config.parser import parse_command
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
+from hf_segformer.data.palettes import dataset_palette, mask_image
 from hf_segformer.errors import DataError, RecipeError, problems_message
 from hf_segformer.inference.predict_export import ExportArguments, check_export_target, export_after_predict
 from hf_segformer.inference.segmenter import InferenceArguments, Segmenter
 from hf_segformer.outputs import writable_folder
-from hf_segformer.parser import parse_command
-from hf_segformer.visuals import dataset_palette, mask_image, overlay
+from hf_segformer.training.arguments import RECIPE_DATACLASSES
+from hf_segformer.visuals import overlay
 
 
 @dataclass
@@ -156,7 +158,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], palette: np.ndarray, ba
 def main(argv: list[str]) -> int:
     """`hf-segformer predict`: 0 when every image was predicted (or already was), 1 when some could not be read."""
     inference_args, predict_args, export_args, recipe = parse_command(
-        argv, (InferenceArguments, PredictArguments, ExportArguments))
+        argv, (InferenceArguments, PredictArguments, ExportArguments), RECIPE_DATACLASSES)
     if not predict_args.inputs or not predict_args.predictions_dir:
         raise RecipeError("predict needs --inputs (folders, glob patterns or files) and --predictions_dir.")
     writable_folder(predict_args.predictions_dir, "predictions_dir")  # before any work

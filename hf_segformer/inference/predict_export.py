@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from hf_segformer.data.annotations.exporter import default_output, export_masks
-from hf_segformer.data.annotations.preannotations import (FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions, MaskToExport,
-                                                          palette_colours)
+from hf_segformer.data.annotations.preannotations import (
+    FORMATS,
+    LOCAL_FILES_PREFIX,
+    LabelStudioOptions,
+    MaskToExport,
+    palette_colours,
+)
 from hf_segformer.errors import RecipeError
 
 

@@ -35,14 +35,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hf_segformer.data.annotations.exporter import export_masks
 from hf_segformer.data.annotations.layout import StagedFolder
-from hf_segformer.data.annotations.preannotations import (DEFAULT_SUFFIX, FORMATS, LOCAL_FILES_PREFIX,
-                                                          LabelStudioOptions, MaskToExport)
+from hf_segformer.data.annotations.preannotations import (
+    DEFAULT_SUFFIX,
+    FORMATS,
+    LOCAL_FILES_PREFIX,
+    LabelStudioOptions,
+    MaskToExport,
+)
 from hf_segformer.data.images import load_image
+from hf_segformer.data.palettes import colourise, default_palette, pixels_per_class
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.inference.predict import decoded_batches, find_jobs
 from hf_segformer.inference.predict_export import image_name
 from hf_segformer.inference.segmenter import Segmenter, class_map
-from hf_segformer.visuals import colourise, default_palette, pixels_per_class
 
 METHODS = ("entropy", "margin")
 FREQUENCY_FLOOR = 1e-4

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoConfig, SegformerConfig, SegformerForSemanticSegmentation
 from transformers.utils import is_torchvision_available
 
-from hf_segformer.configs import ModelArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import RecipeError
 

@@ -26,7 +26,6 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-
 logger = logging.getLogger("hf_segformer")
 
 

@@ -11,8 +11,9 @@ from transformers import TrainerCallback
 
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.palettes import default_palette
 from hf_segformer.inference.segmenter import Segmenter
-from hf_segformer.visuals import default_palette, sample_grid, spread_indices
+from hf_segformer.visuals import sample_grid, spread_indices
 
 
 class SampleGridCallback(TrainerCallback):

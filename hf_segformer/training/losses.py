@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hf_segformer.configs import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
 from hf_segformer.errors import RecipeError
 from hf_segformer.logits import LABEL_PAD, check_ignore_index, label_size, upsample_logits
+from hf_segformer.training.arguments import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
 
 _TINY = torch.finfo(torch.float32).tiny  # denominator floor: 0/_TINY = 0 for a batch with nothing labelled
 

@@ -15,9 +15,12 @@ from datasets import DatasetDict
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_segformer.configs import DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
+from hf_segformer.config.values import canonical_split
 from hf_segformer.data.image_cache import DecodedImageCache, plan_cache
 from hf_segformer.data.loading import undecoded
+from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
 from hf_segformer.data.rare_classes import RareClassSampler, load_presence
@@ -28,13 +31,13 @@ from hf_segformer.evaluation.metrics import LogitsMeanIoU, SegmentationMetrics, 
 from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.hub.publish import push_model
 from hf_segformer.logits import check_ignore_index
-from hf_segformer.outputs import claim_output_dir, mark_run_folder
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
 from hf_segformer.modeling.build import build_image_processor, build_model, check_model_folder
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
 from hf_segformer.modeling.token_merging import apply_token_merging, resolve_token_merging
-from hf_segformer.recipe_values import canonical_split
+from hf_segformer.outputs import claim_output_dir, mark_run_folder
 from hf_segformer.runtime import Choice, apply_threads, available_memory, keep_freed_memory, local_processes
+from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.budget import TimeBudgetCallback, fixed_speed_metrics
 from hf_segformer.training.callbacks import LastEvaluation, SampleGridCallback
 from hf_segformer.training.ema import WeightAverage
@@ -42,7 +45,6 @@ from hf_segformer.training.losses import SegmentationLoss, class_weights_from_re
 from hf_segformer.training.run_checks import check_field_combinations, check_run
 from hf_segformer.training.stream import TrainStream
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_message
-from hf_segformer.visuals import dataset_palette
 
 logger = logging.getLogger("hf_segformer")
 

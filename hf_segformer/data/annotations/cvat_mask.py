@@ -23,12 +23,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from hf_segformer.data.annotations.layout import (ClassTable, ImportPlan, PlannedImage, StagedFolder, claim_output,
-                                                  upright_size, write_new_file)
+from hf_segformer.data.annotations.layout import (
+    ClassTable,
+    ImportPlan,
+    PlannedImage,
+    StagedFolder,
+    claim_output,
+    upright_size,
+    write_new_file,
+)
 from hf_segformer.data.annotations.preannotations import ExportClasses, MaskToExport
 from hf_segformer.data.annotations.sources import DEFAULT_SUBSET, find_image_by_stem, split_name
+from hf_segformer.data.palettes import default_palette
 from hf_segformer.errors import DataError, problems_message
-from hf_segformer.visuals import default_palette
 
 LABELMAP_FILE = "labelmap.txt"
 CLASS_DIR = "SegmentationClass"

@@ -10,8 +10,14 @@ from pathlib import Path
 from hf_segformer.data.annotations.coco_format import write_coco_rle
 from hf_segformer.data.annotations.cvat_mask import write_export
 from hf_segformer.data.annotations.label_studio import write_predictions
-from hf_segformer.data.annotations.preannotations import (DEFAULT_SUFFIX, FORMATS, ExportClasses, LabelStudioOptions,
-                                                          MaskToExport, resolve_background)
+from hf_segformer.data.annotations.preannotations import (
+    DEFAULT_SUFFIX,
+    FORMATS,
+    ExportClasses,
+    LabelStudioOptions,
+    MaskToExport,
+    resolve_background,
+)
 from hf_segformer.errors import RecipeError
 
 

@@ -18,8 +18,13 @@ import re
 from pathlib import Path
 
 from hf_segformer.data.annotations import coco_format, cvat_mask, label_studio
-from hf_segformer.data.annotations.layout import (UNLABELLED_CHOICES, ImportPlan, ImportSummary, claim_output,
-                                                  write_data_dir)
+from hf_segformer.data.annotations.layout import (
+    UNLABELLED_CHOICES,
+    ImportPlan,
+    ImportSummary,
+    claim_output,
+    write_data_dir,
+)
 from hf_segformer.data.annotations.sources import export_folder, split_name
 from hf_segformer.errors import DataError, RecipeError
 

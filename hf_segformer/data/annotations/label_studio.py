@@ -43,8 +43,15 @@ import numpy as np
 from PIL import ImageColor
 
 from hf_segformer.data.annotations import brush_rle
-from hf_segformer.data.annotations.layout import (ClassTable, ImportPlan, PlannedImage, claim_output, hex_colour,
-                                                  upright_size, write_new_file)
+from hf_segformer.data.annotations.layout import (
+    ClassTable,
+    ImportPlan,
+    PlannedImage,
+    claim_output,
+    hex_colour,
+    upright_size,
+    write_new_file,
+)
 from hf_segformer.data.annotations.preannotations import ExportClasses, LabelStudioOptions, MaskToExport
 from hf_segformer.data.coco import RULES as COCO_RULES
 from hf_segformer.data.coco import polygon_mask

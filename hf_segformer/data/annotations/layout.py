@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from hf_segformer.data.labels import ID2LABEL_FILE
+from hf_segformer.data.palettes import IGNORED_COLOUR, default_palette, mask_image
 from hf_segformer.errors import DataError, problems_message
-from hf_segformer.visuals import IGNORED_COLOUR, default_palette, mask_image
 
 COLOUR_MAP_FILE = "colour_map.json"
 REPORT_FILE = "import_report.json"

@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from hf_segformer.data.palettes import default_palette
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.visuals import default_palette
 
 FORMATS = ("label-studio", "cvat-mask", "coco")
 DEFAULT_SUFFIX = {"label-studio": ".json", "cvat-mask": ".zip", "coco": ".json"}

@@ -9,9 +9,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from hf_segformer.config.values import canonical_split
 from hf_segformer.data.images import IMAGE_EXTENSIONS, is_image_file
 from hf_segformer.errors import DataError
-from hf_segformer.recipe_values import canonical_split
 
 DEFAULT_SUBSET = "default"  # CVAT's subset name when a task has none
 

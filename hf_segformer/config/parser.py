@@ -1,7 +1,8 @@
-"""YAML recipe + command-line overrides → the config dataclasses.
+"""YAML recipe + command-line overrides → config dataclasses.
 
 `--config recipe.yaml` sets the defaults, any `--field value` on the command line wins, and a key in the
-YAML that no dataclass knows is an error naming the key (a typo must not be silently ignored).
+YAML that no dataclass knows is an error naming the key (a typo must not be silently ignored). The parser is
+given the dataclasses it fills: a training run's are `training.arguments.RECIPE_DATACLASSES`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
-from hf_segformer.configs import TRAINING_ONLY_DATA_FIELDS, DataArguments, ModelArguments, SegformerTrainingArguments
+from hf_segformer.config.data import TRAINING_ONLY_DATA_FIELDS, DataArguments
 from hf_segformer.errors import RecipeError
 
-RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)
 
-
-def load_recipe(path: str | Path, dataclass_types: tuple = RECIPE_DATACLASSES) -> dict[str, Any]:
+def load_recipe(path: str | Path, dataclass_types: tuple) -> dict[str, Any]:
     """Read a YAML recipe and check every key against the dataclasses' fields."""
     path = Path(path)
     if not path.is_file():
@@ -48,11 +47,7 @@ def load_recipe(path: str | Path, dataclass_types: tuple = RECIPE_DATACLASSES) -
     return recipe
 
 
-def parse_recipe(
-    argv: list[str] | None = None,
-    default_config: str | Path | None = None,
-    dataclass_types: tuple = RECIPE_DATACLASSES,
-) -> tuple:
+def parse_args(argv: list[str] | None, dataclass_types: tuple, default_config: str | Path | None = None) -> tuple:
     """Parse `--config file.yaml` plus overrides into one instance per dataclass type."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config = default_config
@@ -118,14 +113,14 @@ def _parse_checked(parser: HfArgumentParser, argv: list[str], dataclass_types: t
     return tuple(parsed)
 
 
-def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
+def parse_command(argv: list[str], dataclass_types: tuple, recipe_types: tuple) -> tuple:
     """Options of a command that runs on a training recipe's data (evaluate, predict): `--config recipe.yaml`
     is optional; its keys that belong to `dataclass_types` become defaults (the command line wins), its other
-    keys must be recipe fields (a typo is still an error) and are returned as the last item, a dict."""
+    keys must be fields of `recipe_types` (a typo is still an error) and are returned as the last item, a dict."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    recipe = load_recipe(known.config, RECIPE_DATACLASSES + dataclass_types) if known.config else {}
+    recipe = load_recipe(known.config, recipe_types + dataclass_types) if known.config else {}
     own = {f.name for dc in dataclass_types for f in fields(dc) if f.init}
     parser = command_parser(dataclass_types)
     parser.set_defaults(**{k: v for k, v in recipe.items() if k in own})
@@ -135,7 +130,7 @@ def parse_command(argv: list[str], dataclass_types: tuple) -> tuple:
 def command_parser(dataclass_types: tuple) -> HfArgumentParser:
     """The parser of a command that runs on a trained model (evaluate, predict, demo), with a --help that shows
     only what the command uses: one group per dataclass (its `_argument_group_name`), `--config`, and none of
-    the training-only data fields (`configs.TRAINING_ONLY_DATA_FIELDS`), which a training recipe given by
+    the training-only data fields (`config.data.TRAINING_ONLY_DATA_FIELDS`), which a training recipe given by
     --config may still hold and the command line still accepts."""
     parser = HfArgumentParser(dataclass_types)
     # Read before this parser by parse_command; SUPPRESS keeps it out of the namespace (no extra dataclass).

@@ -1,38 +1,28 @@
-"""The recipe's fields: one dataclass per concern, parsed by `HfArgumentParser` from YAML + command line.
+"""The recipe's data fields (`DataArguments`): where the images and masks come from and how they are augmented.
 
-These dataclasses are the single source of truth for every option; the YAML recipes only set values. They
-import nothing of the package but its errors, `recipe_values` (the parsers of values such as `id2label`,
-`colour_map`, `max_time`, shared with the light commands) and `runtime` (which settles precision, threads and
-loader workers before transformers' own `__post_init__` needs them).
+Light on purpose: imports nothing heavy (no transformers, no torch), so the commands that only read data
+(check-data, coco-to-masks, import-annotations) and the parsers of other commands share it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
-
+from hf_segformer.config.values import check_num_labels, normalise_id2label, parse_colour_map, parse_data_files
 from hf_segformer.errors import RecipeError
-from hf_segformer.recipe_values import (check_num_labels, normalise_id2label, parse_colour_map, parse_data_files,
-                                        parse_duration, parse_mapping)
-from hf_segformer.runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
 
-WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
-LOSS_TERMS = ("ce", "focal", "dice", "ohem")
-LOSS_RESOLUTIONS = ("labels", "logits")
-METRIC_BACKENDS = ("confusion", "evaluate_hub")
 SPLIT_STRATEGIES = ("auto", "shards", "examples")  # how processes divide a stream (datasets' split_dataset_by_node)
 FORMAT_BY_EXTENSION = {".parquet": "parquet", ".tar": "webdataset"}
 
 
 # DataArguments fields only training reads (augmentation, the synthetic set, the pre-flight check, the model
-# card's dataset): hidden from the --help of evaluate, predict and demo (`parser.command_parser`).
+# card's dataset): hidden from the --help of evaluate, predict and demo (`config.parser.command_parser`).
 TRAINING_ONLY_DATA_FIELDS = frozenset({
     "crop_size", "train_scale", "ratio_range", "cat_max_ratio", "hflip_prob", "photometric_distortion",
     "synthetic_data", "synthetic_num_train", "synthetic_num_validation", "synthetic_image_size",
     "train_split", "max_train_samples", "check_data", "check_num_proc", "hub_dataset_id",
 })
+
 
 
 @dataclass
@@ -227,190 +217,6 @@ class DataArguments:
                                             or min(self.eval_scale) <= 0):
             raise RecipeError(f"eval_scale takes two positive numbers (long side, short side), e.g. the train_scale "
                               f"{list(self.train_scale)}; got {self.eval_scale}.")
-
-
-@dataclass
-class ModelArguments:
-    """Which SegFormer to fine-tune."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Hub id or local folder (e.g. nvidia/mit-b0). Unset: build `model_variant` from config."},
-    )
-    model_variant: str = field(
-        default="b0", metadata={"help": "MiT variant b0..b5 built from config with random weights (offline)."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False, metadata={"help": "Allow a checkpoint whose head has another number of classes."}
-    )
-    model_revision: str = field(default="main", metadata={"help": "Hub revision (branch, tag or commit)."})
-    model_license: str | None = field(
-        default=None,
-        metadata={"help": "Hub licence id for the model card. Unset: NVIDIA's SegFormer licence (non-commercial) when "
-                          "fine-tuning nvidia/mit-* or nvidia/segformer-* weights, otherwise none declared."},
-    )
-    hub_space_id: str | None = field(
-        default=None,
-        metadata={"help": "Hub Space (namespace/name) serving this model's demo (`hf-segformer demo --export-space`); "
-                          "the model card written by push_to_hub links to it."},
-    )
-    token_merging: str | None = field(
-        default=None,
-        metadata={"help": "Token merging in the encoder's attention (SegFormer++): hq, fast, 2x2, none, or one "
-                          "{query, query_ratio, query_stride, kv, kv_ratio, kv_stride, proportional_attention} "
-                          "mapping per stage. Applies to a loaded model without retraining; see benchmarks/README.md."},
-    )
-    fuse_decode_head: bool = field(
-        default=True,
-        metadata={"help": "Train the decode head in its exact reordered form: each stage's projection and its slice "
-                          "of the 1×1 fusion applied as one map before upsampling, summed, then BatchNorm (the "
-                          "4·D-channel tensor at 1/4 resolution is never built). Same logits and gradients up to "
-                          "float rounding, same saved model; a faster step (README, \"Measured\")."},
-    )
-    channels_last: bool = field(
-        default=False,
-        metadata={"help": "Train with channels-last memory format (often faster on GPUs with tensor cores)."},
-    )
-    drop_path_rate: float | None = field(
-        default=None, metadata={"help": "Stochastic depth in the encoder (config default 0.1, as MMSegmentation)."}
-    )
-    classifier_dropout_prob: float | None = field(
-        default=None, metadata={"help": "Dropout before the decode head's classifier (config default 0.1)."}
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are stored."})
-
-
-@dataclass
-class SegformerTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults that suit segmentation, plus run-safety options."""
-
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Images are decoded on the fly."})
-    batch_eval_metrics: bool = field(
-        default=True, metadata={"help": "Accumulate a confusion matrix per batch instead of keeping every logit."}
-    )
-    metric_backend: str = field(
-        default="confusion",
-        metadata={"help": "'confusion': streaming confusion matrices with evaluate's mean_iou semantics, offline. "
-                          "'evaluate_hub': evaluate.load('mean_iou') from the Hub on every logit, as transformers' "
-                          "example (needs the Hub before training starts; turns batch_eval_metrics off)."},
-    )
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard by default)."})
-    loss: str | None = field(
-        default=None,
-        metadata={"help": "Training loss terms and their weights, e.g. {ce: 1.0, dice: 0.5}; terms: ce, focal, dice, "
-                          "ohem. Default: plain cross-entropy."},
-    )
-    class_weights: str | None = field(
-        default=None,
-        metadata={"help": "Per-class loss weights: a list, or computed from the training pixel histogram of the "
-                          "data check: inverse_frequency | median_frequency | effective_number."},
-    )
-    class_weight_clip: float | None = field(default=10.0, metadata={"help": "Largest/smallest class weight ratio."})
-    class_weight_beta: float = field(default=0.9999, metadata={"help": "beta of effective_number weights."})
-    focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss focusing parameter."})
-    ohem_thresh: float = field(default=0.7, metadata={"help": "OHEM: keep pixels whose true-class probability is below."})
-    ohem_min_kept: int = field(default=100_000, metadata={"help": "OHEM: keep at least this many pixels per image."})
-    dice_smooth: float = field(default=1.0, metadata={"help": "Dice loss smoothing term."})
-    loss_resolution: str = field(
-        default="labels",
-        metadata={"help": "'labels': logits upsampled to the label size for the loss (as SegFormer's own loss). "
-                          "'logits': labels downsampled to the logits' 1/4 resolution (majority of each 4×4 "
-                          "cell) instead: 16× less loss memory at 150 classes, see README for the mIoU cost."},
-    )
-    head_lr_multiplier: float = field(
-        default=1.0,
-        metadata={"help": "Learning rate of the decode head = learning_rate × this (10 in the published SegFormer "
-                          "recipe). 1.0 is the plain Trainer's optimizer. Biases and norms never get weight decay."},
-    )
-    sync_batchnorm: bool = field(
-        default=False,
-        metadata={"help": "Under DDP, normalise the decode head's BatchNorm over the global batch (all processes): "
-                          "torch's SyncBatchNorm on GPUs, an all-reduce BatchNorm on CPU processes."},
-    )
-    max_nonfinite_losses: int = field(
-        default=0,
-        metadata={"help": "Training batches with a NaN/Inf loss that are skipped (zero gradient, with a warning) "
-                          "before the run stops with an error naming the step; 0 stops at the first."},
-    )
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Allow training into an output_dir that holds checkpoints of another run."}
-    )
-    precision: str = field(
-        default="auto",
-        metadata={"help": "auto | fp32 | bf16 | fp16. auto: the Accelerate config's mixed_precision or the recipe's "
-                          "fp16/bf16 flag if either is set, else the fastest safe one here (bf16 on GPUs that have it, "
-                          "else fp16; bf16 on CPUs with AVX-512 BF16/AMX, else fp32). Contradictions are refused."},
-    )
-    torch_threads: int | None = field(
-        default=None,
-        metadata={"help": "Torch threads per process. Unset: OMP_NUM_THREADS if you set it, else the usable cores "
-                          "divided by the processes on this machine (a launcher's default of 1 is replaced)."},
-    )
-    reuse_freed_memory: bool = field(
-        default=True,
-        metadata={"help": "CPU runs: keep freed memory in the process for the next step instead of returning it to "
-                          "the system (glibc), which made a CPU training step 1.4× faster for ~1 GB more peak memory "
-                          "(B0, batch 8 × 512²). false: the system allocator's defaults."},
-    )
-    ema_decay: float | None = field(
-        default=None,
-        metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.999; warm-up min(decay, "
-                          "(1+t)/(10+t))): evaluations use it and the saved model is it. Checkpoints keep the raw "
-                          "weights and the average (ema.safetensors) for resuming. Unset: off."},
-    )
-    max_time: str | None = field(
-        default=None,
-        metadata={"help": "A wall-clock budget for training, e.g. 90s, 25m, 2h, 1.5d: the run times its first steps "
-                          "and its evaluation, then fixes max_steps so that warm-up and the LR decay end at the "
-                          "budget, with the last evaluation and the save inside it (max_steps, if set, stays an "
-                          "upper bound). Recorded in train_results.json (budget_*) and the model card."},
-    )
-    dataloader_num_workers: str = field(
-        default="auto",
-        metadata={"help": "DataLoader worker processes, or auto: 1 for CPU training (0 on one core), up to 8 when "
-                          "an accelerator trains (cores per process - 1)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.metric_backend not in METRIC_BACKENDS:
-            raise RecipeError(f"metric_backend must be one of {', '.join(METRIC_BACKENDS)}; "
-                              f"got '{self.metric_backend}'.")
-        self.loss_terms = parse_mapping(self.loss, "loss") if self.loss is not None else {"ce": 1.0}
-        unknown = sorted(set(self.loss_terms) - set(LOSS_TERMS))
-        if unknown or any(float(w) < 0 for w in self.loss_terms.values()):
-            raise RecipeError(f"loss: terms must be among {', '.join(LOSS_TERMS)} with weights ≥ 0; got {self.loss_terms}.")
-        if isinstance(self.class_weights, str) and self.class_weights.lstrip().startswith("["):
-            self.class_weights = json.loads(self.class_weights)
-        if isinstance(self.class_weights, str) and self.class_weights not in WEIGHT_METHODS:
-            raise RecipeError(f"class_weights: '{self.class_weights}' is neither a list nor one of "
-                              f"{', '.join(WEIGHT_METHODS)}.")
-        if self.loss_resolution not in LOSS_RESOLUTIONS:
-            raise RecipeError(f"loss_resolution must be one of {', '.join(LOSS_RESOLUTIONS)}; "
-                              f"got '{self.loss_resolution}'.")
-        if not self.head_lr_multiplier > 0:
-            raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise RecipeError(f"ema_decay must be between 0 and 1 (e.g. 0.999); got {self.ema_decay}.")
-        self.max_time_s = parse_duration(self.max_time) if self.max_time is not None else None
-        if self.max_time_s is not None:
-            self.max_steps_cap = self.max_steps if 0 < self.max_steps < 10_000_000 else None
-            self.max_steps = self.max_steps_cap or 10_000_000  # provisional: the budget decides after a few steps
-        if self.metric_backend == "evaluate_hub":
-            self.batch_eval_metrics = False  # the Hub module needs every prediction at once
-        on_cpu = self.use_cpu or not has_accelerator()
-        try:
-            chosen = choose_precision(self.precision, self.fp16, self.bf16, on_cpu, launcher_precision())
-            workers = choose_loader_workers(self.dataloader_num_workers, on_accelerator=not on_cpu)
-        except ValueError as err:
-            raise RecipeError(str(err)) from err
-        self.precision, self.precision_reason = str(chosen.value), chosen.why
-        self.fp16, self.bf16 = self.precision == "fp16", self.precision == "bf16"
-        self.dataloader_num_workers, self.loader_workers_reason = int(workers.value), workers.why
-        if self.dataloader_num_workers == 0:
-            self.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
-        if on_cpu and not self.use_cpu:
-            self.use_cpu = True  # a machine without an accelerator: CPU (bf16 autocast needs use_cpu there)
-        super().__post_init__()
 
 
 PALETTE_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are
