@@ -28,8 +28,8 @@ from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.loading import load_folder_dataset, pair_files, undecoded
 from hf_segformer.data.shards import write_parquet_shards
 from hf_segformer.data.streaming import open_streams
+from hf_segformer.data.train_stream import TrainStream
 from hf_segformer.data.transforms import SegmentationCollator, TrainTransform
-from hf_segformer.training.stream import TrainStream
 
 BATCH = 8
 

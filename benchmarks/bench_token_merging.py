@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import torch
-from workers import memory_gb
+from workers import RESULT_PREFIX, memory_gb
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.model import ModelArguments
@@ -44,7 +44,6 @@ from hf_segformer.modeling.build import build_model
 from hf_segformer.modeling.head_folding import FoldedSegformer
 from hf_segformer.modeling.token_merging import PRESETS, apply_token_merging
 
-RESULT_PREFIX = "RESULT "
 PRESET_CASES = ("none", "hq", "fast", "2x2")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,9 +200,10 @@ def miou_table(args: argparse.Namespace) -> None:
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     from hf_segformer.config.parser import parse_command
+    from hf_segformer.data.loading import load_split
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.evaluation.metrics import metrics_from_confusion
-    from hf_segformer.evaluation.run import evaluate_shard, load_split
+    from hf_segformer.evaluation.run import evaluate_shard
     from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
     from hf_segformer.training.arguments import RECIPE_DATACLASSES
 

@@ -1,5 +1,6 @@
 """What the benchmarks share: each case runs in a fresh worker process (clean peak memory, no warm caches), which
-prints one `RESULT {json}` line; the parent runs it, reads the result, and formats the tables."""
+prints one `RESULT {json}` line; the parent runs it, reads the result, and formats the tables. The line's prefix
+and the /proc memory reader are the deploy report's worker protocol (`hf_segformer.evaluation.deploy.worker`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-RESULT_PREFIX = "RESULT "
+from hf_segformer.evaluation.deploy.worker import RESULT_PREFIX, memory_mb
+
 # The aerial recipe's data pipeline, loss and optimiser for a fixed number of steps: its time budget and per-run
 # extras (rare-class sampling and crops, EMA) set aside and dropout at the model's defaults (as the plain Trainer
 # runs it), so a benchmark's cases do the same work.
@@ -20,11 +21,9 @@ RECIPE_FIXED_WORK = ["--max_time", "null", "--rare_class_sampling", "false", "--
 
 def memory_gb(field: str) -> float:
     """VmHWM (peak) or VmRSS (now) of this process in GB, from /proc (ru_maxrss where there is no /proc)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024 / 1e9
+    mb = memory_mb(field)
+    if mb is not None:
+        return mb * 2**20 / 1e9
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 

@@ -6,11 +6,8 @@ The public API, imported on first use (so `import hf_segformer` stays cheap and 
     from hf_segformer import Segmenter                      # a saved model → masks (whole, slide, TTA)
     from hf_segformer import SegmentationLoss, SegmentationMetrics, MEAN_IOU_MODULE_PATH
 
-Packages: `data` (loading, labels, images, transforms, pre-flight check, synthetic, COCO), `modeling` (building
-SegFormer, head folding, token merging, SyncBN), `training` (the run, the Trainer, losses, callbacks),
-`evaluation` (metrics, reports, the evaluate command), `inference` (Segmenter, predict, ONNX), `hub` (cards,
-publishing), `app` (the Gradio demo and its Space); `configs`, `parser`, `runtime`, `logits`, `outputs`,
-`visuals`, `errors` and `cli` sit at the top. docs/architecture.md draws the map.
+The map of the house (every module, the path from a recipe to a saved model, where to add things):
+docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -8,16 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hf_segformer.errors import RecipeError
-
-LABEL_PAD = -100  # pads labels to a common size in a batch; never a class or the ignore index
-
-
-def check_ignore_index(ignore_index: int) -> None:
-    """The ignore index must not be LABEL_PAD: padded pixels and ignored pixels are told apart by it."""
-    if ignore_index == LABEL_PAD:
-        raise RecipeError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; use 255 or -1.")
-
+from hf_segformer.config.values import LABEL_PAD
 
 # Upsampled-logit elements processed at once (about 256 MB of float32); larger outputs go in channel chunks.
 UPSAMPLE_CHUNK_ELEMENTS = 64 * 1024 * 1024

@@ -63,6 +63,14 @@ def cpu_has_native_bf16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | 
     return None if flags is None else bool(flags & set(CPU_BF16_FLAGS))
 
 
+def cpu_int8_features() -> dict[str, bool]:
+    """Which x86 dot-product extensions the CPU has (Linux): INT8 speed on the CPU depends on them, and ONNX
+    Runtime advises reduce_range on CPUs without VNNI (u8×s8 products can saturate 16-bit sums there)."""
+    flags = cpu_flags() or set()
+    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}), "amx_int8": "amx_int8" in flags}
+
+
 def usable_cores() -> int:
     """Cores this process may compute on: its CPU affinity (which containers and `taskset` narrow), counting
     physical cores only where the machine has hyper-threads (a second thread per core slows GEMMs down)."""

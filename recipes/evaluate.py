@@ -8,7 +8,7 @@ several processes:
 
 import sys
 
-from hf_segformer.cli import main
+from hf_segformer.cli import run_command
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(run_command("evaluate", sys.argv[1:]))  # hf_segformer/commands/evaluate.py

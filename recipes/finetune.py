@@ -13,7 +13,7 @@ QUICKSTART = Path(__file__).resolve().parent / "quickstart.yaml"
 # keep it in the project's git-ignored .cache/ unless the user chose a place.
 os.environ.setdefault("MPLCONFIGDIR", str(QUICKSTART.parent.parent / ".cache" / "matplotlib"))
 
-from hf_segformer.cli import run_train  # noqa: E402  (after MPLCONFIGDIR)
+from hf_segformer.cli import run_command  # noqa: E402  (after MPLCONFIGDIR)
 
 if __name__ == "__main__":
-    sys.exit(run_train(sys.argv[1:], default_config=str(QUICKSTART)))
+    sys.exit(run_command("train", sys.argv[1:], default_config=str(QUICKSTART)))  # hf_segformer/commands/train.py

@@ -28,7 +28,7 @@ def main(work: Path, data_dir: Path) -> None:
     from transformers import SegformerForImageClassification, SegformerForSemanticSegmentation, pipeline
 
     from hf_segformer.cli import main as cli
-    from hf_segformer.cli import run_train
+    from hf_segformer.cli import run_command
     from hf_segformer.hub.publish import push_model
     from hf_segformer.modeling.build import build_image_processor, variant_config
     from hf_segformer.training.arguments import parse_recipe
@@ -67,9 +67,9 @@ def main(work: Path, data_dir: Path) -> None:
     # The recipe's own push (push_to_hub: true → train.main → push_model) into a repository of its own.
     pushing = argv + ["--push_to_hub", "true", "--hub_model_id", "seg-shapes-recipe", "--output_dir", str(work / "run2")]
     quickstart = str(ROOT / "recipes/quickstart.yaml")
-    out["train_rc"] = run_train(argv, default_config=quickstart)
+    out["train_rc"] = run_command("train", argv, default_config=quickstart)
     out["eval_results"] = json.loads((run / "eval_results.json").read_text())
-    out["recipe_push_rc"] = run_train(pushing, default_config=quickstart)
+    out["recipe_push_rc"] = run_command("train", pushing, default_config=quickstart)
     out["recipe_push_files"] = sorted(HfApi().list_repo_files("tester/seg-shapes-recipe"))
     out["recipe_push_card"] = ModelCard.load("tester/seg-shapes-recipe").data.to_dict()
 

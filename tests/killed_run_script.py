@@ -15,7 +15,7 @@ import sys
 from transformers import TrainerCallback
 
 import hf_segformer.training.run
-from hf_segformer.cli import run_train
+from hf_segformer.cli import run_command
 
 
 class KillAt(TrainerCallback):
@@ -40,4 +40,4 @@ if __name__ == "__main__":
             self.add_callback(KillAt(kill_step))
 
     hf_segformer.training.run.SegformerTrainer = KilledTrainer
-    sys.exit(run_train(argv))
+    sys.exit(run_command("train", argv))

@@ -10,9 +10,9 @@ import pytest
 from conftest import save_image, save_mask
 
 from hf_segformer.cli import main as hf_segformer
-from hf_segformer.data.annotations.importer import main as import_annotations_command
+from hf_segformer.commands.import_annotations import main as import_annotations_command
+from hf_segformer.commands.predict import ExportArguments
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.inference.predict_export import ExportArguments
 
 
 def test_import_annotations_command_reads_a_cvat_zip_and_says_what_it_did(tmp_path, capsys):
@@ -42,8 +42,8 @@ def test_import_annotations_command_reads_a_cvat_zip_and_says_what_it_did(tmp_pa
 def test_export_options_fit_next_to_predicts_own_options():
     from transformers import HfArgumentParser
 
-    from hf_segformer.inference.predict import PredictArguments
-    from hf_segformer.inference.segmenter import InferenceArguments
+    from hf_segformer.commands.inference_options import InferenceArguments
+    from hf_segformer.commands.predict import PredictArguments
 
     parser = HfArgumentParser((InferenceArguments, PredictArguments, ExportArguments))  # no clashing option names
     _, predict_args, export_args = parser.parse_args_into_dataclasses(

@@ -34,7 +34,7 @@ from hf_segformer.app.demo import DemoModel, launch, read_upload
 from hf_segformer.app.space import MODEL_ENV
 from hf_segformer.data.palettes import colourise
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.hub.cards import space_link
+from hf_segformer.hub.model_card import space_link
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.build import build_image_processor
 from hf_segformer.modeling.token_merging import apply_token_merging, has_token_merging

@@ -15,7 +15,9 @@ from PIL import Image
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.evaluation.deploy_report import DEFAULT_ROWS, ROWS, deploy_report, model_card_section
+from hf_segformer.evaluation.deploy.render import model_card_section
+from hf_segformer.evaluation.deploy.report import deploy_report
+from hf_segformer.evaluation.deploy.rows import DEFAULT_ROWS, ROWS
 from hf_segformer.inference.segmenter import Segmenter
 
 DECODER = LabelDecoder(None, False, 255)
@@ -88,11 +90,11 @@ def test_files_are_written_and_agree(full_report):
         assert row.label in markdown and f"{row.ms_per_image:.1f}" in markdown and f"{row.miou:.4f}" in markdown
     for name in ("model.onnx", "model.int8-dynamic.onnx", "model.int8-static.onnx"):
         onnx.checker.check_model(str(folder / name))
-    assert data["goal"]["measured"] and ("**met**" in markdown) == data["goal"]["met"]
     assert data["facts"]["calibration_images"] == 2 and data["facts"]["images"] == 4
     card = model_card_section(data)
     assert card.startswith("## Deployment") and report.rows[0].label in card
     assert str(folder) not in card  # no local paths in a public card
+    assert "goal" not in data and "Goal" not in markdown + card  # a user's report holds measurements, no dev goals
 
 
 def test_existing_report_is_not_overwritten(full_report, tmp_path):
@@ -174,7 +176,7 @@ def test_reuse_needs_the_files(tmp_path):
 def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path):
     import shutil
 
-    from hf_segformer.hub.cards import RunFacts, build_model_card
+    from hf_segformer.hub.model_card import RunFacts, build_model_card
 
     run = save_tiny_model(tmp_path / "run")
     without = str(build_model_card(run, RunFacts(repo_id="tester/x")))

@@ -115,10 +115,10 @@ def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path,
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from hf_segformer.config.data import DataArguments
+    from hf_segformer.data.loading import load_split
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
     from hf_segformer.evaluation.metrics import SegmentationMetrics
-    from hf_segformer.evaluation.run import load_split
     from hf_segformer.modeling.build import build_image_processor
     from hf_segformer.training.arguments import SegformerTrainingArguments
     from hf_segformer.training.callbacks import SampleGridCallback
@@ -134,8 +134,8 @@ def test_training_logs_a_sample_grid_to_tensorboard_at_each_evaluation(tmp_path,
         model=tiny_segformer(ID2LABEL), args=args, eval_dataset=split.with_transform(EvalTransform(decoder, 32)),
         train_dataset=split.with_transform(TrainTransform(decoder, 32, (64, 32), cat_max_ratio=1.0)),
         data_collator=SegmentationCollator(), processing_class=build_image_processor(32),
-        compute_metrics=SegmentationMetrics(len(ID2LABEL), ID2LABEL), ignore_index=255)
-    SampleGridCallback.attach(trainer, split, decoder, num_samples=2)
+        compute_metrics=SegmentationMetrics(len(ID2LABEL), ID2LABEL), ignore_index=255,
+        callbacks=[SampleGridCallback(split, decoder, num_samples=2)])
     trainer.train()
 
     assert Image.open(tmp_path / "run/eval_samples.png").height == 22 + 2 * (256 + 4)
@@ -149,10 +149,10 @@ def test_keep_ratio_evaluation_in_training_matches_the_saved_model_on_any_batch(
     """eval_scale: training evaluates each image at its own shape (a padded batch is run image by image), and the
     model saved with it predicts the same way: the training figures are what `hf-segformer evaluate` reproduces."""
     from hf_segformer.config.data import DataArguments
+    from hf_segformer.data.loading import load_split
     from hf_segformer.data.prepare import build_label_decoder
     from hf_segformer.data.transforms import EvalTransform, SegmentationCollator
     from hf_segformer.evaluation.metrics import SegmentationMetrics
-    from hf_segformer.evaluation.run import load_split
     from hf_segformer.modeling.build import build_image_processor
     from hf_segformer.training.arguments import SegformerTrainingArguments
     from hf_segformer.training.trainer import SegformerTrainer

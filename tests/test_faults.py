@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import ACCELERATE, run_offline
 
-import hf_segformer.training.run
+import hf_segformer.modeling.prepare
 from hf_segformer.data.synthetic import write_synthetic_dataset
 from hf_segformer.errors import TrainingError
 
@@ -119,14 +119,14 @@ def test_diverging_run_stops_naming_the_step(tmp_path, train_tiny):
 
 def with_forward_hook(monkeypatch, hook) -> None:
     """Make `hf_segformer.training.run.main` build its model with `hook` on the decode head's forward."""
-    build_model = hf_segformer.training.run.build_model
+    build_model = hf_segformer.modeling.prepare.build_model
 
     def build_hooked(*args, **kwargs):
         model = build_model(*args, **kwargs)
         model.decode_head.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(hf_segformer.training.run, "build_model", build_hooked)
+    monkeypatch.setattr(hf_segformer.modeling.prepare, "build_model", build_hooked)
 
 
 def test_a_nonfinite_batch_can_be_skipped(tmp_path, train_tiny, monkeypatch, caplog):

@@ -100,8 +100,8 @@ def test_predict_help_has_no_data_or_training_fields(capsys):
 
 
 def test_evaluate_still_takes_a_training_recipe_and_its_hidden_fields(tmp_path):
+    from hf_segformer.commands.inference_options import InferenceArguments
     from hf_segformer.config.parser import parse_command
-    from hf_segformer.inference.segmenter import InferenceArguments
     from hf_segformer.training.arguments import RECIPE_DATACLASSES
 
     recipe = tmp_path / "r.yaml"

@@ -220,7 +220,7 @@ def test_pushed_model_loads_into_the_image_segmentation_pipeline(hub_run):
 # --- in-process pieces ----------------------------------------------------------------------------------------
 
 def test_card_redacts_local_paths_and_tokens_that_come_in_through_names(hub_run, tmp_path):
-    from hf_segformer.hub.cards import RunFacts, build_model_card
+    from hf_segformer.hub.model_card import RunFacts, build_model_card
 
     _, _, work, _ = hub_run
     run = tmp_path / "run"
@@ -235,7 +235,7 @@ def test_card_redacts_local_paths_and_tokens_that_come_in_through_names(hub_run,
 
 
 def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
-    from hf_segformer.hub.cards import RunFacts, build_model_card
+    from hf_segformer.hub.model_card import RunFacts, build_model_card
 
     _, _, work, _ = hub_run
     with_space = str(build_model_card(work / "run", RunFacts(repo_id="tester/x", space_id="tester/x-demo")))
@@ -245,7 +245,7 @@ def test_card_links_the_demo_space_when_the_recipe_names_one(hub_run):
 
 
 def test_local_checkpoint_and_data_folders_are_not_named_as_hub_repositories(tmp_path):
-    from hf_segformer.hub.cards import run_facts
+    from hf_segformer.hub.model_card import run_facts
     from hf_segformer.training.arguments import parse_recipe
 
     (tmp_path / "ckpt").mkdir()

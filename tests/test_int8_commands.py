@@ -12,9 +12,9 @@ from conftest import save_tiny_model
 from conftest import write_smooth_images as write_images
 from PIL import Image
 
-from hf_segformer.cli import _export_onnx as export_onnx_command
+from hf_segformer.commands.deploy_report import main as deploy_report_command
+from hf_segformer.commands.export_onnx import main as export_onnx_command
 from hf_segformer.errors import RecipeError
-from hf_segformer.evaluation.deploy_commands import deploy_report_command
 from hf_segformer.inference.segmenter import Segmenter
 
 

@@ -19,14 +19,12 @@ from hf_segformer.inference.quantize import (
     QUANTIZATION_KEY,
     QuantizationSettings,
     calibration_reader,
-    export_quantized,
     iterate_pixels,
-    mask_agreement,
     quantization_info,
     quantize_onnx,
-    split_calibration,
     weight_matmuls,
 )
+from hf_segformer.inference.quantize_check import export_quantized, mask_agreement, split_calibration
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 
 INPUT_SIZE = 64  # conftest.save_tiny_model's eval size

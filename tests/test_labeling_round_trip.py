@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import read_mask, save_image
 
+from hf_segformer.commands.predict import main as predict
 from hf_segformer.data.annotations import brush_rle
 from hf_segformer.data.annotations.importer import import_annotations
 from hf_segformer.data.synthetic import SYNTHETIC_ID2LABEL, make_sample
 from hf_segformer.errors import RecipeError
-from hf_segformer.inference.predict import main as predict
 
 CONFIG = """<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">
 <Label value="disc" background="#E6194B"/><Label value="square" background="#3CB44B"/>

@@ -8,7 +8,7 @@ import pytest
 
 from hf_segformer.errors import RecipeError
 from hf_segformer.training.arguments import SegformerTrainingArguments
-from hf_segformer.training.losses import SegmentationLoss
+from hf_segformer.training.losses import LOSS_FUNCTIONS, SegmentationLoss
 from hf_segformer.training.trainer import SegformerTrainer
 
 
@@ -41,6 +41,16 @@ def test_histogram_weights_need_the_data_check(tmp_path, train_tiny):
 def test_bad_loss_fields_are_recipe_errors(tmp_path, field, value):
     with pytest.raises(RecipeError, match=field):
         SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
+
+
+def test_the_loss_field_takes_exactly_the_names_of_the_loss_table(tmp_path):
+    for name in LOSS_FUNCTIONS:  # every loss function is a term the recipe can name
+        args = SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", loss=f"{{{name}: 1.0}}")
+        assert args.loss_terms == {name: 1.0}
+    with pytest.raises(RecipeError) as error:  # and no other name: refused before any work, naming the field
+        SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", loss="{hinge: 1.0}")
+    message = str(error.value)
+    assert message.startswith("loss: ") and f"among {', '.join(LOSS_FUNCTIONS)} with" in message and "hinge" in message
 
 
 def test_explicit_class_weights_of_the_wrong_length_stop_before_training(tmp_path, train_tiny):

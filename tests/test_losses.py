@@ -197,7 +197,7 @@ def test_ohem_with_threshold_one_is_cross_entropy():
 def test_ohem_that_would_keep_every_pixel_of_a_crop_is_refused_before_any_work(monkeypatch, tmp_path):
     # MMSegmentation's min_kept (100 000 per image) is below a 512² crop but not a 256² one: OHEM would be CE.
     monkeypatch.setattr(train, "setup_logging", lambda args: None)
-    monkeypatch.setattr(train, "prepare_data", lambda *args, **kwargs: pytest.fail("data work started"))
+    monkeypatch.setattr(train, "load_checked_data", lambda *args, **kwargs: pytest.fail("data work started"))
     run = tmp_path / "run"
     with pytest.raises(RecipeError, match=r"ohem_min_kept 100000 is not below the 65536 pixels of a 256² crop.*16384"):
         train.main(DataArguments(data_dir=str(tmp_path / "data"), crop_size=256), ModelArguments(),

@@ -76,7 +76,7 @@ def test_evaluate_hub_recipe_fails_before_data_or_training(no_cached_hub_module,
         raise AssertionError("the data was prepared before the Hub module was loaded")
 
     monkeypatch.setattr(train, "setup_logging", lambda args: None)
-    monkeypatch.setattr(train, "prepare_data", no_data_yet)
+    monkeypatch.setattr(train, "load_checked_data", no_data_yet)
     training_args = SegformerTrainingArguments(output_dir=str(tmp_path / "run"), metric_backend="evaluate_hub",
                                                report_to="none", use_cpu=True)
     assert training_args.batch_eval_metrics is False  # every logit is kept for the Hub module

@@ -75,13 +75,54 @@ def test_conversion_commands_start_without_transformers_or_torch():
     # coco-to-masks, import-annotations and their label helpers run on machines (and in loops) where a
     # transformers import (seconds) would be most of the command's time.
     code = ("import sys, hf_segformer.cli, hf_segformer.data.coco, hf_segformer.data.labels, "
-            "hf_segformer.data.annotations.importer; "
+            "hf_segformer.data.annotations.importer, hf_segformer.commands.coco_to_masks, "
+            "hf_segformer.commands.import_annotations; "
             "print(sorted(m for m in ('transformers', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_the_dataset_card_template_is_package_data():
-    from hf_segformer.hub.cards import DATASET_CARD_TEMPLATE
+    from hf_segformer.hub.dataset_card import DATASET_CARD_TEMPLATE
 
     assert Path(DATASET_CARD_TEMPLATE).is_file() and PACKAGE in Path(DATASET_CARD_TEMPLATE).parents
+
+
+def test_the_library_imports_no_command():
+    # Commands import the library, never the other way round: the library works the same without the front door.
+    commands = PACKAGE / "commands"
+    for path in PACKAGE.rglob("*.py"):
+        if commands in path.parents or path == PACKAGE / "cli.py":
+            continue
+        imported = {m for m in _package_imports(path) if m.startswith("hf_segformer.commands")}
+        assert not imported, f"{path.relative_to(PACKAGE.parent)} imports {sorted(imported)}"
+
+
+def test_every_command_has_its_module():
+    from hf_segformer.cli import COMMANDS
+
+    for name, (module, _) in COMMANDS.items():
+        assert module.startswith("hf_segformer.commands."), name
+        assert (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file(), module
+
+
+def test_an_unknown_command_suggests_the_nearest_one(capsys):
+    from hf_segformer.cli import USER_ERROR_EXIT, main
+
+    assert main(["tran", "--config", "recipe.yaml"]) == USER_ERROR_EXIT == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "unknown command 'tran' (did you mean 'train'?)" in captured.err
+    assert "check-data" in captured.err and "export-onnx" in captured.err  # the list of commands
+    assert main(["zzz"]) == 2 and "did you mean" not in capsys.readouterr().err
+
+
+def test_the_model_card_imports_no_deploy_or_evaluation_runs():
+    # The card renders a saved deploy_report.json (evaluation.deploy.render, plain data): it must not pull in the
+    # report's exports, workers or the evaluate loop, and the renderer itself needs no torch.
+    code = ("import sys, hf_segformer.evaluation.deploy.render; torch = 'torch' in sys.modules; "
+            "import hf_segformer.hub.model_card, hf_segformer.hub.dataset_card; "
+            "print(torch, sorted(m for m in sys.modules if m.startswith(('hf_segformer.evaluation.run', "
+            "'hf_segformer.evaluation.deploy.report', 'hf_segformer.data.prepare', 'hf_segformer.inference'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False []", out.stdout + out.stderr

@@ -1,4 +1,4 @@
-"""The training stream of a process (`hf_segformer.training.stream.TrainStream`).
+"""The training stream of a process (`hf_segformer.data.train_stream.TrainStream`).
 
 A user relies on: every example seen once per pass, split between processes without overlap; a run resumed
 from a checkpoint continuing with exactly the examples, order and augmentation of the run that was not
@@ -19,8 +19,8 @@ from datasets import Features, Image, IterableDataset, load_dataset
 from streaming_helpers import write_pairs
 
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
+from hf_segformer.data.train_stream import TrainStream, load_stream_state, save_stream_state
 from hf_segformer.errors import DataError
-from hf_segformer.training.stream import TrainStream, load_stream_state, save_stream_state
 
 
 class Recorder:

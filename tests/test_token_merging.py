@@ -232,10 +232,10 @@ def test_proportional_attention_makes_merging_duplicate_keys_exact():
 
 
 def test_recipe_field_trains_with_token_merging(tmp_path, train_tiny, monkeypatch):
-    import hf_segformer.training.run
+    import hf_segformer.modeling.prepare
 
     applied = []
-    monkeypatch.setattr(hf_segformer.training.run, "apply_token_merging",
+    monkeypatch.setattr(hf_segformer.modeling.prepare, "apply_token_merging",
                         lambda model, spec: applied.append(apply_token_merging(model, spec)))
     results = train_tiny(tmp_path, "--token_merging", "hq", "--max_steps", "2")
     assert applied and applied[0] == resolve_token_merging("hq")

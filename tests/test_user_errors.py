@@ -293,7 +293,7 @@ def test_evaluate_refuses_a_model_whose_classes_are_not_the_data_s(tmp_path, sav
 
 
 def test_a_folder_that_is_not_a_model_or_is_cut_short_is_named(tmp_path, saved_model):
-    from hf_segformer.inference.segmenter import InferenceArguments
+    from hf_segformer.commands.inference_options import InferenceArguments
 
     (tmp_path / "photos").mkdir()
     with pytest.raises(RecipeError, match="photos is not a saved model folder \\(no config.json\\)"):
@@ -336,6 +336,8 @@ def test_null_on_the_command_line_unsets_a_recipe_value(tmp_path):
     (["--train_scale", "64"], "train_scale and ratio_range take two numbers each"),
     (["--id2label", '{"background": 0, "road": 1}'], "It looks reversed"),
     (["--id2label", "nowhere/id2label.json"], "id2label: nowhere/id2label.json is not a file"),
+    (["--ignore_index", "-100"], "ignore_index=-100 is reserved for padding labels in a batch; use 255 or -1."),
+    (["--streaming_split", "rows"], "streaming_split must be one of auto, shards, examples; got 'rows'."),
 ])
 def test_bad_recipe_values_are_one_line_errors(argv, expected, capsys):
     assert cli.main(["check-data", "--data_dir", "x", *argv]) == 2
@@ -353,7 +355,7 @@ def test_train_scale_64_in_a_recipe_is_named(tmp_path):
 
 
 def test_a_truncated_checkpoint_is_named_before_any_work(tmp_path):
-    from hf_segformer.training.run import resolve_checkpoint
+    from hf_segformer.training.checkpoints import resolve_checkpoint
 
     checkpoint = tmp_path / "run" / "checkpoint-4"
     build_tiny = __import__("conftest").build_tiny_segformer

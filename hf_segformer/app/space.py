@@ -20,7 +20,7 @@ from huggingface_hub import SpaceCard, SpaceCardData
 
 from hf_segformer.data.images import list_images
 from hf_segformer.errors import RecipeError
-from hf_segformer.hub.cards import REPO_ID, public_text
+from hf_segformer.hub.redaction import REPO_ID, public_text
 from hf_segformer.outputs import writable_folder
 
 MODEL_ENV = "HF_SEGFORMER_MODEL"

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_segformer.config.values import check_num_labels, normalise_id2label, parse_colour_map, parse_data_files
+from hf_segformer.config.values import (
+    check_choice,
+    check_ignore_index,
+    check_num_labels,
+    normalise_id2label,
+    parse_colour_map,
+    parse_data_files,
+)
 from hf_segformer.errors import RecipeError
 
 SPLIT_STRATEGIES = ("auto", "shards", "examples")  # how processes divide a stream (datasets' split_dataset_by_node)
 FORMAT_BY_EXTENSION = {".parquet": "parquet", ".tar": "webdataset"}
+DATA_FORMATS = tuple(FORMAT_BY_EXTENSION.values())
 
 
 # DataArguments fields only training reads (augmentation, the synthetic set, the pre-flight check, the model
@@ -183,11 +191,9 @@ class DataArguments:
         self.colour_map_rgb = parse_colour_map(self.colour_map)
         check_num_labels(self.num_labels, self.id2label_map)
         self.data_files_map = parse_data_files(self.data_files)
-        if self.data_format is not None and self.data_format not in FORMAT_BY_EXTENSION.values():
-            raise RecipeError(f"data_format must be 'parquet' or 'webdataset'; got '{self.data_format}'.")
-        if self.streaming_split not in SPLIT_STRATEGIES:
-            raise RecipeError(f"streaming_split must be one of {', '.join(SPLIT_STRATEGIES)}; "
-                              f"got '{self.streaming_split}'.")
+        if self.data_format is not None:
+            check_choice("data_format", self.data_format, DATA_FORMATS)
+        check_choice("streaming_split", self.streaming_split, SPLIT_STRATEGIES)
         if self.shuffle_buffer_size < 0:
             raise RecipeError(f"shuffle_buffer_size must be ≥ 0; got {self.shuffle_buffer_size}.")
         if self.streaming_check_samples < 1:
@@ -217,6 +223,7 @@ class DataArguments:
                                             or min(self.eval_scale) <= 0):
             raise RecipeError(f"eval_scale takes two positive numbers (long side, short side), e.g. the train_scale "
                               f"{list(self.train_scale)}; got {self.eval_scale}.")
+        check_ignore_index(self.ignore_index)
 
 
 PALETTE_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are

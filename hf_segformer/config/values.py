@@ -1,5 +1,6 @@
 """Recipe values as written in YAML or on the command line — class names, colours, data files, durations,
-loss-term mappings — read into what the code uses, with one clear error naming the field.
+loss-term mappings, choices among names, the ignore index — read into what the code uses, with one clear error
+naming the field.
 
 Imports nothing of the package but its errors (and nothing heavy): the recipe dataclasses (`configs`) and the
 light commands (mask conversions, annotation import) that read the same values share these parsers without
@@ -32,6 +33,24 @@ def load_mapping_text(text: str) -> Any:
         if isinstance(value, (dict, list)):
             return value
         raise
+
+
+def check_choice(field: str, value: Any, choices: tuple[str, ...] | list[str], alternative: str | None = None) -> None:
+    """A field that takes one of a few names: refused, naming the field and the names, when it is none of them
+    (`alternative`: what else the field takes, e.g. "a list")."""
+    if value not in choices:
+        among = f"{alternative} or one of" if alternative else "one of"
+        raise RecipeError(f"{field} must be {among} {', '.join(choices)}; got '{value}'.")
+
+
+# Pads label maps of different sizes to one batch (the collator); never a class, so never the ignore index.
+LABEL_PAD = -100
+
+
+def check_ignore_index(ignore_index: int) -> None:
+    """The ignore index must not be LABEL_PAD: padded pixels and ignored pixels are told apart by it."""
+    if ignore_index == LABEL_PAD:
+        raise RecipeError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; use 255 or -1.")
 
 
 def parse_colour(colour: Any) -> tuple[int, int, int]:

@@ -2,14 +2,17 @@
 
 Sources: an image folder + a mask folder (pairs matched by file stem, split sub-folders discovered),
 a Hub dataset id, or a local `save_to_disk` folder. Nothing is dropped silently: unpaired files are errors.
+`load_split` reads one split alone (undecoded), as evaluation and the deploy checks measure on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
@@ -165,3 +168,21 @@ def load_data(args: DataArguments, seed: int = 42) -> DatasetDict:
     if eval_split in data and args.max_eval_samples is not None:
         data[eval_split] = data[eval_split].select(range(min(args.max_eval_samples, len(data[eval_split]))))
     return data
+
+
+def load_split(data_args: DataArguments, seed: int = 42) -> Dataset:
+    """The split named by `eval_split`, undecoded. A data folder that holds only that split is fine; a split
+    carved from train (`validation_split`) is carved with the training's seed, so it is the same one."""
+    if data_args.validation_split == 0:
+        data_args = dataclasses.replace(data_args, train_split=data_args.eval_split, max_train_samples=None)
+    data = load_data(data_args, seed)
+    split = canonical_split(data_args.eval_split)
+    if split not in data:
+        raise DataError(f"No '{data_args.eval_split}' split to evaluate; the data has {sorted(data)}.")
+    return undecoded(data[split])
+
+
+def split_entries(data_args: DataArguments, split: str, seed: int = 42) -> list[Any]:
+    """The undecoded (image, label) entries of one split of the recipe's data."""
+    dataset = load_split(dataclasses.replace(data_args, eval_split=split), seed)
+    return list(zip(dataset["image"], dataset["label"]))

@@ -32,6 +32,11 @@ class SplitReport:
     # per image: class ids present (rare-class sampling); saved beside the report in class_presence.json
     image_classes: list[list[int]] = field(default_factory=list, compare=False)
 
+    @property
+    def class_counts(self) -> list[int]:
+        """Pixels per class id, without the ignore count (ignored pixels carry no loss and no class)."""
+        return self.pixel_counts[:-1]
+
 
 @dataclass
 class DataReport:

@@ -10,6 +10,7 @@ seeded random sampler.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 
 from hf_segformer.errors import DataError
+
+logger = logging.getLogger("hf_segformer")
 
 PRESENCE_FILE = "class_presence.json"
 
@@ -80,3 +83,22 @@ class RareClassSampler(torch.utils.data.Sampler[int]):
         for c in classes:
             images = self.images_of[c]
             yield int(images[rng.integers(len(images))])
+
+
+def rare_class_sampler(output_dir: str | os.PathLike, split: str, class_counts: list[int], temperature: float,
+                       seed: int, num_images: int) -> RareClassSampler:
+    """The training split's sampler from the data check's histogram (`class_counts`, per class id) and per-image
+    presence (saved by process 0 before this point: main_process_first)."""
+    image_classes = load_presence(output_dir, split)
+    if len(image_classes) != num_images:
+        raise DataError(f"class_presence.json lists {len(image_classes)} training images but the split has "
+                        f"{num_images}; rerun with check_data: true into a fresh output_dir.")
+    sampler = RareClassSampler(image_classes, class_counts, temperature, seed=seed)
+    logger.info("Rare-class sampling (T=%g): class probabilities %s", temperature,
+                ", ".join(f"{p:.3f}" for p in sampler.probabilities))
+    return sampler
+
+
+def rarest_first(class_counts: list[int]) -> tuple[int, ...]:
+    """Class ids present in the split (`class_counts`, per class id), rarest first (for rare_class_crop_prob)."""
+    return tuple(int(c) for c in sorted(range(len(class_counts)), key=lambda c: class_counts[c]) if class_counts[c] > 0)

@@ -4,7 +4,7 @@ With `streaming: true` nothing is downloaded or materialised up front. The sourc
 the materialised loader (`image`, `label`, `datasets.Image`), so the transforms, the pre-flight check and the
 metrics are the ones of a materialised run. What changes, and why:
 
-- training runs by `max_steps` (a stream has no length), from `training.stream.TrainStream`: each process
+- training runs by `max_steps` (a stream has no length), from `data.train_stream.TrainStream`: each process
   reads its part of the stream (`split_dataset_by_node`), shuffled in blocks, and resumes exactly after a kill;
 - the pre-flight check decodes the first `streaming_check_samples` pairs of the training stream (in file order)
   and the whole bounded validation set, with the errors of `data/preflight.py`; local shards are opened first, so a

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hf_segformer.config.values import check_ignore_index
 from hf_segformer.errors import RecipeError
 from hf_segformer.logits import (
     UPSAMPLE_CHUNK_ELEMENTS,
-    check_ignore_index,
     label_size,
     unpack_label,
     upsample_logits,

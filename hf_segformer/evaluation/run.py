@@ -1,5 +1,6 @@
-"""`hf-segformer evaluate`: a saved model on a dataset split, at each mask's native resolution, with whole,
-slide or test-time augmented inference (`inference.Segmenter`), on one or several processes.
+"""The evaluation run behind `hf-segformer evaluate` (`run_evaluation`): a saved model on a dataset split, at each
+mask's native resolution, with whole, slide or test-time augmented inference (`inference.Segmenter`), on one or
+several processes.
 
 Each process takes every n-th sample (its shard), sums one C×C confusion matrix (`metrics.confusion_matrices`
 on the logits of `Segmenter.logits`), and the matrices are summed across processes with Accelerate's
@@ -16,12 +17,12 @@ with `test_mean_iou`, `test_per_class.md`, ...
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,48 +30,22 @@ from datasets import Dataset
 from PIL import Image as PILImage
 
 from hf_segformer.config.data import DataArguments
-from hf_segformer.config.parser import parse_command
 from hf_segformer.config.values import canonical_split
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
-from hf_segformer.data.loading import load_data, undecoded
+from hf_segformer.data.loading import load_split
 from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
 from hf_segformer.evaluation.reports import write_class_report
-from hf_segformer.inference.segmenter import InferenceArguments, Segmenter, class_map
-from hf_segformer.outputs import writable_folder
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter, class_map
 from hf_segformer.runtime import has_accelerator
-from hf_segformer.training.arguments import RECIPE_DATACLASSES
 from hf_segformer.visuals import sample_grid, spread_indices
 
 logger = logging.getLogger(__name__)
 
 Sample = tuple[PILImage.Image, np.ndarray, np.ndarray]  # image, label, prediction: a row of the sample grid
-
-
-@dataclass
-class EvaluateArguments:
-    """Where `hf-segformer evaluate` writes, and how many samples its picture shows."""
-
-    _argument_group_name = "Evaluation output"
-
-    eval_output_dir: str | None = field(default=None, metadata={
-        "help": "Results folder; default: <model>/evaluation_<split>_<mode>[_tta] (a Hub model needs it set)."})
-    grid_samples: int = field(default=4, metadata={"help": "Samples in eval_samples.png (spread over the split)."})
-
-
-def load_split(data_args: DataArguments, seed: int = 42) -> Dataset:
-    """The split named by `eval_split`, undecoded. A data folder that holds only that split is fine; a split
-    carved from train (`validation_split`) is carved with the training's seed, so it is the same one."""
-    if data_args.validation_split == 0:
-        data_args = dataclasses.replace(data_args, train_split=data_args.eval_split, max_train_samples=None)
-    data = load_data(data_args, seed)
-    split = canonical_split(data_args.eval_split)
-    if split not in data:
-        raise DataError(f"No '{data_args.eval_split}' split to evaluate; the data has {sorted(data)}.")
-    return undecoded(data[split])
 
 
 def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, said: set[str]) -> tuple:
@@ -168,36 +143,34 @@ def _names(id2label: dict[int, str]) -> str:
     return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
 
 
-def default_output_dir(model: str, split: str, args: InferenceArguments) -> Path:
+def default_output_dir(model: str, split: str, settings: InferenceSettings) -> Path:
+    """<model>/evaluation_<split>_<mode>[_tta]: results of different settings never overwrite each other."""
     if not Path(model).is_dir():
         raise RecipeError(f"{model} is not a local folder: set --eval_output_dir for the results.")
-    tta = "_tta" if len(set(args.tta_scales)) > 1 or args.flip else ""
-    return Path(model) / f"evaluation_{split}_{args.mode}{tta}"
+    tta = "_tta" if len(set(settings.tta_scales)) > 1 or settings.flip else ""
+    return Path(model) / f"evaluation_{split}_{settings.mode}{tta}"
 
 
-def main(argv: list[str]) -> dict[str, float]:
-    """`hf-segformer evaluate` / `recipes/evaluate.py`: the metrics on the main process ({} on the others)."""
+def run_evaluation(load_segmenter: Callable[[torch.device], Segmenter], model: str, data_args: DataArguments,
+                   output_dir: Path, options: dict[str, Any], *, device: str | None = None, batch_size: int = 8,
+                   grid_samples: int = 4, seed: int = 42) -> dict[str, float]:
+    """Evaluate on every process Accelerate started (each its shard) and write the results on the main process;
+    returns the metrics there ({} on the others). `load_segmenter(device)` loads the model on a process's device;
+    `options`, the inference options as given, are recorded in <prefix>_settings.json."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-
-    data_args, inference_args, eval_args, recipe = parse_command(
-        argv, (DataArguments, InferenceArguments, EvaluateArguments), RECIPE_DATACLASSES)
-    model = inference_args.model_path(recipe)
     split = canonical_split(data_args.eval_split)
-    output_dir = Path(eval_args.eval_output_dir or default_output_dir(model, split, inference_args))
-    writable_folder(output_dir, "eval_output_dir")  # before any work
-
     # Without cpu=True, Accelerate starts no process group on a machine without GPUs: each process would do it all.
-    accelerator = Accelerator(cpu=inference_args.device == "cpu" or not has_accelerator())
-    segmenter = inference_args.load(recipe, device=accelerator.device)
+    accelerator = Accelerator(cpu=device == "cpu" or not has_accelerator())
+    segmenter = load_segmenter(accelerator.device)
     check_model_matches_data(model, segmenter.id2label, data_args)
-    dataset = load_split(data_args, int(recipe.get("seed", 42)))
+    dataset = load_split(data_args, seed)
     decoder = build_label_decoder(data_args)
-    keep = spread_indices(len(dataset), eval_args.grid_samples)
+    keep = spread_indices(len(dataset), grid_samples)
     started = time.perf_counter()
     try:
-        confusion, kept = evaluate_shard(segmenter, dataset, decoder, inference_args.batch_size,
+        confusion, kept = evaluate_shard(segmenter, dataset, decoder, batch_size,
                                          accelerator.process_index, accelerator.num_processes, keep)
         failure = None
     except DataError as err:  # every process must learn of it, or the others would wait in `reduce` forever
@@ -214,8 +187,7 @@ def main(argv: list[str]) -> dict[str, float]:
              f"{prefix}_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3)}
     metrics = {}
     if accelerator.is_main_process:
-        settings = {"model": model, "split": split, "processes": accelerator.num_processes,
-                    **{f.name: getattr(inference_args, f.name) for f in dataclasses.fields(inference_args)}}
+        settings = {"model": model, "split": split, "processes": accelerator.num_processes, **options}
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / f"{prefix}_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         palette = dataset_palette(segmenter.num_labels, data_args)
@@ -223,6 +195,6 @@ def main(argv: list[str]) -> dict[str, float]:
                                 palette, data_args.ignore_index, extra, prefix)
         print(f"{split}: mIoU {metrics[f'{prefix}_mean_iou']:.4f}, "
               f"pixel accuracy {metrics[f'{prefix}_overall_accuracy']:.4f} "
-              f"over {len(dataset)} images in {runtime:.1f} s ({inference_args.mode}); results in {output_dir}")
+              f"over {len(dataset)} images in {runtime:.1f} s ({segmenter.settings.mode}); results in {output_dir}")
     accelerator.wait_for_everyone()
     return metrics

@@ -28,7 +28,8 @@ from hf_segformer.data.loading import undecoded
 from hf_segformer.data.preflight import DataReport, check_data
 from hf_segformer.data.prepare import build_label_decoder, prepare_data
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.hub.cards import DatasetFacts, build_dataset_card, run_facts, write_model_card
+from hf_segformer.hub.dataset_card import DatasetFacts, build_dataset_card
+from hf_segformer.hub.model_card import run_facts, write_model_card
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""`hf-segformer predict`: images (folders, glob patterns or files) → class-id masks, streamed in batches.
+"""Prediction behind `hf-segformer predict`: images (folders, glob patterns or files) → class-id masks, streamed in
+batches (`find_jobs`, then `predict_files`).
 
 Each image `<stem>.<ext>` gives `<predictions_dir>/<stem>.png`, a palette PNG whose pixel values are class
 ids and whose palette is the dataset's colours (16-bit PNG beyond 256 classes), and with `--overlays true`
@@ -17,43 +18,20 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_segformer.config.data import recipe_data_args
-from hf_segformer.config.parser import parse_command
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
-from hf_segformer.data.palettes import dataset_palette, mask_image
-from hf_segformer.errors import DataError, RecipeError, problems_message
-from hf_segformer.inference.predict_export import ExportArguments, check_export_target, export_after_predict
-from hf_segformer.inference.segmenter import InferenceArguments, Segmenter
-from hf_segformer.outputs import writable_folder
-from hf_segformer.training.arguments import RECIPE_DATACLASSES
+from hf_segformer.data.palettes import mask_image
+from hf_segformer.errors import DataError, problems_message
+from hf_segformer.inference.segmenter import Segmenter
 from hf_segformer.visuals import overlay
-
-
-@dataclass
-class PredictArguments:
-    """What `hf-segformer predict` reads and writes."""
-
-    _argument_group_name = "Inputs and outputs"
-
-    inputs: list[str] | None = field(default=None, metadata={
-        "help": "Image folder(s) (searched recursively), glob pattern(s) (quote them) or image file(s)."})
-    predictions_dir: str | None = field(default=None, metadata={"help": "Where the masks (<stem>.png) are written."})
-    overlays: bool = field(default=False, metadata={
-        "help": "Also write overlays/<stem>.jpg: the image blended with its coloured mask, with a legend."})
-    overlay_alpha: float = field(default=0.5, metadata={"help": "Opacity of the mask in the overlays."})
-    colour_map: str | None = field(default=None, metadata={
-        "help": "Class colours as the recipe's colour_map ({'#RRGGBB': class_id}); default: the recipe's data."})
-    overwrite: bool = field(default=False, metadata={"help": "Redo images whose outputs exist (default: skip them)."})
 
 
 @dataclass
@@ -153,31 +131,3 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], palette: np.ndarray, ba
                           format="JPEG", quality=90)
             bar.update(len(batch) + len(failed))
     return failures
-
-
-def main(argv: list[str]) -> int:
-    """`hf-segformer predict`: 0 when every image was predicted (or already was), 1 when some could not be read."""
-    inference_args, predict_args, export_args, recipe = parse_command(
-        argv, (InferenceArguments, PredictArguments, ExportArguments), RECIPE_DATACLASSES)
-    if not predict_args.inputs or not predict_args.predictions_dir:
-        raise RecipeError("predict needs --inputs (folders, glob patterns or files) and --predictions_dir.")
-    writable_folder(predict_args.predictions_dir, "predictions_dir")  # before any work
-    check_export_target(export_args, predict_args.predictions_dir, predict_args.overwrite)
-    jobs = find_jobs(predict_args.inputs, predict_args.predictions_dir, predict_args.overlays)
-    pending = jobs if predict_args.overwrite else [job for job in jobs if not job.done()]
-    segmenter = inference_args.load(recipe)
-    palette = dataset_palette(segmenter.num_labels, recipe_data_args(recipe, predict_args.colour_map))
-    failures = predict_files(segmenter, pending, palette, inference_args.batch_size, predict_args.overlay_alpha)
-    written = len(pending) - len(failures)
-    print(f"Wrote {written} mask{'s' if written != 1 else ''} to {predict_args.predictions_dir}"
-          + (f" ({len(jobs) - len(pending)} already there, skipped)" if len(jobs) > len(pending) else ""))
-    exported = export_after_predict(export_args, jobs, predict_args.predictions_dir, segmenter.id2label,
-                                    predict_args.overwrite, model_name=inference_args.model_path(recipe))
-    if exported is not None:
-        print(f"Wrote the masks as {export_args.export} pre-annotations to {exported}")
-    if failures:
-        print(problems_message(f"{len(failures)} of {len(pending)} images could not be read and were skipped",
-                               failures, "Fix or remove them and run the same command again: finished images "
-                               "are skipped."), file=sys.stderr)
-        return 1
-    return 0

@@ -10,6 +10,8 @@ processor), plus a `quantization` entry recording how it was made.
   (resize, normalisation table, whole or slide windows, test-time scales) and records the arrays it hands to
   ONNX Runtime, so calibration sees the model inputs that prediction will.
 
+How an INT8 file is checked against PyTorch fp32 after quantizing is `inference.quantize_check`.
+
 The static defaults are the settings measured fastest, at no measurable mIoU cost, on the development CPU (AMD
 EPYC, AVX2, no VNNI; explore/ and benchmarks/bench_deploy.py): Conv, the MatMuls with a constant weight (the
 Linear layers) and the data movement between them (Resize, Concat, Transpose, Reshape, so that the decode head's
@@ -25,29 +27,26 @@ on this CPU nearly all of the gain is the decode head's 1×1 fusion convolution;
 from __future__ import annotations
 
 import json
-import math
-import sys
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from hf_segformer.data.images import load_image
 from hf_segformer.errors import RecipeError
-from hf_segformer.inference.onnx_export import INPUT_NAME, check_parity, load_onnx_session, onnx_metadata
+from hf_segformer.inference.onnx_export import INPUT_NAME, load_onnx_session, onnx_metadata
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
-from hf_segformer.runtime import cpu_flags
 
 MODES = ("dynamic", "static")
 ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZATION_KEY = "quantization"  # the ONNX metadata entry recording the settings
-# An INT8 model passes its check when at least this share of the check images' pixels get PyTorch fp32's class.
-MIN_INT8_AGREEMENT = 0.98
 
 
 @dataclass(frozen=True)
@@ -146,16 +145,25 @@ def calibration_reader(fp32_path: str | Path, images: Iterable[Any], model_dir: 
                        settings: InferenceSettings | None = None):
     """A CalibrationDataReader over `images` (paths, PIL images or arrays) preprocessed as `Segmenter` does for
     the model in `model_dir` (its image processor and class count) with inference `settings`."""
-    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
     recorder = _RecordingSession(load_onnx_session(fp32_path, threads=None))
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir)
-    try:
-        processor = AutoImageProcessor.from_pretrained(model_dir)
-    except OSError:
-        processor = None  # Segmenter's own default (512², ImageNet normalisation), as prediction would use
-    segmenter = Segmenter(model, processor, settings, device="cpu", onnx_session=recorder)
+    segmenter = Segmenter(model, saved_image_processor(model_dir), settings, device="cpu", onnx_session=recorder)
     return _calibration_reader_class()(segmenter, recorder, images)
+
+
+def saved_image_processor(model_dir: str | Path) -> Any:
+    """The saved model's image processor, or None: `Segmenter` then uses its own default (512², ImageNet
+    normalisation), as prediction would."""
+    try:
+        return AutoImageProcessor.from_pretrained(model_dir)
+    except OSError:
+        return None
+
+
+def iterate_pixels(reader: Any) -> Iterator[np.ndarray]:
+    """The arrays a calibration reader yields (for tests and inspection)."""
+    while (feed := reader.get_next()) is not None:
+        yield feed[INPUT_NAME]
 
 
 def weight_matmuls(model_path: str | Path) -> tuple[set[str], set[str]]:
@@ -216,8 +224,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, mode: str = "dyna
     """
     quantization = _require_quantization()
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    base = settings or default_settings(mode)
-    settings = QuantizationSettings(**{**asdict(base), "mode": mode, "per_channel": per_channel})
+    settings = replace(settings or default_settings(mode), mode=mode, per_channel=per_channel)
     if not fp32_path.is_file():
         raise RecipeError(f"quantize: the float32 ONNX model {fp32_path} does not exist; export it first "
                           "(hf-segformer export-onnx MODEL OUT.onnx).")
@@ -302,8 +309,6 @@ def _same_filesystem(a: Path, b: Path) -> bool:
 
 
 def _copy(source: Path, destination: Path) -> None:
-    import shutil
-
     partial = destination.with_name(destination.name + ".partial")
     shutil.copyfile(source, partial)
     partial.replace(destination)
@@ -323,97 +328,3 @@ def quantization_info(session: Any) -> dict[str, Any] | None:
     """The settings recorded in a quantized model's metadata, or None for a float model."""
     text = session.get_modelmeta().custom_metadata_map.get(QUANTIZATION_KEY)
     return json.loads(text) if text else None
-
-
-def cpu_int8_features() -> dict[str, bool]:
-    """Which x86 dot-product extensions the CPU has (Linux): INT8 speed on the CPU depends on them, and ONNX
-    Runtime advises reduce_range on CPUs without VNNI (u8×s8 products can saturate 16-bit sums there)."""
-    flags = cpu_flags() or set()
-    return {"avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"}), "amx_int8": "amx_int8" in flags}
-
-
-def split_calibration(items: list[Any], count: int) -> tuple[list[Any], list[Any]]:
-    """`count` items spread evenly over `items` for calibration, and the rest (calibration-free, for checks)."""
-    if count <= 0 or not items:
-        return [], list(items)
-    count = min(count, len(items))
-    picked = sorted({math.floor(i * len(items) / count) for i in range(count)})
-    chosen = set(picked)
-    return [items[i] for i in picked], [item for i, item in enumerate(items) if i not in chosen]
-
-
-def iterate_pixels(reader: Any) -> Iterator[np.ndarray]:
-    """The arrays a calibration reader yields (for tests and inspection)."""
-    while (feed := reader.get_next()) is not None:
-        yield feed[INPUT_NAME]
-
-
-@dataclass
-class QuantizedExport:
-    """An INT8 export and its checks against PyTorch fp32."""
-
-    result: QuantizationResult
-    random_checks: list[Any]  # onnx_export.ParityCheck on random inputs (today's report; fp32 thresholds do not apply)
-    check_images: int
-    pixel_agreement: float | None  # masks at each image's size, INT8 vs PyTorch fp32; None without check images
-
-    @property
-    def passed(self) -> bool:
-        return self.pixel_agreement is None or self.pixel_agreement >= MIN_INT8_AGREEMENT
-
-
-def mask_agreement(reference: Segmenter, candidate: Segmenter, images: list[Any]) -> float:
-    """Share of pixels, over `images` at their own sizes, where the two segmenters predict the same class."""
-    same = total = 0
-    for item in images:
-        image = load_image(item)
-        expected, actual = reference(image), candidate(image)
-        same += int((expected == actual).sum())
-        total += expected.size
-    return same / total
-
-
-def export_quantized(model_dir: str | Path, fp32_path: str | Path, output_path: str | Path, mode: str,
-                     calibration_images: Iterable[Any] | None = None, check_images: Iterable[Any] = (),
-                     inference_settings: InferenceSettings | None = None,
-                     check_sizes: list[tuple[int, int]] | None = None, settings: QuantizationSettings | None = None,
-                     overwrite: bool = False) -> QuantizedExport:
-    """Quantize the float32 export of `model_dir` into `output_path`, then print and return its parity report:
-    today's comparison on random inputs, and the pixel agreement of its masks with PyTorch fp32 on
-    `check_images` (validation images that were not used for calibration)."""
-    import torch
-    from transformers import AutoModelForSemanticSegmentation
-
-    result = quantize_onnx(fp32_path, output_path, mode, calibration_images, model_dir=model_dir,
-                           inference_settings=inference_settings, settings=settings, overwrite=overwrite,
-                           per_channel=(settings or QuantizationSettings()).per_channel)
-    session = load_onnx_session(output_path, torch.get_num_threads())
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
-    reference = Segmenter.from_pretrained(model_dir, inference_settings, device="cpu")
-    sizes = check_sizes or [reference.input_size or (512, 512)]
-    random_checks = check_parity(model, session, [tuple(s) for s in sizes])
-    images = list(check_images)
-    agreement = None
-    if images:
-        candidate = Segmenter.from_pretrained(model_dir, inference_settings, device="cpu", onnx=output_path)
-        agreement = mask_agreement(reference, candidate, images)
-    outcome = QuantizedExport(result, random_checks, len(images), agreement)
-    calibrated = f", calibrated on {result.calibration_images} images" if result.mode == "static" else ""
-    print(f"Quantized to INT8 ({result.mode}{calibrated}): {output_path}, {result.file_bytes / 1e6:.2f} MB "
-          f"(float32: {Path(fp32_path).stat().st_size / 1e6:.2f} MB), {result.seconds:.0f} s.")
-    print("ONNX Runtime INT8 vs PyTorch (float32):")
-    for check in random_checks:
-        print(f"  random {check.batch}×3×{check.size[0]}×{check.size[1]}: max |logit difference| "
-              f"{check.max_abs_difference:.2e}, argmax agreement {100 * check.argmax_agreement:.3f} % "
-              "(random inputs: for information, INT8 is not held to the float32 thresholds)")
-    if agreement is None:
-        print("  no check images (give --config / --data_dir): mask agreement on real images not measured.")
-    else:
-        verdict = "" if outcome.passed else f"  <-- FAILED (< {100 * MIN_INT8_AGREEMENT:.0f} %)"
-        print(f"  masks of {len(images)} validation images not used for calibration: {100 * agreement:.3f} % of "
-              f"pixels as PyTorch fp32{verdict}")
-        if not outcome.passed:
-            print("error: the INT8 model changes too many pixels; try --quantize static with more calibration images, "
-                  "or keep more of the model float (QuantizationSettings.exclude).", file=sys.stderr)
-    return outcome

@@ -16,7 +16,7 @@ is their bilinear upsampling to the image's size, arg-maxed (`class_map`, chunke
 Whole mode at the processor's size reproduces the pipeline's masks exactly (at the same batch size): same PIL
 resize, the processor's own normalisation arithmetic (as a per-channel lookup table), same upsampling and arg-max.
 
-`InferenceArguments` adds the model and how it runs: the options of `hf-segformer evaluate` and `predict`.
+The commands' options that add the model and how it runs (`InferenceArguments`) are in commands/inference_options.py.
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 from hf_segformer.data.images import keep_ratio_size, load_image
 from hf_segformer.data.labels import numbered_classes
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
 from hf_segformer.logits import upsample_logits, upsampled_argmax
 from hf_segformer.modeling.build import KEEP_RATIO_SCALE
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import apply_token_merging
-from hf_segformer.runtime import Choice, apply_threads, choose_precision, keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -306,75 +305,3 @@ class Segmenter:
                 total[:, y : y + crop_h, x : x + crop_w] += upsample_logits(logits[None], (crop_h, crop_w))[0]
                 count[y : y + crop_h, x : x + crop_w] += 1
         return total.div_(count)[None, :, :height, :width]
-
-
-@dataclass
-class InferenceArguments(InferenceSettings):
-    """Options of `hf-segformer evaluate` and `predict`: which model, how it runs, and the inference settings."""
-
-    _argument_group_name = "Model and inference (see README, \"Evaluate and predict\")"
-
-    model: str | None = field(default=None, metadata={
-        "help": "The fine-tuned model: a folder saved by training (or any save_pretrained one) or a Hub id. "
-                "Default: the recipe's output_dir, where training saved it."})
-    batch_size: int = field(default=8, metadata={"help": "Images per forward pass (whole mode)."})
-    precision: str = field(default="auto", metadata={
-        "help": "auto (the fastest safe one here: bf16 on GPUs and CPUs that compute it natively, fp16 on older GPUs, "
-                "else fp32; fp32 with --onnx), fp32, or autocast in bf16 (CPU or GPU) or fp16 (GPU)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first batch, then faster)."})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
-    token_merging: str | None = field(default=None, metadata={"help": "Token-merging preset applied to the encoder."})
-    onnx: str | None = field(default=None, metadata={
-        "help": "An .onnx file written by `hf-segformer export-onnx` from this model: the forward pass runs in ONNX "
-                "Runtime (pip install 'hf-segformer[onnx]'; 2.3–2.6× faster than PyTorch fp32 on the development "
-                "CPU, benchmarks/README.md). --model still gives the class names and the image processor."})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.precision != "auto" and self.precision not in PRECISIONS:
-            raise RecipeError(f"precision must be auto or one of {', '.join(PRECISIONS)}; got '{self.precision}'.")
-        if self.batch_size < 1:
-            raise RecipeError(f"batch_size must be at least 1; got {self.batch_size}.")
-
-    def model_path(self, recipe: dict) -> str:
-        model = self.model or recipe.get("output_dir")
-        if not model:
-            raise RecipeError("Which model? Give --model (a saved model folder or Hub id), or --config with the "
-                              "training recipe (the model is in its output_dir).")
-        return str(model)
-
-    def resolved_precision(self, device: torch.device) -> Choice:
-        """`auto` settled for the device the model runs on (ONNX Runtime runs float32)."""
-        if self.precision != "auto":
-            return Choice(self.precision, "--precision")
-        if self.onnx:
-            return Choice("fp32", "auto: ONNX Runtime runs the model in float32")
-        return choose_precision("auto", False, False, on_cpu=device.type == "cpu")
-
-    def load(self, recipe: dict, device: str | torch.device | None = None) -> Segmenter:
-        model = self.model_path(recipe)
-        device = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        precision = self.resolved_precision(device)
-        threads = apply_threads()
-        if device.type == "cpu":
-            keep_freed_memory()
-        logger.info("Device: %s; torch threads: %s (%s); precision: %s (%s)", device, threads.value, threads.why,
-                    precision.value, precision.why)
-        if Path(model).is_dir() and not (Path(model) / "config.json").is_file():
-            raise RecipeError(f"{model} is not a saved model folder (no config.json): give the output_dir of a "
-                              "training run, a checkpoint-* folder in it, or a Hub model id.")
-        try:
-            return Segmenter.from_pretrained(model, self, device, str(precision.value), self.compile,
-                                             self.token_merging, self.onnx)
-        except OSError as err:
-            where = "" if Path(model).is_dir() else " (no such folder here, so it was tried as a Hub id)"
-            raise RecipeError(f"Cannot load a model from {model}{where}: {err}") from err
-        except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception alone
-            if isinstance(err, (RecipeError, DataError)) or not Path(model).is_dir():
-                raise
-            # transformers' "Unrecognized model", safetensors' SafetensorError (a truncated file): the folder is bad
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise RecipeError(f"Cannot load a model from {model}: {type(err).__name__}: {reason}. The folder is not "
-                              "a complete saved SegFormer (a copy cut short?): save or copy it again.") from err
-
-

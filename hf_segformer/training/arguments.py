@@ -15,13 +15,11 @@ from transformers import TrainingArguments
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.model import ModelArguments
 from hf_segformer.config.parser import parse_args
-from hf_segformer.config.values import parse_duration, parse_mapping
+from hf_segformer.config.values import check_choice, parse_duration, parse_mapping
 from hf_segformer.errors import RecipeError
 from hf_segformer.runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
+from hf_segformer.training.losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
 
-WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
-LOSS_TERMS = ("ce", "focal", "dice", "ohem")
-LOSS_RESOLUTIONS = ("labels", "logits")
 METRIC_BACKENDS = ("confusion", "evaluate_hub")
 
 
@@ -42,13 +40,13 @@ class SegformerTrainingArguments(TrainingArguments):
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard by default)."})
     loss: str | None = field(
         default=None,
-        metadata={"help": "Training loss terms and their weights, e.g. {ce: 1.0, dice: 0.5}; terms: ce, focal, dice, "
-                          "ohem. Default: plain cross-entropy."},
+        metadata={"help": "Training loss terms and their weights, e.g. {ce: 1.0, dice: 0.5}; terms: "
+                          f"{', '.join(LOSS_TERMS)}. Default: plain cross-entropy."},
     )
     class_weights: str | None = field(
         default=None,
         metadata={"help": "Per-class loss weights: a list, or computed from the training pixel histogram of the "
-                          "data check: inverse_frequency | median_frequency | effective_number."},
+                          f"data check: {' | '.join(WEIGHT_METHODS)}."},
     )
     class_weight_clip: float | None = field(default=10.0, metadata={"help": "Largest/smallest class weight ratio."})
     class_weight_beta: float = field(default=0.9999, metadata={"help": "beta of effective_number weights."})
@@ -117,21 +115,16 @@ class SegformerTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.metric_backend not in METRIC_BACKENDS:
-            raise RecipeError(f"metric_backend must be one of {', '.join(METRIC_BACKENDS)}; "
-                              f"got '{self.metric_backend}'.")
+        check_choice("metric_backend", self.metric_backend, METRIC_BACKENDS)
         self.loss_terms = parse_mapping(self.loss, "loss") if self.loss is not None else {"ce": 1.0}
         unknown = sorted(set(self.loss_terms) - set(LOSS_TERMS))
         if unknown or any(float(w) < 0 for w in self.loss_terms.values()):
             raise RecipeError(f"loss: terms must be among {', '.join(LOSS_TERMS)} with weights ≥ 0; got {self.loss_terms}.")
         if isinstance(self.class_weights, str) and self.class_weights.lstrip().startswith("["):
             self.class_weights = json.loads(self.class_weights)
-        if isinstance(self.class_weights, str) and self.class_weights not in WEIGHT_METHODS:
-            raise RecipeError(f"class_weights: '{self.class_weights}' is neither a list nor one of "
-                              f"{', '.join(WEIGHT_METHODS)}.")
-        if self.loss_resolution not in LOSS_RESOLUTIONS:
-            raise RecipeError(f"loss_resolution must be one of {', '.join(LOSS_RESOLUTIONS)}; "
-                              f"got '{self.loss_resolution}'.")
+        if isinstance(self.class_weights, str):
+            check_choice("class_weights", self.class_weights, WEIGHT_METHODS, alternative="a list")
+        check_choice("loss_resolution", self.loss_resolution, LOSS_RESOLUTIONS)
         if not self.head_lr_multiplier > 0:
             raise RecipeError(f"head_lr_multiplier must be > 0; got {self.head_lr_multiplier}.")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:

@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 
-logger = logging.getLogger("hf_segformer")
+from hf_segformer.training.callbacks import TrainerBound
 
+logger = logging.getLogger("hf_segformer")
 
 
 def periodic_count(strategy: Any, every: float | int | None, start: int, end: int, steps_per_epoch: float) -> int:
@@ -95,11 +96,13 @@ def _broadcast(values: list[float], args: Any) -> list[float]:
     return tensor.tolist()
 
 
-class TimeBudgetCallback(TrainerCallback, ExportableState):
+class TimeBudgetCallback(TrainerBound, ExportableState):
     """Fixes `max_steps` from a wall-clock budget (see the module docstring); `results()` says how.
 
     `final_eval`: whether the run evaluates once more after `train()` (training/run.py does when it has an
-    evaluation split); that evaluation and the final save are reserved from the budget.
+    evaluation split); that evaluation and the final save are reserved from the budget. It needs the Trainer (to
+    time an evaluation and a save, and rebuild the scheduler): bound when the Trainer is built, which starts the
+    clock.
     """
 
     def __init__(self, budget_s: float, max_steps_cap: int | None = None, final_eval: bool = True,
@@ -110,7 +113,6 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self.skip_steps = skip_steps
         self.measure_steps = measure_steps
         self.margin = margin
-        self.trainer = None
         self.spent_before_s = 0.0  # from earlier train() calls, read back from the checkpoint on resume
         self.budget_steps: int | None = None
         # Fixed at the first decision: a warm-up ratio that followed every re-fit would move the warm-up's end
@@ -130,12 +132,11 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         self._decided_at = 0
         self._replan_every = 1
 
-    @classmethod
-    def attach(cls, trainer: Any, budget_s: float, **kwargs: Any) -> TimeBudgetCallback:
-        callback = cls(budget_s, **kwargs)
-        callback.trainer = trainer
-        trainer.add_callback(callback)
-        return callback
+    def bind(self, trainer: Trainer) -> None:
+        """The clock starts when the Trainer takes the budget (just before `train()`): the Trainer's set-up in
+        `train()` counts, the run's data and model preparation before it does not."""
+        super().bind(trainer)
+        self._start = self._last_end = time.monotonic()
 
     # ExportableState: written into trainer_state.json with every checkpoint.
     def state(self) -> dict:
@@ -147,7 +148,7 @@ class TimeBudgetCallback(TrainerCallback, ExportableState):
         return self.spent_before_s + (time.monotonic() - self._start)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # The clock started when the callback was made (just before `train()`): the Trainer's set-up counts.
+        # The clock started when the Trainer took the callback (just before `train()`): the Trainer's set-up counts.
         self._last_end = time.monotonic()
         self.first_step = state.global_step
         stored = (state.stateful_callbacks or {}).get(type(self).__name__)
@@ -319,3 +320,21 @@ def fixed_speed_metrics(metrics: dict, args: Any, steps_trained: int) -> dict:
     return metrics
 
 
+def add_budget_metrics(metrics: dict, budget: TimeBudgetCallback | None, args: Any, global_step: int) -> None:
+    """After `train()` (nothing without a budget): the speeds from the steps actually run, how the budget fixed the
+    run's length, and `args.max_steps` set to that length (the model card's max_steps)."""
+    if budget is None:
+        return
+    fixed_speed_metrics(metrics, args, global_step - budget.first_step)
+    metrics.update(budget.results())
+    args.max_steps = budget.budget_steps or global_step
+
+
+def save_budget_spent(trainer: Trainer, budget: TimeBudgetCallback | None, train_metrics: dict,
+                      results: dict) -> None:
+    """After the final evaluation (nothing without a budget): the whole budgeted span, that evaluation included,
+    into the run's results and train_results.json."""
+    if budget is None:
+        return
+    results["budget_spent_s"] = round(budget.spent_s(), 1)
+    trainer.save_metrics("train", {**train_metrics, "budget_spent_s": results["budget_spent_s"]})

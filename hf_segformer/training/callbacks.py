@@ -1,5 +1,6 @@
-"""Trainer callbacks: the sample grid (image | ground truth | prediction | error) at every evaluation, and the
-last evaluation's metrics (the run's final report reuses them when they are of the final weights)."""
+"""Trainer callbacks: the sample grid (image | ground truth | prediction | error) at every evaluation, the
+last evaluation's metrics (the run's final report reuses them when they are of the final weights), and the base of
+callbacks that need the Trainer itself (`TrainerBound`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder
@@ -16,13 +17,24 @@ from hf_segformer.inference.segmenter import Segmenter
 from hf_segformer.visuals import sample_grid, spread_indices
 
 
-class SampleGridCallback(TrainerCallback):
+class TrainerBound(TrainerCallback):
+    """A callback that needs the Trainer itself (its TensorBoard writer, an evaluation, its scheduler), beyond what
+    transformers hands every callback: `SegformerTrainer` binds the ones it is built with. With another Trainer,
+    `callback.bind(trainer)` before `trainer.add_callback(callback)`."""
+
+    trainer: Trainer | None = None
+
+    def bind(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+
+class SampleGridCallback(TrainerBound):
     """At each evaluation of a training run, predict a few validation images (whole-image inference, as the
     evaluation does) and log image | ground truth | prediction | error to TensorBoard (`eval/samples`), and
     to `output_dir/eval_samples.png` (the latest evaluation's grid).
 
     `dataset`: the evaluation split with undecoded `image` / `label` columns. The model and the image
-    processor come from the Trainer; TensorBoard is written through the Trainer's own TensorBoard writer.
+    processor come from the Trainer; TensorBoard is written through the bound Trainer's own TensorBoard writer.
     """
 
     def __init__(self, dataset, decoder: LabelDecoder, num_samples: int = 4, palette: np.ndarray | None = None):
@@ -30,17 +42,7 @@ class SampleGridCallback(TrainerCallback):
         self.dataset = dataset
         self.decoder = decoder
         self.palette = palette
-        self.trainer = None
         self._samples: list[tuple[Image.Image, np.ndarray]] | None = None
-
-    @classmethod
-    def attach(cls, trainer, dataset, decoder: LabelDecoder, num_samples: int = 4,
-               palette: np.ndarray | None = None) -> SampleGridCallback:
-        """Add the callback to `trainer` (it needs the trainer to find its TensorBoard writer)."""
-        callback = cls(dataset, decoder, num_samples, palette)
-        callback.trainer = trainer
-        trainer.add_callback(callback)
-        return callback
 
     def _load_samples(self) -> list[tuple[Image.Image, np.ndarray]]:
         if self._samples is None:

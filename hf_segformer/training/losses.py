@@ -23,17 +23,27 @@ then have two entries, [background, foreground].
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from hf_segformer.config.values import check_ignore_index
+from hf_segformer.data.preflight import DataReport
 from hf_segformer.errors import RecipeError
-from hf_segformer.logits import LABEL_PAD, check_ignore_index, label_size, upsample_logits
-from hf_segformer.training.arguments import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
+from hf_segformer.logits import LABEL_PAD, label_size, upsample_logits
+
+logger = logging.getLogger("hf_segformer")
+
+WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
+LOSS_RESOLUTIONS = ("labels", "logits")
 
 _TINY = torch.finfo(torch.float32).tiny  # denominator floor: 0/_TINY = 0 for a batch with nothing labelled
 
@@ -103,9 +113,9 @@ def class_weights(pixel_counts: Sequence[int], method: str | Sequence[float], *,
     return weights
 
 
-def class_weights_from_report(report, method: str | Sequence[float], split: str = "train",
+def class_weights_from_report(report: DataReport, method: str | Sequence[float], split: str = "train",
                               **kwargs) -> list[float]:
-    """`class_weights` from a `checks.DataReport` (its per-split `pixel_counts` end with the ignore count,
+    """`class_weights` from the data check's `DataReport` (its per-split `pixel_counts` end with the ignore count,
     which is dropped: ignored pixels carry no loss)."""
     if split not in report.splits:
         raise ValueError(f"The data report has no '{split}' split (it has {sorted(report.splits)}).")
@@ -137,6 +147,7 @@ class _Prepared:
     pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (logits [n,C,h,w], target [n,h,w], valid)
     log_prob: torch.Tensor  # [P] float32
     target: torch.Tensor  # [P] int64
+    batch_size: int  # samples in the batch (OHEM keeps at least ohem_min_kept pixels per sample)
 
 
 def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -157,7 +168,6 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, reso
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"Expected logits [B, C, h, w] and labels [B, H, W] of one batch size; got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}.")
-    check_ignore_index(ignore_index)
     labels = labels.to(logits.device).long()
     if resolution == "logits":
         raw = [(logits.float(), downsample_labels(labels, tuple(logits.shape[-2:])))]
@@ -180,7 +190,7 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, reso
         pieces.append((upsampled, target, valid))
         log_probs.append(log_prob[valid])
         targets.append(target[valid])
-    return _Prepared(pieces, torch.cat(log_probs), torch.cat(targets))
+    return _Prepared(pieces, torch.cat(log_probs), torch.cat(targets), labels.shape[0])
 
 
 def _weight_tensor(weight: torch.Tensor | Sequence[float] | None, num_channels: int,
@@ -208,40 +218,42 @@ def _no_autocast(device: torch.device):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Loss terms on prepared pixels
+# Loss terms on prepared pixels: each takes the prepared batch, the class weights (on the logits' device) and the
+# loss whose settings it reads (focal_gamma, ohem_thresh, ohem_min_kept, dice_smooth)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ce(prep: _Prepared, weight: torch.Tensor | None) -> torch.Tensor:
+def _ce(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) -> torch.Tensor:
     return _weighted_mean(-prep.log_prob, prep.target, weight)
 
 
-def _focal(prep: _Prepared, weight: torch.Tensor | None, gamma: float) -> torch.Tensor:
+def _focal(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) -> torch.Tensor:
     # (1 - p)^gamma down-weights pixels already classified confidently; the class weights play alpha's role
     # and are normalised like weighted CE, so gamma = 0 is exactly (weighted) cross-entropy.
+    gamma = loss.focal_gamma
     modulation = (-torch.expm1(prep.log_prob)).clamp_min(0) ** gamma if gamma else 1.0
     return _weighted_mean(-modulation * prep.log_prob, prep.target, weight)
 
 
-def _ohem(prep: _Prepared, weight: torch.Tensor | None, thresh: float, min_kept: int,
-          batch_size: int) -> torch.Tensor:
+def _ohem(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) -> torch.Tensor:
     # MMSegmentation's OHEMPixelSampler: keep the pixels whose true-class probability is below `thresh`, and at
     # least the `min_kept × batch size` hardest ones (lowest probability). The selection takes no gradient.
     # A probability never exceeds 1, so thresh >= 1 keeps every labelled pixel (a float32 probability that
     # rounds to exactly 1.0 is kept too, so the loss is then plain CE).
+    thresh = loss.ohem_thresh
     if thresh >= 1:
-        return _ce(prep, weight)
+        return _ce(prep, weight, loss)
     with torch.no_grad():
         prob = prep.log_prob.exp()
         keep = prob < thresh
-        kept_min = min(min_kept * batch_size, prob.numel())
+        kept_min = min(loss.ohem_min_kept * prep.batch_size, prob.numel())
         if kept_min > 0:
             hardest = torch.topk(prob, kept_min, largest=False).indices
             keep[hardest] = True
     return _weighted_mean(-prep.log_prob[keep], prep.target[keep], weight)
 
 
-def _dice(prep: _Prepared, smooth: float) -> torch.Tensor:
+def _dice(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) -> torch.Tensor:
     """Soft Dice on probabilities, over labelled pixels only (ignored/padded pixels count in neither the
     intersection nor the sums), with sums over the whole batch (per-image Dice is noisy on small crops).
 
@@ -271,10 +283,19 @@ def _dice(prep: _Prepared, smooth: float) -> torch.Tensor:
         intersection = inter if intersection is None else intersection + inter
         cardinality = card if cardinality is None else cardinality + card
         present = here if present is None else present | here
+    smooth = loss.dice_smooth
     dice = (2 * intersection + smooth) / (cardinality + smooth)
     if not present.any():  # nothing labelled in the batch
         return intersection.sum() * 0
     return (1 - dice)[present].mean()
+
+
+LossTerm = Callable[[_Prepared, torch.Tensor | None, "SegmentationLoss"], torch.Tensor]
+
+# The loss terms a recipe may combine (`loss: {ce: 1.0, dice: 0.5}`), by name: the recipe's `loss` field takes
+# exactly these names.
+LOSS_FUNCTIONS: dict[str, LossTerm] = {"ce": _ce, "focal": _focal, "dice": _dice, "ohem": _ohem}
+LOSS_TERMS = tuple(LOSS_FUNCTIONS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -310,6 +331,7 @@ class SegmentationLoss:
             raise ValueError(f"dice_smooth must be >= 0, got {dice_smooth}.")
         if resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"resolution must be one of {LOSS_RESOLUTIONS}, got {resolution!r}.")
+        check_ignore_index(ignore_index)
         self.resolution = resolution
         self.terms = {name: float(c) for name, c in terms.items() if c}
         self.class_weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -328,16 +350,7 @@ class SegmentationLoss:
             if weight is None and self.class_weights is not None:  # one host-to-device copy, not one per step
                 weight = _weight_tensor(self.class_weights, logits.shape[1], logits.device)
                 self._device_weights[logits.device] = weight
-            values = {}
-            for name in self.terms:
-                if name == "ce":
-                    values[name] = _ce(prep, weight)
-                elif name == "focal":
-                    values[name] = _focal(prep, weight, self.focal_gamma)
-                elif name == "ohem":
-                    values[name] = _ohem(prep, weight, self.ohem_thresh, self.ohem_min_kept, labels.shape[0])
-                else:
-                    values[name] = _dice(prep, self.dice_smooth)
+            values = {name: LOSS_FUNCTIONS[name](prep, weight, self) for name in self.terms}
             self.last_terms = {name: value.detach() for name, value in values.items()}
             return sum(self.terms[name] * value for name, value in values.items())
 
@@ -371,3 +384,31 @@ def ohem_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_i
     """Cross-entropy over the hard pixels only (MMSegmentation's OHEMPixelSampler); see `_ohem`."""
     return SegmentationLoss({"ohem": 1.0}, class_weights=weight, ignore_index=ignore_index, ohem_thresh=thresh,
                             ohem_min_kept=min_kept)(logits, labels)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The recipe's loss
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_loss(training_args: Any, ignore_index: int, num_labels: int, train_split: str,
+               report: DataReport | None) -> SegmentationLoss:
+    """The recipe's loss (`training_args`: its SegformerTrainingArguments, which import this module for the loss
+    names); class weights computed from the data check's training histogram are saved with the run."""
+    weights = training_args.class_weights
+    if isinstance(weights, list):
+        weights = validate_class_weights(weights, num_labels)
+    elif weights is not None:
+        if report is None:
+            raise RecipeError(f"class_weights: {weights} is computed from the data check's pixel histogram; "
+                              "keep check_data: true (or give the weights as a list).")
+        weights = class_weights_from_report(report, weights, split=train_split,
+                                            clip=training_args.class_weight_clip, beta=training_args.class_weight_beta)
+        if training_args.process_index == 0:
+            (Path(training_args.output_dir) / "class_weights.json").write_text(json.dumps(weights))
+    if weights is not None:
+        logger.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights))
+    return SegmentationLoss(training_args.loss_terms, class_weights=weights, ignore_index=ignore_index,
+                            focal_gamma=training_args.focal_gamma, ohem_thresh=training_args.ohem_thresh,
+                            ohem_min_kept=training_args.ohem_min_kept, dice_smooth=training_args.dice_smooth,
+                            resolution=training_args.loss_resolution)

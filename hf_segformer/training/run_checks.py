@@ -1,5 +1,5 @@
-"""Run checks made before any data work: the precision on this device, fields that contradict each other, and
-the output folder.
+"""Run checks made before any data work: the precision on this device, the output folder, the model folder and
+token-merging preset, fields that contradict each other (`check_recipe` makes them all, in that order).
 
 Each check raises `RecipeError` with one message that names the field or path and says what to do. Which
 precision a run uses (recipe, Accelerate config, or chosen for the machine) is settled when the recipe is parsed
@@ -12,7 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hf_segformer.config.data import DataArguments
+from hf_segformer.config.model import ModelArguments
 from hf_segformer.errors import RecipeError
+from hf_segformer.modeling.build import check_model_folder
+from hf_segformer.modeling.token_merging import resolve_token_merging
 from hf_segformer.outputs import check_output_dir
 from hf_segformer.runtime import (
     CPU_BF16_FLAGS,
@@ -72,3 +76,14 @@ def check_run(training_args: Any, min_free_gb: float = 1.0) -> None:
     check_fp16_device(training_args)
     check_cpu_bf16(training_args)
     check_output_dir(training_args.output_dir, min_free_gb)
+
+
+def check_recipe(data_args: DataArguments, model_args: ModelArguments, training_args: Any) -> None:
+    """Every check a training recipe can fail before any data work: the run checks (fp16 only on a GPU, output_dir
+    writable with free space), the model folder, the token-merging preset, then the fields that contradict each
+    other (eval_scale with evaluate_hub, OHEM keeping everything)."""
+    check_run(training_args)
+    check_model_folder(model_args.model_name_or_path)
+    if model_args.token_merging:
+        resolve_token_merging(model_args.token_merging)
+    check_field_combinations(data_args, training_args)

@@ -7,15 +7,17 @@ import contextlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from hf_segformer.errors import TrainingError
 from hf_segformer.evaluation.metrics import confusion_and_loss, confusion_matrices
 from hf_segformer.logits import pack_labels
+from hf_segformer.training.callbacks import TrainerBound
+from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss
 from hf_segformer.training.stream import StreamingTrainerMixin
 
@@ -34,11 +36,22 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
     `compute_metrics` (`LogitsMeanIoU`) gets every logit at once.
     A streaming training set (`TrainStream`) gets its own loader and its position saved in every checkpoint
     (`StreamingTrainerMixin`).
+
+    Built with what the run needs: `train_sampler` (e.g. data.rare_classes.RareClassSampler; None: the Trainer's
+    own), `ema` (a training.ema.WeightAverage of `model`, when the recipe sets ema_decay: evaluated and saved as
+    the model) and the callbacks; those that need the Trainer itself (`TrainerBound`) are bound to it here.
     """
 
     def __init__(self, *args: Any, ignore_index: int = 255, eval_confusion: bool = True,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 train_sampler: torch.utils.data.Sampler | None = None, ema: WeightAverage | None = None,
+                 callbacks: list[TrainerCallback] | None = None, **kwargs: Any):
+        if ema is not None:  # ahead of the others: the average is updated before a callback evaluates the step
+            callbacks = [ema, *(callbacks or [])]
+        super().__init__(*args, callbacks=callbacks, **kwargs)
+        for callback in callbacks or []:
+            if isinstance(callback, TrainerBound):
+                callback.bind(self)
         self.ignore_index = ignore_index
         self.loss_fn = loss_fn or SegmentationLoss(ignore_index=ignore_index)
         self.eval_confusion = eval_confusion
@@ -47,8 +60,8 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
         # and must not rescale by the world size (it would if it believed the model used num_items_in_batch).
         self.model_accepts_loss_kwargs = False
         self.nonfinite_losses = 0
-        self.ema = None  # a training.ema.WeightAverage when the recipe sets ema_decay
-        self.train_sampler = None  # e.g. data.rare_classes.RareClassSampler; None: the Trainer's own
+        self.ema = ema
+        self.train_sampler = train_sampler
 
     def _get_train_sampler(self, train_dataset=None):
         if self.train_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
@@ -243,6 +256,16 @@ def nonfinite_loss_message(value: float, step: int, epoch: float, args: Any, lea
     return (f"Training loss is {value} at step {step} (epoch {epoch:.2f}); stopping rather than training on "
             "NaNs. Likely causes: " + "; ".join(causes) + f". {then}, or allow a few skipped batches with "
             "max_nonfinite_losses: N.")
+
+
+@contextlib.contextmanager
+def out_of_memory_explained(args: Any, crop_size: int, during: str) -> Iterator[None]:
+    """Running out of memory inside the block is a TrainingError naming this run's memory knobs (`during`: what ran
+    out of memory, e.g. "training")."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise TrainingError(out_of_memory_message(args, crop_size, during)) from err
 
 
 def out_of_memory_message(args: Any, crop_size: int, during: str) -> str:

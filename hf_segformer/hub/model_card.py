@@ -1,8 +1,7 @@
-"""Hub cards: the model card of a fine-tuning run and the dataset card of a published dataset.
-
-Both are built with `huggingface_hub` (`ModelCard`/`ModelCardData`, `DatasetCard`/`DatasetCardData`) so that
-their YAML follows the Hub's metadata rules. Cards are public: they name Hub repositories, never local
-paths, and never carry a token (`public_text` redacts any that slip in through user-given names).
+"""The model card of a fine-tuning run, built from its output folder with `huggingface_hub`'s ModelCard and
+ModelCardData (so that its YAML follows the Hub's metadata rules): model-index results, licence, per-class table,
+training history and hyper-parameters, and the deploy report's table when the run has one. Public text: it names
+Hub repositories, never local paths, and carries no token (`hub.redaction`).
 """
 
 from __future__ import annotations
@@ -11,63 +10,33 @@ import json
 import os
 import platform
 import re
-import statistics
-import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from hf_segformer.data.palettes import default_palette
-from hf_segformer.data.preflight import DataReport
 from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.evaluation.deploy.render import model_card_section
 from hf_segformer.evaluation.reports import class_table
+from hf_segformer.hub.redaction import REPO_ID, hub_repo_id, public_text
 from hf_segformer.modeling.build import KEEP_RATIO_SCALE, MIT_VARIANTS
+from hf_segformer.runtime import cpu_info
 
-DATASET_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "dataset_card.md"  # package data
 NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)
 NVIDIA_LICENSE = {"license": "other", "license_name": "nvidia-segformer",
                   "license_link": "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"}
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-NOT_IN_URL = r"(?<![\w.:/])"  # a path starts at a word boundary, not inside a URL such as https://data.org/x
-PATH_TAIL = r"[^\s)\]`'\"|,;]*"
-ABSOLUTE_PATH = re.compile(NOT_IN_URL + r"(?:/(?:home|root|tmp|Users|mnt|media|data|work|scratch|var|opt|srv)/"
-                           + PATH_TAIL + r"|[A-Za-z]:\\" + PATH_TAIL + ")")
+DEPLOY_REPORT_FILES = ("deploy_report.json", "deploy_report/deploy_report.json")  # hf-segformer deploy-report's
 METRICS = (("mean_iou", "Mean IoU"), ("mean_accuracy", "Mean accuracy"), ("overall_accuracy", "Overall accuracy"))
-SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                   (10_000_000, "1M<n<10M"))
 SEGFORMER_CITATION = """@inproceedings{xie2021segformer,
   title     = {SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers},
   author    = {Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, Anima and Alvarez, Jose M. and Luo, Ping},
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2021}
 }"""
-
-
-def hub_repo_id(value: str | None) -> str | None:
-    """`value` when it names a Hub repository; None for an existing local path or anything else."""
-    if not value or os.path.exists(value) or not REPO_ID.match(value):
-        return None
-    return value
-
-
-def public_text(text: str) -> str:
-    """Redact tokens and local absolute paths (home, working directory, /tmp, ...) from card text."""
-    secrets = {os.environ.get(name) for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")} - {None, ""}
-    cleaned = TOKEN.sub("<token>", text)
-    for secret in secrets:
-        cleaned = cleaned.replace(secret, "<token>")
-    for root in {str(Path.cwd()), str(Path.home())} - {"/"}:
-        cleaned = re.sub(NOT_IN_URL + re.escape(root) + PATH_TAIL, "<local path>", cleaned)
-    cleaned = ABSOLUTE_PATH.sub("<local path>", cleaned)
-    if cleaned != text:
-        warnings.warn("A card contained a token or a local path; it was redacted.", stacklevel=2)
-    return cleaned
 
 
 def _read_json(path: Path) -> Any:
@@ -79,8 +48,6 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     return str(value)
 
-
-# --- model card -------------------------------------------------------------------------------------------------
 
 @dataclass
 class RunFacts:
@@ -99,17 +66,12 @@ class RunFacts:
 
 def describe_hardware(training_args: Any | None = None) -> str:
     """The accelerator (or CPU) this process trains on, and how many processes took part."""
-    import torch
-
     processes = getattr(training_args, "world_size", 1)
     if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False):
         device = f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}"
     else:
-        model = ""
-        if os.path.isfile("/proc/cpuinfo"):
-            model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                          if line.startswith("model name")), "")
-        device = f"CPU only: {model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        model = cpu_info("model name") or platform.processor() or platform.machine()
+        device = f"CPU only: {model}, {os.cpu_count()} cores"
     return f"{device}; {processes} training process{'es' if processes != 1 else ''}"
 
 
@@ -227,7 +189,8 @@ def _history_table(output_dir: Path, limit: int = 25) -> str:
     if len(rows) > limit:
         step = -(-len(rows) // limit)
         rows = rows[::step] + ([rows[-1]] if (len(rows) - 1) % step else [])
-    lines = ["| step | epoch | training loss | validation loss | mIoU | mean accuracy |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| step | epoch | training loss | validation loss | mIoU | mean accuracy |",
+             "|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join("–" if v is None else _fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -286,16 +249,11 @@ def _training_section(output_dir: Path, facts: RunFacts) -> str:
     return "\n\n".join(parts)
 
 
-DEPLOY_REPORT_FILES = ("deploy_report.json", "deploy_report/deploy_report.json")
-
-
 def _deployment_section(output_dir: Path) -> str | None:
     """The deploy table of `hf-segformer deploy-report`, when the run folder has one (its default place first)."""
     for name in DEPLOY_REPORT_FILES:
         report = _read_json(output_dir / name)
         if report is not None:
-            from hf_segformer.evaluation.deploy_report import model_card_section  # torch only when there is one
-
             return model_card_section(report).strip()
     return None
 
@@ -341,18 +299,18 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
     names = ", ".join(id2label[i] for i in sorted(id2label))
     sections = [
         f"# {model_name}",
-        f"{_architecture(config)} {origin} on {dataset} for semantic segmentation: it assigns every pixel of an "
-        f"image one of {len(id2label)} classes ({names}). Trained with the hf-segformer recipes and the Hugging "
-        "Face `Trainer`.",
+        (f"{_architecture(config)} {origin} on {dataset} for semantic segmentation: it assigns every pixel of an "
+         f"image one of {len(id2label)} classes ({names}). Trained with the hf-segformer recipes and the Hugging "
+         "Face `Trainer`."),
         *([space_link(facts.space_id)] if facts.space_id else []),
         _evaluation_section(output_dir, facts, by_split, id2label),
         *filter(None, [_deployment_section(output_dir)]),
         "## How to use\n\n" + _usage(facts.repo_id),
-        "## Intended uses and limitations\n\n"
-        f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
-        f"gives every pixel one of them. Images are {resize}, and the prediction is "
-        "upsampled back to the image's size. Expect lower accuracy on imagery unlike the training data (other "
-        "sensors, resolutions, regions or seasons); check the dataset card's caveats.",
+        ("## Intended uses and limitations\n\n"
+         f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
+         f"gives every pixel one of them. Images are {resize}, and the prediction is "
+         "upsampled back to the image's size. Expect lower accuracy on imagery unlike the training data (other "
+         "sensors, resolutions, regions or seasons); check the dataset card's caveats."),
         _training_section(output_dir, facts),
         "## License\n\n" + _license_section(facts, license_metadata),
         "## Citation\n\n```bibtex\n" + SEGFORMER_CITATION + "\n```",
@@ -376,101 +334,3 @@ def _framework_versions() -> str:
             return f"{package} (not installed)"
 
     return ", ".join(installed(p) for p in ("hf-segformer", "transformers", "torch", "datasets", "huggingface_hub"))
-
-
-# --- dataset card -----------------------------------------------------------------------------------------------
-
-@dataclass
-class DatasetFacts:
-    """A hand-written card of `data_cards/`: its YAML metadata, opening paragraph and `## ` sections (the
-    published card reuses Source, Masks, License and citation, Caveats; it measures classes and splits itself)."""
-
-    metadata: dict
-    summary: str
-    sections: dict[str, str]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "DatasetFacts":
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"Dataset card {path} does not exist (the cards of the recipes' datasets are in "
-                            "data_cards/ of the hf-segformer repository).")
-        text = path.read_text()
-        match = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n(.*)$", text, re.DOTALL)
-        metadata, body = (yaml.safe_load(match.group(1)) or {}, match.group(2)) if match else ({}, text)
-        parts = re.split(r"^## +(.+?)\s*$", body, flags=re.MULTILINE)
-        summary = re.sub(r"^# .*$", "", parts[0], count=1, flags=re.MULTILINE).strip()
-        sections = {parts[i].strip(): parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-        return cls(metadata, summary, sections)
-
-
-def _ordered_splits(report: DataReport) -> list[str]:
-    order = {"train": 0, "validation": 1, "test": 2}
-    return sorted(report.splits, key=lambda name: (order.get(name, 3), name))
-
-
-def _class_table(report: DataReport, colours: dict[int, tuple[int, int, int]]) -> str:
-    splits = _ordered_splits(report)
-    lines = ["| id | name | colour | " + " | ".join(f"{s} share" for s in splits) + " |",
-             "|---:|---|---|" + "---:|" * len(splits)]
-    totals = {s: max(sum(r.pixel_counts[:-1]), 1) for s, r in report.splits.items()}
-    for class_id in range(report.num_labels):
-        shares = " | ".join(f"{100 * report.splits[s].pixel_counts[class_id] / totals[s]:.2f}%" for s in splits)
-        colour = "#{:02X}{:02X}{:02X}".format(*colours[class_id]) if class_id in colours else "–"
-        lines.append(f"| {class_id} | {report.id2label.get(class_id, class_id)} | {colour} | {shares} |")
-    ignored = " | ".join(f"{report.splits[s].pixel_counts[-1]:,} px" for s in splits)
-    lines.append(f"| {report.ignore_index} | *(ignored, not a class)* | – | {ignored} |")
-    return "\n".join(lines)
-
-
-def _min_median_max(values: list[int]) -> str:
-    return f"{min(values)} / {statistics.median(values):g} / {max(values)}"
-
-
-def _split_table(report: DataReport) -> str:
-    lines = ["| split | images | width min / median / max | height min / median / max | distinct sizes |",
-             "|---|---:|---|---|---:|"]
-    for name in _ordered_splits(report):
-        split = report.splits[name]
-        widths, heights = [w for w, _ in split.image_sizes], [h for _, h in split.image_sizes]
-        lines.append(f"| {name} | {split.num_samples} | {_min_median_max(widths)} | {_min_median_max(heights)} | "
-                     f"{len(set(split.image_sizes))} |")
-    return "\n".join(lines)
-
-
-def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | None = None, *,
-                       license: str | None = None, pretty_name: str | None = None,
-                       source_colours: dict[int, tuple[int, int, int]] | None = None, mask_notes: str | None = None,
-                       template_path: str | os.PathLike = DATASET_CARD_TEMPLATE) -> DatasetCard:
-    """The published dataset's card: the facts card's metadata and prose plus tables measured by the data check."""
-    if not Path(template_path).is_file():
-        raise DataError(f"Dataset card template {template_path} not found: reinstall hf-segformer (the template "
-                        "is package data, hf_segformer/hub/templates/) or pass template_path.")
-    facts = facts or DatasetFacts({}, "", {})
-    metadata = {key: value for key, value in facts.metadata.items() if key not in ("configs", "dataset_info")}
-    if license:
-        metadata = {k: v for k, v in metadata.items() if k not in ("license", "license_name", "license_link")}
-        metadata["license"] = license
-    if not metadata.get("license"):
-        raise DataError("The dataset card needs a license: give --license (a Hub licence id such as cc-by-4.0, or "
-                        "'other' with license_name/license_link in the card) or a card in data_cards/ that sets one.")
-    total = sum(split.num_samples for split in report.splits.values())
-    metadata.update(task_categories=["image-segmentation"], task_ids=["semantic-segmentation"],
-                    size_categories=[next((name for limit, name in SIZE_CATEGORIES if total < limit), "n>10M")])
-    metadata["pretty_name"] = pretty_name or metadata.get("pretty_name") or repo_id.split("/")[-1]
-    metadata["tags"] = sorted(set(metadata.get("tags") or []) | {"semantic-segmentation"})
-    card_data = DatasetCardData(**metadata)
-    colours = source_colours or {i: tuple(int(c) for c in rgb) for i, rgb in enumerate(default_palette(report.num_labels))}
-    colour_note = ("the mask colour in the source data" if source_colours else
-                   "a display colour only: the masks store class ids")
-    sections = facts.sections
-    card = DatasetCard.from_template(
-        card_data, template_path=str(template_path), repo_id=repo_id, summary=facts.summary,
-        source=sections.get("Source", "Not described."),
-        masks=mask_notes or sections.get("Masks", "Not described."),
-        license_text=sections.get("License and citation", f"License: `{metadata['license']}`."),
-        caveats=sections.get("Caveats", "None recorded."),
-        class_table=_class_table(report, colours), colour_note=colour_note, split_table=_split_table(report),
-        num_labels=report.num_labels, ignore_index=report.ignore_index,
-    )
-    return DatasetCard(public_text(str(card)))

@@ -1,0 +1,63 @@
+"""The ONNX files a deploy report measures: float32 exports (plain or with the decode head folded) and their INT8
+versions, written into the report folder, and what each file is (for deploy_report.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSemanticSegmentation
+
+from hf_segformer.evaluation.deploy.rows import ROWS, Row
+from hf_segformer.inference.onnx_export import export_model, model_metadata
+from hf_segformer.inference.quantize import QUANTIZATION_KEY, quantize_onnx, saved_image_processor
+from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.head_folding import FoldedSegformer
+
+
+def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_images: list[Any] | None,
+                 settings: InferenceSettings, quantization: Any | None) -> dict[str, Any]:
+    """Write the ONNX files the rows need: float32 exports, then their INT8 versions. Returns what was made how."""
+    made: dict[str, Any] = {}
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
+    metadata = model_metadata(model_dir, model)
+    size = tuple(Segmenter(model, saved_image_processor(model_dir), settings, "cpu").input_size or (512, 512))
+    fp32_files = {False: ROWS["onnx-fp32"].onnx_file, True: ROWS["onnx-fp32-folded"].onnx_file}
+    needed = {row.fold_head for row in rows if row.runtime == "onnx"}
+    for fold in sorted(needed):
+        path = folder / fp32_files[fold]
+        with torch.no_grad():
+            export_model(FoldedSegformer(model) if fold else model, path, sample_size=size, metadata=metadata)
+        made[fp32_files[fold]] = {"fold_head": fold}
+    for row in rows:
+        if not row.quantize:
+            continue
+        static = row.quantize == "static"
+        # `quantization` tunes the static rows; dynamic keeps its own measured defaults (weight MatMuls only)
+        result = quantize_onnx(folder / fp32_files[row.fold_head], folder / row.onnx_file, row.quantize,
+                               calibration_images if static else None, model_dir=model_dir,
+                               inference_settings=settings, settings=quantization if static else None,
+                               overwrite=True)
+        made[row.onnx_file] = {k: v for k, v in asdict(result).items() if k not in ("path", "excluded_nodes")}
+        made[row.onnx_file]["excluded_nodes"] = len(result.excluded_nodes)
+    return made
+
+
+def describe_exports(folder: Path, rows: list[Row], made: dict[str, Any]) -> dict[str, Any]:
+    """What each ONNX file is, from this run's exports or, for reused files, from their own metadata."""
+    import onnx  # optional: the [onnx] extra
+
+    exports = {}
+    for row in rows:
+        if not row.onnx_file:
+            continue
+        entry = dict(made.get(row.onnx_file, {}))
+        if not entry:
+            props = {p.key: p.value for p in onnx.load(str(folder / row.onnx_file), load_external_data=False)
+                     .metadata_props}
+            entry = json.loads(props[QUANTIZATION_KEY]) if QUANTIZATION_KEY in props else {"quantization": None}
+        exports[row.onnx_file] = entry
+    return exports

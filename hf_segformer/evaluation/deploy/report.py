@@ -1,0 +1,200 @@
+"""What each way of deploying a trained SegFormer costs and gives, measured side by side in one run: PyTorch fp32
+and bf16, ONNX Runtime fp32, INT8 dynamic and INT8 static, and token merging (hq, fast) on the faster PyTorch
+precision — ms/image at the evaluation input size, model file size, peak memory, mIoU and its change against
+PyTorch fp32, pixel agreement with PyTorch fp32. Written as deploy_report.md and deploy_report.json.
+
+How it measures (the benchmarks' protocol, benchmarks/README.md):
+- accuracy and memory: each row in a fresh worker process (`deploy.worker`) that loads the model as `predict`
+  would (`Segmenter.from_pretrained`, with --onnx / precision / token_merging) and runs the `evaluate` command's
+  own loop (`evaluation.evaluate_shard`, each mask at its native size); its peak resident memory (VmHWM) is the
+  row's memory, so no row inherits another's allocations.
+- speed: every row loaded in this process; after a warm-up round, each round times every row once, in turn, on
+  the same images already resized to the evaluation input size (normalisation + forward: `Segmenter.logits`);
+  a row's ms/image is its median over rounds and its speed-up the median of its per-round ratios, so that load
+  drifts of a shared machine cancel.
+
+A row whose mIoU falls more than `collapse_points` below PyTorch fp32 is flagged COLLAPSED in both files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pickle
+import platform
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.errors import RecipeError
+from hf_segformer.evaluation.deploy.exports import describe_exports, export_files
+from hf_segformer.evaluation.deploy.measure import (
+    agreements,
+    load_row,
+    masks_file,
+    median_ratio,
+    score_against_reference,
+    time_rows,
+    timing_inputs,
+)
+from hf_segformer.evaluation.deploy.pairs import pairs_dataset
+from hf_segformer.evaluation.deploy.render import render_markdown
+from hf_segformer.evaluation.deploy.rows import (
+    DEFAULT_COLLAPSE_POINTS,
+    DEFAULT_ROWS,
+    ONNX_REFERENCE_ROW,
+    REFERENCE_ROW,
+    DeployReport,
+    Row,
+    RowResult,
+    resolve_rows,
+)
+from hf_segformer.evaluation.deploy.worker import run_row_worker, worker_spec
+from hf_segformer.inference.segmenter import InferenceSettings
+from hf_segformer.runtime import cpu_info, cpu_int8_features
+
+REPORT_FILES = ("deploy_report.md", "deploy_report.json")
+
+
+def _check_outputs(folder: Path, rows: Sequence[Row], overwrite: bool, reuse_exports: bool) -> None:
+    onnx_files = sorted({row.onnx_file for row in rows if row.onnx_file})
+    if reuse_exports:
+        missing = [name for name in onnx_files if not (folder / name).is_file()]
+        if missing:
+            raise RecipeError(f"deploy report: reuse_exports (--reuse_exports) needs {', '.join(missing)} in "
+                              f"{folder}; run once without it to write them.")
+        onnx_files = []
+    names = list(REPORT_FILES) + onnx_files
+    existing = [name for name in names if (folder / name).exists()]
+    if existing and not overwrite:
+        raise RecipeError(f"deploy report: {folder} already holds {', '.join(existing)}; pass --overwrite "
+                          "(overwrite=True) to replace them, or choose another --output_dir.")
+
+
+def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, output_dir: str | Path, *,
+                  settings: InferenceSettings | None = None, calibration_images: Sequence[Any] | None = None,
+                  rows: Sequence[str] = DEFAULT_ROWS, threads: int | None = None, repeats: int = 5,
+                  timing_images: int = 1, agreement_images: int = 8,
+                  collapse_points: float = DEFAULT_COLLAPSE_POINTS, quantization: Any | None = None,
+                  overwrite: bool = False, reuse_exports: bool = False,
+                  facts: dict[str, Any] | None = None) -> DeployReport:
+    """Measure `rows` for the saved model in `model_dir` on `pairs` ((image, mask) pairs or a Dataset with image
+    and label columns; masks decoded by `decoder`) and write the ONNX files and deploy_report.md/.json into
+    `output_dir`. `calibration_images`: for the INT8 static rows (images not among `pairs`, for an honest mIoU).
+    `quantization`: a quantize.QuantizationSettings instead of the measured defaults. `reuse_exports`: measure
+    the ONNX files already in `output_dir` (e.g. one tuned by hand) instead of exporting and quantizing anew.
+    `facts`: extra entries (split, recipe) for the report's header."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise RecipeError(f"deploy report: {model_dir} is not a saved model folder (no config.json); pass a "
+                          "training output_dir.")
+    settings = settings or InferenceSettings()
+    chosen = resolve_rows(rows)
+    needs_static = any(row.quantize == "static" for row in chosen)
+    calibration = list(calibration_images or [])
+    if needs_static and not calibration and not reuse_exports:
+        raise RecipeError("deploy report: the INT8 static rows need calibration images (--calibration_split, "
+                          "--num_calibration_images), or leave those rows out (--rows).")
+    if repeats < 1 or timing_images < 1:
+        raise RecipeError("deploy report: repeats and timing_images must be at least 1.")
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_outputs(folder, chosen, overwrite, reuse_exports)
+    dataset = pairs_dataset(pairs)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    with tempfile.TemporaryDirectory(prefix="hf-segformer-deploy-") as tmp:
+        tmp_dir = Path(tmp)
+        made = {} if reuse_exports else export_files(model_dir, folder, chosen, calibration, settings, quantization)
+
+        # speed: every row here, side by side; token merging on both precisions until the faster one is known
+        keys = {row.key for row in chosen}
+        compare = {"pytorch-fp32", "pytorch-bf16"} <= keys
+        candidates = list(chosen) + [replace(row, key=row.key + "@bf16", precision="bf16")
+                                     for row in chosen if row.token_merging and compare]
+        segmenters = {row.key: load_row(model_dir, row, settings, folder) for row in candidates}
+        first = next(iter(segmenters.values()))
+        images = timing_inputs(dataset.select(range(min(timing_images, len(dataset))))["image"], first)
+        input_size = list(first.input_size_of(images[0]))
+        timings = time_rows(segmenters, images, repeats)
+        del segmenters, first
+        best_precision = "fp32"
+        if compare and statistics.median(timings["pytorch-bf16"]) < statistics.median(timings["pytorch-fp32"]):
+            best_precision = "bf16"
+        final_rows = [replace(row, precision=best_precision) if row.token_merging else row for row in chosen]
+        for row in chosen:
+            if row.token_merging and best_precision == "bf16":
+                timings[row.key] = timings.pop(row.key + "@bf16")
+            timings.pop(row.key + "@bf16", None)
+
+        # accuracy and memory: a fresh process per row
+        decoder_path = tmp_dir / "decoder.pkl"
+        decoder_path.write_bytes(pickle.dumps(decoder))
+        dataset.save_to_disk(str(tmp_dir / "pairs"))
+        outcomes = {}
+        for row in final_rows:
+            spec = worker_spec(row, model_dir, folder, settings, threads, tmp_dir / "pairs", decoder_path,
+                               agreement_images, masks_file(tmp_dir, row.key))
+            outcomes[row.key] = run_row_worker(spec, tmp_dir, threads)
+        agreement = agreements(final_rows, outcomes, tmp_dir)
+
+    exports = describe_exports(folder, final_rows, made)
+    static_files = [exports[row.onnx_file] for row in final_rows if row.quantize == "static"]
+    calibrated = max((entry.get("calibration_images", 0) for entry in static_files), default=len(calibration))
+    results = []
+    for row in final_rows:
+        outcome = outcomes[row.key]
+        file = folder / row.onnx_file if row.onnx_file else _weights_file(model_dir)
+        result = RowResult(row.key, row.label + (f" ({row.precision})" if row.token_merging else ""), row.runtime,
+                           row.precision, row.token_merging, file.name, file.stat().st_size,
+                           statistics.median(timings[row.key]), list(timings[row.key]),
+                           median_ratio(timings.get(REFERENCE_ROW, []), timings[row.key]),
+                           median_ratio(timings.get(ONNX_REFERENCE_ROW, []), timings[row.key]),
+                           outcome.get("peak_rss_mb"), outcome.get("loaded_rss_mb"), outcome.get("miou"),
+                           pixel_agreement=agreement.get(row.key), error=outcome.get("error"))
+        results.append(result)
+    score_against_reference(results, collapse_points)
+    facts = {
+        "model": model_dir.name, "images": len(dataset), "input_size": input_size,
+        "mode": settings.mode, "threads": threads, "repeats": repeats, "timing_images": len(images),
+        "agreement_images": min(agreement_images, len(dataset)), "collapse_points": collapse_points,
+        "token_merging_precision": best_precision, "calibration_images": calibrated,
+        "exports": exports, "reused_exports": reuse_exports, "machine": machine_facts(),
+        "date": datetime.date.today().isoformat(), **(facts or {}),
+    }
+    report = DeployReport(results, facts)
+    write_report(report, folder)
+    return report
+
+
+def _weights_file(model_dir: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise RecipeError(f"deploy report: {model_dir} has no model.safetensors or pytorch_model.bin.")
+
+
+def machine_facts() -> dict[str, Any]:
+    """The CPU, its INT8 extensions and the library versions, for the report's reader to compare machines."""
+    try:
+        import onnxruntime  # optional: the [onnx] extra
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    cpu = cpu_info("model name") or platform.processor() or platform.machine()
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "int8_features": cpu_int8_features(),
+            "torch": torch.__version__, "onnxruntime": ort_version, "python": platform.python_version()}
+
+
+def write_report(report: DeployReport, folder: Path) -> None:
+    (folder / "deploy_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (folder / "deploy_report.md").write_text(render_markdown(report))
