@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import save_image, save_mask
+from support.images import save_image, save_mask
 
 from hf_segformer.cli import main as hf_segformer
 from hf_segformer.commands.import_annotations import main as import_annotations_command

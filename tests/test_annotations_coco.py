@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
-from conftest import read_mask, save_image
+from support.images import read_mask, save_image
 
 from hf_segformer.data.annotations.coco_format import encode_compressed_counts, mask_runs
 from hf_segformer.data.annotations.exporter import export_masks

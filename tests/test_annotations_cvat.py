@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-from conftest import read_mask, save_image, save_mask
 from PIL import Image
+from support.images import read_mask, save_image, save_mask
 
 from hf_segformer.data.annotations.cvat_mask import parse_labelmap
 from hf_segformer.data.annotations.exporter import export_masks

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-from conftest import read_mask, save_image
+from support.images import read_mask, save_image
 
 from hf_segformer.data.annotations import brush_rle
 from hf_segformer.data.annotations.exporter import export_masks

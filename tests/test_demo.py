@@ -27,7 +27,9 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the demo needs Gradio: pip install -e '.[demo]'")
 
-from conftest import build_tiny_segformer, free_port, save_image  # noqa: E402
+from support.images import save_image
+from support.models import build_tiny_segformer
+from support.processes import free_port  # noqa: E402
 
 from hf_segformer import cli
 from hf_segformer.app.demo import DemoModel, launch, read_upload

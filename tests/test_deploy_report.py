@@ -9,9 +9,10 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import save_tiny_model, smooth_image
-from conftest import write_smooth_images as write_images
 from PIL import Image
+from support.images import smooth_image
+from support.images import write_smooth_images as write_images
+from support.models import save_tiny_model
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import DataError, RecipeError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE, free_port, run_offline
+from support.processes import ACCELERATE, free_port, run_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "background", 1: "road", 2: "car", 3: "sky"}
@@ -23,7 +23,7 @@ RUNTIME_KEYS = ("runtime", "samples_per_second", "steps_per_second", "preparatio
 
 def evaluate_with(config: str, model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs" / config),
-               "--mixed_precision", "no", "--main_process_port", str(free_port()), str(ROOT / "tests/ddp_eval_script.py"),
+               "--mixed_precision", "no", "--main_process_port", str(free_port()), str(ROOT / "tests/scripts/ddp_eval_script.py"),
                "--model_dir", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir)]
     result = run_offline(command, output_dir.parent)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

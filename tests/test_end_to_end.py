@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ACCELERATE, run_offline
+from support.processes import ACCELERATE, run_offline
 
 from hf_segformer.data.synthetic import write_synthetic_dataset
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE, free_port, run_offline
 from PIL import Image
+from support.processes import ACCELERATE, free_port, run_offline
 
 from hf_segformer.cli import main
 from hf_segformer.evaluation.metrics import confusion_from_arrays, metrics_from_confusion

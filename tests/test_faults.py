@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ACCELERATE, run_offline
+from support.processes import ACCELERATE, run_offline
 
 import hf_segformer.modeling.prepare
 from hf_segformer.data.synthetic import write_synthetic_dataset
@@ -68,7 +68,7 @@ def test_killed_mid_epoch_and_resumed_ends_like_the_uninterrupted_run(tmp_path):
     recipe = tiny_recipe(tmp_path, save_strategy="steps", save_steps=3)  # 4 steps per epoch, 12 in all
     finetune(recipe, tmp_path / "straight")
     killed = tmp_path / "killed"
-    finetune(recipe, killed, "--kill_at_step", "7", script="tests/killed_run_script.py", expect_code=-9)
+    finetune(recipe, killed, "--kill_at_step", "7", script="tests/scripts/killed_run_script.py", expect_code=-9)
     assert (killed / "checkpoint-6").is_dir() and not (killed / "checkpoint-9").exists()
     assert not (killed / "eval_results.json").exists()
     finetune(recipe, killed, "--resume_from_checkpoint", "last")

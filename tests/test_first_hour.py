@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE
+from support.processes import ACCELERATE
 
 from hf_segformer.cli import main as cli_main
 from hf_segformer.config.data import TRAINING_ONLY_DATA_FIELDS, DataArguments

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import build_tiny_segformer
+from support.models import build_tiny_segformer
 
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold, fuse_decode_head_for_training

@@ -1,6 +1,6 @@
-"""Publishing datasets and models on the Hub, against a local Hub server (tests/hub_server.py).
+"""Publishing datasets and models on the Hub, against a local Hub server (tests/support/hub_server.py).
 
-One fresh process (tests/hub_scenario.py) publishes a folder dataset with `hf-segformer push-dataset`, reads it
+One fresh process (tests/scripts/hub_scenario.py) publishes a folder dataset with `hf-segformer push-dataset`, reads it
 back with `load_dataset`, fine-tunes from it and from a stand-in `nvidia/mit-b0` on the server, pushes the run
 with `push_model` and loads the pushed model with `pipeline("image-segmentation")`. The tests assert on what the
 server received and on what the client read back.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hub_server import HubServer, card_metadata
 from PIL import Image
+from support.hub_server import HubServer, card_metadata
 
 from hf_segformer.data.synthetic import SYNTHETIC_ID2LABEL, write_synthetic_dataset
 
@@ -36,7 +36,7 @@ def hub_run(tmp_path_factory):
     with HubServer() as hub:
         env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(work / "hf_home"), HF_TOKEN=TOKEN,
                    HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-        result = subprocess.run([sys.executable, str(Path(__file__).with_name("hub_scenario.py")), str(work), str(data_dir)],
+        result = subprocess.run([sys.executable, str(Path(__file__).parent / "scripts" / "hub_scenario.py"), str(work), str(data_dir)],
                                 cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{result.stderr[-6000:]}\nunknown routes: {hub.state.unknown_routes}"
         yield hub.state, json.loads((work / "scenario.json").read_text()), work, data_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_mask, save_image
+from support.images import read_mask, save_image
 
 from hf_segformer.commands.predict import main as predict
 from hf_segformer.data.annotations import brush_rle

@@ -17,16 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from streaming_helpers import (
-    ACCELERATE,
-    REPO,
-    eval_metrics,
-    free_port,
-    run,
-    run_env,
-    step_losses,
-    tiny_streaming_recipe,
-)
+from support.processes import ACCELERATE, REPO, eval_metrics, free_port, offline_env, run, step_losses
+from support.streams import tiny_streaming_recipe
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 # The quickstart at CI size: 8 + 4 synthetic 32×32 images, crop = image, 4 steps. Dropout off and the decode
@@ -49,7 +41,7 @@ def two_machines(script_args: list[str], cwd: Path, timeout: int = 600) -> list[
                    "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
                    "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
                    str(REPO / "recipes/finetune.py"), *script_args]
-        launches.append(subprocess.Popen(command, cwd=cwd, env=run_env(), stdout=subprocess.PIPE,
+        launches.append(subprocess.Popen(command, cwd=cwd, env=offline_env(), stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True))
     logs = []
     for launch in launches:
@@ -131,7 +123,7 @@ def test_the_slurm_template_starts_a_two_node_run(tmp_path):
     job.mkdir()
     for folder in ("recipes", "accelerate_configs"):
         (job / folder).symlink_to(REPO / folder)
-    env = {**run_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+    env = {**offline_env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "1",
            "SLURM_CPUS_PER_TASK": "1", "MAIN_PROCESS_PORT": str(free_port()), "RECIPE": "recipes/quickstart.yaml"}
     result = subprocess.run(["bash", str(REPO / "accelerate_configs/slurm/finetune.sbatch"),

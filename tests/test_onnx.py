@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_segformer
+from support.models import build_tiny_segformer
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ACCELERATE, run_offline
+from scripts.train_step_script import one_step, samples, tiny_model
+from support.processes import ACCELERATE, run_offline
 from torch import nn
-from train_step_script import one_step, samples, tiny_model
 
 from hf_segformer.errors import RecipeError
 from hf_segformer.modeling.batchnorm import AllReduceBatchNorm2d, convert_sync_batchnorm
@@ -66,7 +66,7 @@ def test_two_processes_train_like_one_batch(tmp_path):
     """2 CPU processes × batch 2 (gloo) with synchronised BatchNorm = 1 process × batch 4, BatchNorm training."""
     output = tmp_path / "ddp.pt"
     command = [str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_2proc.yaml"),
-               "--main_process_port", "0", str(ROOT / "tests/train_step_script.py"), str(output), "--batch_size", "2",
+               "--main_process_port", "0", str(ROOT / "tests/scripts/train_step_script.py"), str(output), "--batch_size", "2",
                "--sync_batchnorm"]
     result = run_offline(command, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

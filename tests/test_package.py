@@ -12,9 +12,13 @@ import hf_segformer
 PACKAGE = Path(hf_segformer.__file__).resolve().parent
 
 
-def test_every_public_name_resolves():
-    for name in hf_segformer.__all__:
-        assert getattr(hf_segformer, name) is not None, name
+def test_every_public_name_resolves_to_the_object_its_module_defines():
+    import importlib
+
+    assert sorted(dir(hf_segformer)) == sorted(hf_segformer.__all__)
+    for name, target in hf_segformer._PUBLIC.items():
+        module, attribute = target if isinstance(target, tuple) else (target, name)
+        assert getattr(hf_segformer, name) is getattr(importlib.import_module(module), attribute), name
 
 
 def test_importing_the_package_imports_no_torch():

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import save_image
 from PIL import Image
+from support.images import save_image
 
 from hf_segformer.data.preflight import DataReport, SplitReport
 from hf_segformer.inference.ranking import (

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Features, Image, IterableDataset, load_dataset
-from streaming_helpers import write_pairs
+from support.streams import write_pairs
 
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
 from hf_segformer.data.train_stream import TrainStream, load_stream_state, save_stream_state

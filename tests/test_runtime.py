@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACCELERATE, free_port
+from support.processes import ACCELERATE, free_port
 
 from hf_segformer import runtime
 from hf_segformer.errors import RecipeError

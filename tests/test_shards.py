@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 from PIL import Image
-from streaming_helpers import write_pairs
+from support.streams import write_pairs
 
 from hf_segformer.data.shards import write_parquet_shards, write_shards, write_webdataset_shards
 from hf_segformer.errors import DataError

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from streaming_helpers import write_pairs
+from support.streams import write_pairs
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import parse_data_files
@@ -178,7 +178,7 @@ def test_the_validation_set_is_bounded_and_held_in_memory(tmp_path):
         shard.unlink()
     assert isinstance(data.evaluation, Dataset) and len(data.evaluation) == 3
     expected = write_pairs(tmp_path / "again", 5, seed=1)  # same seed: the same pixels as the validation pairs
-    for row, (image_path, _) in zip(data.evaluation, expected):
+    for row, (image_path, _) in zip(data.evaluation, expected[:3], strict=True):
         np.testing.assert_array_equal(np.asarray(row["image"]), pixels({"path": str(image_path)}))
 
 
@@ -228,7 +228,8 @@ def test_the_stream_of_the_recipe_reads_like_the_folder_it_was_written_from(tmp_
     write_parquet_shards(pairs, tmp_path / "shards", "train", 2)
     folder = load_folder_dataset(tmp_path / "folder" / "images", tmp_path / "folder" / "masks")["train"]
     streamed = list(open_streams(data_args(data_files=str(tmp_path / "shards" / "*.parquet")))["train"])
-    for row, expected in zip(streamed, folder):
+    assert len(streamed) == len(folder) == 4
+    for row, expected in zip(streamed, folder, strict=True):
         for column in ("image", "label"):
             np.testing.assert_array_equal(np.asarray(row[column]), np.asarray(expected[column]))
 

@@ -14,7 +14,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from streaming_helpers import eval_metrics, finetune, step_losses, synthetic_pairs, tiny_streaming_recipe
+from support.processes import eval_metrics, finetune, step_losses
+from support.streams import synthetic_pairs, tiny_streaming_recipe
 
 from hf_segformer.data.shards import write_parquet_shards
 
@@ -29,7 +30,7 @@ def test_killed_streaming_run_resumes_like_the_uninterrupted_run(tmp_path):
     finetune(recipe, tmp_path / "straight")
     killed = tmp_path / "killed"
     finetune(recipe, killed, "--kill_at_step", "5", "--dataloader_num_workers", "1",
-             script="tests/killed_run_script.py", expect_code=-9)
+             script="tests/scripts/killed_run_script.py", expect_code=-9)
     assert (killed / "checkpoint-3" / "stream_state" / "rank00000.json").is_file()
     assert not (killed / "checkpoint-6").exists() and not (killed / "eval_results.json").exists()
     position = json.loads((killed / "checkpoint-3" / "stream_state" / "rank00000.json").read_text())

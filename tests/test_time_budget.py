@@ -114,7 +114,7 @@ def test_two_processes_agree_on_the_budget(tmp_path):
     """Two DDP processes (gloo) with the budget, rare-class sampling and the weight average: one step count (a
     disagreement would hang the collective calls), within the budget."""
     import yaml
-    from conftest import ACCELERATE, free_port, run_offline
+    from support.processes import ACCELERATE, free_port, run_offline
 
     from hf_segformer.data.synthetic import write_synthetic_dataset
 

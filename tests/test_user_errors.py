@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import HEIGHT, WIDTH, save_image, stripes_mask, write_pairs
+from support.images import HEIGHT, WIDTH, save_image, stripes_mask, write_pairs
 
 from hf_segformer import cli
 from hf_segformer.errors import DataError, RecipeError

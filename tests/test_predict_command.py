@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import PALETTE_COLOURS
 from PIL import Image
+from support.images import PALETTE_COLOURS
 
 from hf_segformer.cli import main
 from hf_segformer.config.data import DataArguments

@@ -3,7 +3,7 @@
 Used by tests/test_faults.py to interrupt a real run the hardest way (no cleanup, no final save), mid-epoch,
 with checkpoints behind it; the test then resumes it with `--resume_from_checkpoint last`.
 
-    python tests/killed_run_script.py --kill_at_step 7 --config RECIPE [--field value ...]
+    python tests/scripts/killed_run_script.py --kill_at_step 7 --config RECIPE [--field value ...]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ are imported. Steps: publish a folder dataset with `hf-segformer push-dataset`, 
 `recipes/finetune.py`, push the run with `push_model` from a Trainer, then load the pushed model with
 `pipeline("image-segmentation")` and its card with `ModelCard.load`. Results go to `<work>/scenario.json`.
 
-    python hub_scenario.py WORK_DIR DATA_DIR
+    python tests/scripts/hub_scenario.py WORK_DIR DATA_DIR
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(work: Path, data_dir: Path) -> None:

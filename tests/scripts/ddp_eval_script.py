@@ -5,7 +5,7 @@ Launched by tests/test_distributed.py through `accelerate launch`, once with one
 matrix); every process writes `samples_rank<i>.json` with how many samples its dataloader gave it, so the
 test can see that the distributed sampler padded the odd-sized set with a repeated sample.
 
-    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/ddp_eval_script.py \\
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/scripts/ddp_eval_script.py \\
         --model_dir MODEL --data_dir DATA --output_dir OUT
 """
 

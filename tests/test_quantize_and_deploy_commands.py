@@ -7,10 +7,10 @@ import json
 import onnxruntime
 import pytest
 import yaml
-from conftest import TINY_ID2LABEL as ID2LABEL
-from conftest import save_tiny_model
-from conftest import write_smooth_images as write_images
 from PIL import Image
+from support.images import write_smooth_images as write_images
+from support.models import TINY_ID2LABEL as ID2LABEL
+from support.models import save_tiny_model
 
 from hf_segformer.commands.deploy_report import main as deploy_report_command
 from hf_segformer.commands.export_onnx import main as export_onnx_command

@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TINY_ID2LABEL as ID2LABEL
-from conftest import save_tiny_model, smooth_image
-from conftest import write_smooth_images as write_images
+from support.images import smooth_image
+from support.images import write_smooth_images as write_images
+from support.models import TINY_ID2LABEL as ID2LABEL
+from support.models import save_tiny_model
 
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import export_onnx, load_onnx_session, onnx_metadata

@@ -4,7 +4,7 @@ Imported by tests/test_optimisation.py (one process: batch 4, or batch 2 × 2 ac
 without activation checkpointing) and launched by it through `accelerate launch` on two CPU processes (batch
 2 per process). The same effective batch must give the same loss and gradients in every configuration.
 
-    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/train_step_script.py OUT.pt \\
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml tests/scripts/train_step_script.py OUT.pt \\
         --batch_size 2 [--sync_batchnorm]
 """
 

@@ -1,60 +1,12 @@
-"""Helpers for the streaming / multi-node tests: tiny image/mask pairs, shards written into tmp_path, and training
-runs of this checkout (recipes/finetune.py, accelerate launch) with the repository first on PYTHONPATH."""
+"""Image/mask pairs and tiny recipes for the streaming tests (Parquet / WebDataset shards of the synthetic set)."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import yaml
 from PIL import Image
-
-ACCELERATE = Path(sys.executable).with_name("accelerate")
-RUNTIME = ("runtime", "per_second")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-def run(command: list[str], cwd: Path, expect_code: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a training process as the tests of the project do: offline, one torch thread, output captured."""
-    result = subprocess.run(command, cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == expect_code, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
-
-
-def finetune(recipe: Path, output_dir: Path, *extra: str, script: str = "recipes/finetune.py",
-             expect_code: int = 0) -> subprocess.CompletedProcess:
-    return run([sys.executable, str(REPO / script), "--config", str(recipe), "--output_dir", str(output_dir),
-                *extra], recipe.parent, expect_code)
-
-
-def step_losses(output_dir: Path) -> dict[int, float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
-
-
-def eval_metrics(output_dir: Path) -> dict:
-    metrics = json.loads((output_dir / "eval_results.json").read_text())
-    return {k: v for k, v in metrics.items() if not k.endswith(RUNTIME)}
 
 
 def write_pairs(root: Path, count: int, size: tuple[int, int] = (24, 16), classes: int = 3, seed: int = 0,

@@ -1,0 +1,1 @@
+"""Scripts the tests run in processes of their own (through accelerate launch or python)."""
