@@ -9,12 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_segformer.config.values import (
+    LABEL_MAP_DEFAULTS,
     check_choice,
     check_ignore_index,
+    check_label_map_targets,
     check_num_labels,
     normalise_id2label,
     parse_colour_map,
     parse_data_files,
+    parse_label_map,
 )
 from hf_segformer.errors import RecipeError
 
@@ -37,7 +40,7 @@ TRAINING_ONLY_DATA_FIELDS = frozenset({
 class DataArguments:
     """Where the images and masks come from, and how they are augmented."""
 
-    _argument_group_name = "Data (see README, \"Your own data\")"
+    _argument_group_name = "Data (see docs/data.md)"
 
     data_dir: str | None = field(
         default=None,
@@ -118,6 +121,17 @@ class DataArguments:
         default=None,
         metadata={"help": "For RGB colour masks: {'#RRGGBB': class_id} in the recipe, or a JSON file of it."},
     )
+    label_map: str | None = field(
+        default=None,
+        metadata={"help": "Raw mask value → class id, e.g. {7: 0, 8: 1, 11: 2} (merge by sending several values to one "
+                          "id; drop a value by sending it to ignore_index), in the recipe, JSON text or a JSON file. "
+                          "Applied wherever masks are read (training, evaluation, the data check)."},
+    )
+    label_map_default: str = field(
+        default="ignore",
+        metadata={"help": "With label_map: raw values it does not name become ignore_index ('ignore') or stay as "
+                          "they are ('keep')."},
+    )
     ignore_index: int = field(default=255, metadata={"help": "Mask value that is not a class (no loss, no metric)."})
     reduce_labels: bool = field(
         default=False, metadata={"help": "ADE20K style: mask value 0 becomes ignore_index and k becomes k-1."}
@@ -174,14 +188,14 @@ class DataArguments:
         metadata={"help": "Evaluation: resize keeping the aspect ratio to fit (long side, short side), as "
                           "MMSegmentation's test pipeline: train_scale evaluates at the scale the model trained at; "
                           "which scale reads best depends on the data (benchmarks/bench_eval_scale.py measures it "
-                          "for a trained model; README, \"Metrics\"). eval_size² squashes other shapes. Saved with "
+                          "for a trained model; docs/evaluation.md). eval_size² squashes other shapes. Saved with "
                           "the model: `hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(
         default=None,
         metadata={"help": "Truncate the evaluation set (debugging). With streaming: the validation examples read "
-                          "into memory for evaluation (required when there is a validation split)."},
+                          "into memory for evaluation (default when unset: the first 500)."},
     )
     check_data: bool = field(default=True, metadata={"help": "Run the pre-flight data check before training."})
     check_num_proc: int | None = field(default=None, metadata={"help": "Processes for the data check (default: CPUs)."})
@@ -224,6 +238,24 @@ class DataArguments:
             raise RecipeError(f"eval_scale takes two positive numbers (long side, short side), e.g. the train_scale "
                               f"{list(self.train_scale)}; got {self.eval_scale}.")
         check_ignore_index(self.ignore_index)
+        self._check_label_map()
+
+    def _check_label_map(self) -> None:
+        """label_map decides each raw value's class by itself: the other mask decodings would re-map its result."""
+        self.label_map_ids = parse_label_map(self.label_map)
+        check_choice("label_map_default", self.label_map_default, LABEL_MAP_DEFAULTS)
+        if self.label_map_ids is None:
+            return
+        clashes = {"colour_map": ("colour masks are mapped by colour_map alone (send several colours to one id to "
+                                  "merge, to ignore_index to drop)") if self.colour_map_rgb else None,
+                   "reduce_labels": "write its 0 → ignore_index and k → k-1 into label_map" if self.reduce_labels
+                   else None,
+                   "binary_masks": "write {0: 0, 255: 1} into label_map" if self.binary_masks else None}
+        for name, how in clashes.items():
+            if how:
+                raise RecipeError(f"label_map and {name} both re-map mask values; use label_map alone: {how}.")
+        check_label_map_targets(self.label_map_ids, self.num_labels or (len(self.id2label_map) if self.id2label_map
+                                                                        else None), self.ignore_index)
 
 
 PALETTE_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are

@@ -21,6 +21,8 @@ from hf_segformer.data.loading import undecoded
 from hf_segformer.data.rare_classes import save_presence
 from hf_segformer.errors import DataError, problems_message
 
+HISTOGRAM_JSON, HISTOGRAM_MD = "class_histogram.json", "class_histogram.md"  # DataReport.save, beside the run
+
 
 @dataclass
 class SplitReport:
@@ -31,6 +33,7 @@ class SplitReport:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height)
     # per image: class ids present (rare-class sampling); saved beside the report in class_presence.json
     image_classes: list[list[int]] = field(default_factory=list, compare=False)
+    raw_counts: dict[int, int] = field(default_factory=dict)  # with a label map: pixels per raw mask value
 
     @property
     def class_counts(self) -> list[int]:
@@ -44,6 +47,8 @@ class DataReport:
     ignore_index: int
     id2label: dict[int, str]
     splits: dict[str, SplitReport]
+    # with a label map: what each raw value found (or named by the map) became, a class id or the ignore index
+    label_map_targets: dict[int, int] | None = None
 
     def class_table(self) -> str:
         """Per-class pixel counts and shares for every split, as a Markdown table."""
@@ -61,6 +66,32 @@ class DataReport:
             rows.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join([header, rule, *rows])
 
+    def label_map_table(self) -> str:
+        """With a label map: each raw mask value, what it became (mapped, or dropped to the ignore index) and its
+        pixels per split, then the values the map names that no mask holds; "" without a label map."""
+        if self.label_map_targets is None:
+            return ""
+        found = sorted(set().union(*(s.raw_counts for s in self.splits.values())))
+        header = "| raw value | becomes | " + " | ".join(f"{s} pixels" for s in self.splits) + " |"
+        rows = [header, "|---:|---|" + "---:|" * len(self.splits)]
+        for raw in found:
+            target = self.label_map_targets[raw]
+            becomes = (f"{self.ignore_index} (dropped: ignored)" if target == self.ignore_index
+                       else f"{target} {self.id2label.get(target, '')}".rstrip())
+            rows.append(f"| {raw} | {becomes} | " + " | ".join(f"{s.raw_counts.get(raw, 0):,}"
+                                                              for s in self.splits.values()) + " |")
+        dropped = [raw for raw in found if self.label_map_targets[raw] == self.ignore_index]
+        unseen = sorted(set(self.label_map_targets) - set(found))
+        summary = (f"Label map: {len(found)} raw values found, {len(found) - len(dropped)} mapped onto "
+                   f"{len({self.label_map_targets[r] for r in found} - {self.ignore_index})} classes, "
+                   f"{len(dropped)} dropped (ignored)"
+                   + (f"; named by the map but in no mask: {', '.join(map(str, unseen))}" if unseen else "") + ".")
+        return summary + "\n\n" + "\n".join(rows)
+
+    def tables(self) -> str:
+        """The class table, and the label map's table when there is one (the check's printout and its .md)."""
+        return "\n\n".join(t for t in (self.class_table(), self.label_map_table()) if t)
+
     def save(self, output_dir: str | os.PathLike) -> None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -71,51 +102,74 @@ class DataReport:
             "splits": {name: {"num_samples": s.num_samples, "pixel_counts": s.pixel_counts,
                               "image_sizes": s.image_sizes} for name, s in self.splits.items()},
         }
-        (out / "class_histogram.json").write_text(json.dumps(payload, indent=1))
-        (out / "class_histogram.md").write_text(self.class_table() + "\n")
+        if self.label_map_targets is not None:
+            payload["label_map"] = {"targets": {str(k): v for k, v in self.label_map_targets.items()},
+                                    "raw_pixels": {name: {str(k): v for k, v in s.raw_counts.items()}
+                                                   for name, s in self.splits.items()}}
+        (out / HISTOGRAM_JSON).write_text(json.dumps(payload, indent=1))
+        (out / HISTOGRAM_MD).write_text(self.tables() + "\n")
         if any(s.image_classes for s in self.splits.values()):
             save_presence(out, {name: s.image_classes for name, s in self.splits.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DataReport":
         payload = json.loads(Path(path).read_text())
-        splits = {name: SplitReport(s["num_samples"], s["pixel_counts"], [tuple(x) for x in s["image_sizes"]])
+        label_map = payload.get("label_map")
+        raw = {name: {int(k): v for k, v in counts.items()} for name, counts in label_map["raw_pixels"].items()} \
+            if label_map else {}
+        splits = {name: SplitReport(s["num_samples"], s["pixel_counts"], [tuple(x) for x in s["image_sizes"]],
+                                    raw_counts=raw.get(name, {}))
                   for name, s in payload["splits"].items()}
         return cls(payload["num_labels"], payload["ignore_index"],
-                   {int(k): v for k, v in payload["id2label"].items()}, splits)
+                   {int(k): v for k, v in payload["id2label"].items()}, splits,
+                   {int(k): v for k, v in label_map["targets"].items()} if label_map else None)
 
 
-def _check_pair(image_entry: dict, mask_entry: dict, decoder: LabelDecoder, num_labels: int) -> tuple[str, np.ndarray, tuple[int, int]]:
-    """Return (problem or '', per-class counts + ignore count, image size)."""
+def data_report(decoder: LabelDecoder, num_labels: int, id2label: dict[int, str],
+                splits: dict[str, SplitReport]) -> DataReport:
+    """The report of checked splits; with a label map, what each raw value found or named became."""
+    targets = None
+    if decoder.label_map:
+        raw_values = set(decoder.label_map).union(*(s.raw_counts for s in splits.values()))
+        targets = {raw: decoder.map_raw_value(raw) for raw in sorted(raw_values)}
+    return DataReport(num_labels, decoder.ignore_index, id2label, splits, targets)
+
+
+def _check_pair(image_entry: dict, mask_entry: dict, decoder: LabelDecoder,
+                num_labels: int) -> tuple[str, np.ndarray, tuple[int, int], str]:
+    """Return (problem or '', per-class counts + ignore count, image size, raw value counts as JSON: with a label
+    map, else "{}")."""
     counts = np.zeros(num_labels + 1, dtype=np.int64)
     name = entry_name(image_entry)
     try:
         image = upright(open_image(image_entry))
         image.load()
     except Exception as err:  # any decoder failure is the user's file, not our bug
-        return f"{name}: image cannot be decoded ({type(err).__name__}: {err})", counts, (0, 0)
+        return f"{name}: image cannot be decoded ({type(err).__name__}: {err})", counts, (0, 0), "{}"
     mask_name = entry_name(mask_entry)
     try:
         mask = open_image(mask_entry)
-        label = decoder(mask, mask_name)
+        label, raw_counts = decoder.decode_counted(mask, mask_name)
     except DataError as err:
-        return str(err), counts, image.size
+        return str(err), counts, image.size, "{}"
     except Exception as err:
-        return f"{mask_name}: mask cannot be decoded ({type(err).__name__}: {err})", counts, image.size
+        return f"{mask_name}: mask cannot be decoded ({type(err).__name__}: {err})", counts, image.size, "{}"
+    raw = json.dumps(raw_counts or {})
     if (label.shape[1], label.shape[0]) != image.size:
         return (f"{mask_name}: mask is {label.shape[1]}×{label.shape[0]} but its image {name} is "
-                f"{image.size[0]}×{image.size[1]}"), counts, image.size
+                f"{image.size[0]}×{image.size[1]}"), counts, image.size, raw
     values, value_counts = np.unique(label, return_counts=True)
     ignored = values == decoder.ignore_index
     bad = values[~ignored & ((values < 0) | (values >= num_labels))]
     if len(bad):
         shown = ", ".join(str(v) for v in bad[:10])
-        hint = out_of_range_hint(values, num_labels, decoder.ignore_index, decoder.reduce_labels, decoder.binary_masks)
+        hint = out_of_range_hint(values, num_labels, decoder.ignore_index, decoder.reduce_labels, decoder.binary_masks,
+                                 getattr(mask, "format", None))
         return (f"{mask_name}: values {shown} are outside the {num_labels} classes [0, {num_labels}) "
-                f"and are not ignore_index={decoder.ignore_index}.{hint}"), counts, image.size
+                f"and are not ignore_index={decoder.ignore_index}.{hint}"), counts, image.size, raw
     counts[values[~ignored].astype(np.int64)] = value_counts[~ignored]
     counts[-1] = value_counts[ignored].sum()
-    return "", counts, image.size
+    return "", counts, image.size, raw
 
 
 def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels: int, num_proc: int | None = None) -> SplitReport:
@@ -126,7 +180,8 @@ def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels:
 
     def check_batch(batch: dict) -> dict:
         results = [_check_pair(i, m, decoder, num_labels) for i, m in zip(batch["image"], batch["label"])]
-        return {"problem": [r[0] for r in results], "counts": [r[1] for r in results], "size": [list(r[2]) for r in results]}
+        return {"problem": [r[0] for r in results], "counts": [r[1] for r in results],
+                "size": [list(r[2]) for r in results], "raw": [r[3] for r in results]}
 
     num_proc = num_proc or min(os.cpu_count() or 1, max(1, len(dataset) // 64))
     checked = raw.map(check_batch, batched=True, batch_size=16, num_proc=num_proc if num_proc > 1 else None,
@@ -138,7 +193,12 @@ def check_split(dataset: Dataset, split: str, decoder: LabelDecoder, num_labels:
     per_image = np.asarray(checked["counts"], dtype=np.int64)
     counts = per_image.sum(axis=0)
     image_classes = [np.flatnonzero(row[:-1]).tolist() for row in per_image]
-    return SplitReport(len(dataset), [int(c) for c in counts], [tuple(s) for s in checked["size"]], image_classes)
+    raw_counts: dict[int, int] = {}
+    for pair in checked["raw"]:
+        for value, pixels in json.loads(pair).items():
+            raw_counts[int(value)] = raw_counts.get(int(value), 0) + pixels
+    return SplitReport(len(dataset), [int(c) for c in counts], [tuple(s) for s in checked["size"]], image_classes,
+                       dict(sorted(raw_counts.items())))
 
 
 def check_data(data: DatasetDict, decoder: LabelDecoder, num_labels: int, id2label: dict[int, str],
@@ -153,4 +213,4 @@ def check_data(data: DatasetDict, decoder: LabelDecoder, num_labels: int, id2lab
             failures.append(str(err))
     if failures:
         raise DataError("\n".join(failures))
-    return DataReport(num_labels, decoder.ignore_index, id2label, splits)
+    return data_report(decoder, num_labels, id2label, splits)

@@ -82,6 +82,15 @@ def _split_table(report: DataReport) -> str:
     return "\n".join(lines)
 
 
+def _with_label_map(masks: str, report: DataReport) -> str:
+    """The source's raw mask values and the class each became: the published masks hold the class ids."""
+    table = report.label_map_table()
+    if not table:
+        return masks
+    return (f"{masks}\n\nThe published masks hold class ids, mapped from the source's raw mask values by a label "
+            f"map (values sent to {report.ignore_index} are ignored, not a class). {table}")
+
+
 def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | None = None, *,
                        license: str | None = None, pretty_name: str | None = None,
                        source_colours: dict[int, tuple[int, int, int]] | None = None, mask_notes: str | None = None,
@@ -112,7 +121,7 @@ def build_dataset_card(report: DataReport, repo_id: str, facts: DatasetFacts | N
     card = DatasetCard.from_template(
         card_data, template_path=str(template_path), repo_id=repo_id, summary=facts.summary,
         source=sections.get("Source", "Not described."),
-        masks=mask_notes or sections.get("Masks", "Not described."),
+        masks=_with_label_map(mask_notes or sections.get("Masks", "Not described."), report),
         license_text=sections.get("License and citation", f"License: `{metadata['license']}`."),
         caveats=sections.get("Caveats", "None recorded."),
         class_table=_class_table(report, colours), colour_note=colour_note, split_table=_split_table(report),

@@ -24,6 +24,7 @@ from hf_segformer.evaluation.deploy.render import model_card_section
 from hf_segformer.evaluation.reports import class_table
 from hf_segformer.hub.redaction import REPO_ID, hub_repo_id, public_text
 from hf_segformer.modeling.build import KEEP_RATIO_SCALE, MIT_VARIANTS
+from hf_segformer.modeling.lora import ADAPTER_CONFIG
 from hf_segformer.runtime import cpu_info
 
 NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)
@@ -61,7 +62,7 @@ class RunFacts:
     license: str | None = None  # overrides the default (the NVIDIA licence when fine-tuning NVIDIA weights)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     hardware: str = ""
-    space_id: str | None = None  # a Space serving the model's demo (`hf-segformer demo --export-space`)
+    space_id: str | None = None  # a Space serving the model's demo (`hf-segformer demo --export_space`)
 
 
 def describe_hardware(training_args: Any | None = None) -> str:
@@ -95,6 +96,7 @@ def training_hyperparameters(training_args: Any, data_args: Any) -> dict[str, An
         "max_steps": args.max_steps if args.max_steps and args.max_steps > 0 else None,
         "max_time (time budget; it decided max_steps)": getattr(args, "max_time", None),
         "ema_decay (the model is the average of the weights)": getattr(args, "ema_decay", None),
+        "early_stopping_patience (evaluations)": getattr(args, "early_stopping_patience", None),
         "mixed_precision": precision,
         "seed": args.seed,
         "loss": getattr(args, "loss_terms", None),
@@ -165,6 +167,8 @@ def _eval_results(output_dir: Path, facts: RunFacts) -> tuple[list[EvalResult], 
         if not metrics:
             continue
         by_split[split] = {key: metrics[f"{prefix}_{key}"] for key, _ in METRICS if f"{prefix}_{key}" in metrics}
+        if f"{prefix}_precision" in metrics:
+            by_split[split]["precision"] = metrics[f"{prefix}_precision"]
         for key, name in METRICS:
             if f"{prefix}_{key}" in metrics:
                 results.append(EvalResult(task_type="image-segmentation", task_name="Semantic segmentation",
@@ -193,6 +197,24 @@ def _history_table(output_dir: Path, limit: int = 25) -> str:
              "|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join("–" if v is None else _fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _adapter_usage(repo_id: str, base_model: str | None) -> str:
+    """How to load a LoRA adapter: its base model with this repo's classes, the adapter merged in."""
+    base = base_model or "BASE_MODEL"  # a local base model: the user must supply it
+    return f'''This repository holds a LoRA adapter (PEFT) and the decode head for its classes, not a whole model: load
+its base model with this repository's config, then the adapter (`pip install peft`). `hf-segformer merge-lora` turns
+a local copy into a plain SegFormer folder that `pipeline("image-segmentation")` loads.
+
+```python
+from peft import PeftModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+
+config = AutoConfig.from_pretrained("{repo_id}")  # this adapter's classes
+base = AutoModelForSemanticSegmentation.from_pretrained("{base}", config=config, ignore_mismatched_sizes=True)
+model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()  # a plain SegFormer
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+```'''
 
 
 def _usage(repo_id: str) -> str:
@@ -224,7 +246,11 @@ def _evaluation_section(output_dir: Path, facts: RunFacts, by_split: dict[str, d
     parts = ["## Evaluation"]
     for split, values in by_split.items():
         shown = ", ".join(f"{name} **{values[key]:.4f}**" for key, name in METRICS if key in values)
-        parts.append(f"On the `{split}` split, at each label's native resolution: {shown}.")
+        parts.append(f"On the `{split}` split, at each label's native resolution: {shown}."
+                     + (f" Evaluated in {values['precision']}." if "precision" in values else ""))
+        if values.get("precision", "fp32") != "fp32":
+            parts.append(f"{values['precision']} figures vary slightly with the machine; `hf-segformer evaluate` "
+                         "scores the model in fp32, the same on every machine.")
     if not by_split:
         parts.append("This run saved no evaluation results.")
     if (output_dir / "eval_confusion_matrix.npy").is_file():
@@ -239,6 +265,9 @@ def _evaluation_section(output_dir: Path, facts: RunFacts, by_split: dict[str, d
 def _training_section(output_dir: Path, facts: RunFacts) -> str:
     parts = ["## Training procedure", "### Hyper-parameters",
              "\n".join(f"- {key}: {_fmt(value)}" for key, value in facts.hyperparameters.items()) or "- not recorded"]
+    stopping = _early_stopping_note(_read_json(output_dir / "train_results.json") or {})
+    if stopping:
+        parts += ["### Early stopping", stopping]
     history = _history_table(output_dir)
     if history:
         parts += ["### Training results", history]
@@ -247,6 +276,26 @@ def _training_section(output_dir: Path, facts: RunFacts) -> str:
         "- Weights are stored as safetensors; loading needs no `trust_remote_code`.",
         "- TensorBoard logs of the run are in `runs/`."])]
     return "\n\n".join(parts)
+
+
+def _early_stopping_note(results: dict) -> str | None:
+    """What early_stopping_patience did to the run (train_results.json), or None when it was off."""
+    if "early_stopped" not in results:
+        return None
+    metric, patience = results.get("early_stopping_metric"), results.get("early_stopping_patience")
+    best = (f" The model is the best evaluation's: step {results['best_step']}, {metric} {results['best_metric']:.4f}."
+            if results.get("best_metric") is not None else "")
+    if not results["early_stopped"]:
+        return f"Early stopping (patience {patience} evaluations on {metric}) was on and did not stop the run.{best}"
+    note = (f"Training stopped early at step {results.get('early_stopping_step')}: {metric} had not improved by more "
+            f"than {results.get('early_stopping_threshold', 0):g} for {patience} evaluations.{best}")
+    if results.get("early_stopping_planned_steps"):
+        note += (f" The run was planned for {results['early_stopping_planned_steps']} steps"
+                 + (" (its time budget)" if "budget_max_time_s" in results else "")
+                 + ", so the learning-rate schedule had not finished decaying"
+                 + (f" (learning rate {results['early_stopping_learning_rate']:g} at the stop)."
+                    if results.get("early_stopping_learning_rate") is not None else "."))
+    return note
 
 
 def _deployment_section(output_dir: Path) -> str | None:
@@ -284,16 +333,21 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
               f"{size.get('height', '?')}×{size.get('width', '?')})" if keep_ratio else
               f"resized to {size.get('height', '?')}×{size.get('width', '?')} by the image processor")
     eval_results, by_split = _eval_results(output_dir, facts)
+    adapter = (output_dir / ADAPTER_CONFIG).is_file()  # a LoRA run: the adapter is what is published
     license_metadata = _license_metadata(facts)
     model_name = facts.repo_id.split("/")[-1]
     card_data = ModelCardData(
         base_model=facts.base_model, datasets=[facts.dataset_id] if facts.dataset_id else None,
-        library_name="transformers", pipeline_tag="image-segmentation", metrics=[key for key, _ in METRICS],
-        tags=["segformer", "semantic-segmentation", "vision", "hf-segformer"], model_name=model_name,
+        library_name="peft" if adapter else "transformers", pipeline_tag="image-segmentation", metrics=[key for key, _ in METRICS],
+        tags=["segformer", "semantic-segmentation", "vision", "hf-segformer", *(["lora"] if adapter else [])],
+        model_name=model_name,
         eval_results=eval_results or None, **license_metadata,
     )
     origin = (f"fine-tuned from [{facts.base_model}](https://huggingface.co/{facts.base_model})" if facts.base_model
               else "trained from random initialisation (no pretrained weights)")
+    if adapter:
+        origin = ("as a LoRA adapter (with its decode head) " + origin if facts.base_model
+                  else "as a LoRA adapter (with its decode head) of a local base model")
     dataset = (f"[{facts.dataset_id}](https://huggingface.co/datasets/{facts.dataset_id})" if facts.dataset_id
                else f"the local dataset `{facts.dataset_name}`")
     names = ", ".join(id2label[i] for i in sorted(id2label))
@@ -305,7 +359,7 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
         *([space_link(facts.space_id)] if facts.space_id else []),
         _evaluation_section(output_dir, facts, by_split, id2label),
         *filter(None, [_deployment_section(output_dir)]),
-        "## How to use\n\n" + _usage(facts.repo_id),
+        "## How to use\n\n" + (_adapter_usage(facts.repo_id, facts.base_model) if adapter else _usage(facts.repo_id)),
         ("## Intended uses and limitations\n\n"
          f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
          f"gives every pixel one of them. Images are {resize}, and the prediction is "

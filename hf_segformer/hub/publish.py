@@ -48,8 +48,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _class_id_masks(data: DatasetDict, decoder: LabelDecoder) -> DatasetDict:
-    """Re-encode masks as PNGs of class ids (colour masks decoded, `reduce_labels` applied), so that the
-    published dataset needs no colour_map or reduce_labels to be read."""
+    """Re-encode masks as PNGs of class ids (colour masks decoded, label_map, binary_masks and `reduce_labels`
+    applied), so that the published dataset needs none of them to be read."""
     def encode(batch: dict) -> dict:
         labels = []
         for entry in batch["label"]:
@@ -70,7 +70,7 @@ def publishable_data(data_args: DataArguments, seed: int = 42) -> tuple[DatasetD
     data, id2label = prepare_data(data_args, seed)
     decoder = build_label_decoder(data_args)
     report = check_data(data, decoder, len(id2label), id2label, data_args.check_num_proc)
-    if data_args.colour_map_rgb or data_args.reduce_labels:
+    if data_args.colour_map_rgb or data_args.reduce_labels or data_args.label_map_ids or data_args.binary_masks:
         data = _class_id_masks(data, decoder)
     return data, id2label, report
 

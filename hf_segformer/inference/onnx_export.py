@@ -185,12 +185,12 @@ def export_onnx(model_dir: str | Path, output_path: str | Path, opset: int = DEF
     sample_size: the tracing input (default: the saved image processor's size, else 512²); check_sizes: the
     sizes compared (default: the sample size and one of another aspect ratio).
     """
-    from transformers import SegformerForSemanticSegmentation
+    from hf_segformer.modeling.build import load_saved_model  # transformers: only when a model is exported
 
     if not (Path(model_dir) / "config.json").is_file():
         raise RecipeError(f"{model_dir} is not a saved model folder (no config.json); pass a training output_dir.")
     check_output_file(output_path, overwrite)
-    model = SegformerForSemanticSegmentation.from_pretrained(model_dir).eval()
+    model = load_saved_model(model_dir).eval()
     metadata = model_metadata(model_dir, model)
     sample_size = tuple(sample_size or _processor_size(metadata) or (512, 512))
     path = export_model(model, output_path, opset, sample_size, dynamo, metadata)

@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoImageProcessor
 
 from hf_segformer.data.images import load_image
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import INPUT_NAME, load_onnx_session, onnx_metadata
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.build import load_saved_model
 
 MODES = ("dynamic", "static")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -146,7 +147,7 @@ def calibration_reader(fp32_path: str | Path, images: Iterable[Any], model_dir: 
     """A CalibrationDataReader over `images` (paths, PIL images or arrays) preprocessed as `Segmenter` does for
     the model in `model_dir` (its image processor and class count) with inference `settings`."""
     recorder = _RecordingSession(load_onnx_session(fp32_path, threads=None))
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir)
+    model = load_saved_model(model_dir)
     segmenter = Segmenter(model, saved_image_processor(model_dir), settings, device="cpu", onnx_session=recorder)
     return _calibration_reader_class()(segmenter, recorder, images)
 
@@ -227,7 +228,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, mode: str = "dyna
     settings = replace(settings or default_settings(mode), mode=mode, per_channel=per_channel)
     if not fp32_path.is_file():
         raise RecipeError(f"quantize: the float32 ONNX model {fp32_path} does not exist; export it first "
-                          "(hf-segformer export-onnx MODEL OUT.onnx).")
+                          "(hf-segformer export-onnx --model MODEL --output_path OUT.onnx).")
     if out_path.resolve() == fp32_path.resolve():
         raise RecipeError(f"quantize: the output {out_path} is the float32 input; give another file name.")
     if out_path.exists() and not overwrite:

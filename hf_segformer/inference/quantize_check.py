@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSemanticSegmentation
 
 from hf_segformer.data.images import load_image
 from hf_segformer.inference.onnx_export import check_parity, load_onnx_session
 from hf_segformer.inference.quantize import QuantizationResult, QuantizationSettings, quantize_onnx
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.build import load_saved_model
 
 # An INT8 model passes its check when at least this share of the check images' pixels get PyTorch fp32's class.
 MIN_INT8_AGREEMENT = 0.98
@@ -72,7 +72,7 @@ def export_quantized(model_dir: str | Path, fp32_path: str | Path, output_path: 
                            inference_settings=inference_settings, settings=settings, overwrite=overwrite,
                            per_channel=(settings or QuantizationSettings()).per_channel)
     session = load_onnx_session(output_path, torch.get_num_threads())
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
+    model = load_saved_model(model_dir).eval()
     reference = Segmenter.from_pretrained(model_dir, inference_settings, device="cpu")
     sizes = check_sizes or [reference.input_size or (512, 512)]
     random_checks = check_parity(model, session, [tuple(s) for s in sizes])

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoImageProcessor
 
 from hf_segformer.data.images import keep_ratio_size, load_image
 from hf_segformer.data.labels import numbered_classes
@@ -40,7 +40,7 @@ from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
 from hf_segformer.logits import upsample_logits, upsampled_argmax
-from hf_segformer.modeling.build import KEEP_RATIO_SCALE
+from hf_segformer.modeling.build import KEEP_RATIO_SCALE, load_saved_model
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import apply_token_merging
 
@@ -178,6 +178,7 @@ class Segmenter:
         self.input_size = processor_input_size(image_processor)
         self.scale = self.settings.scale if self.settings.scale is not None else getattr(
             image_processor, KEEP_RATIO_SCALE, None)  # the training evaluation's keep-ratio resize
+        self.precision = precision  # what the results say evaluated the model
         self.autocast = PRECISIONS[precision]
         self._table = normalisation_table(image_processor).to(self.device).view(-1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
@@ -192,11 +193,12 @@ class Segmenter:
                         device: str | torch.device | None = None, precision: str = "fp32", compile: bool = False,
                         token_merging: str | None = None, onnx: str | Path | None = None,
                         **load_kwargs: Any) -> Segmenter:
-        """A saved model folder (ours, or any `save_pretrained` one) or a Hub id, with its image processor;
+        """A saved model folder (ours, a LoRA run's adapter, or any `save_pretrained` one) or a Hub id, with its image
+        processor;
         `onnx`: the model exported by `hf-segformer export-onnx`, run by ONNX Runtime instead of PyTorch."""
         if onnx and token_merging:
             raise RecipeError("token_merging cannot be applied to an exported ONNX model; export without it.")
-        model = AutoModelForSemanticSegmentation.from_pretrained(model_name_or_path, **load_kwargs)
+        model = load_saved_model(model_name_or_path, **load_kwargs)
         try:
             image_processor = AutoImageProcessor.from_pretrained(model_name_or_path)
         except OSError:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+from pathlib import Path
 
+from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, SegformerConfig, SegformerForSemanticSegmentation
+from transformers import AutoConfig, AutoModelForSemanticSegmentation, SegformerConfig, SegformerForSemanticSegmentation
 from transformers.utils import is_torchvision_available
 
 from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import RecipeError
+from hf_segformer.modeling.lora import is_adapter_folder, load_merged_adapter
 
 if is_torchvision_available():
     from transformers import SegformerImageProcessor as _ImageProcessor
@@ -55,13 +59,58 @@ def init_encoder_like_mit(model: SegformerForSemanticSegmentation) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def check_model_folder(model_name_or_path: str | None) -> None:
-    """A local folder given as the model must be a saved model (else transformers says "Unrecognized model")."""
-    if model_name_or_path and os.path.isdir(model_name_or_path) and not os.path.isfile(
-            os.path.join(model_name_or_path, "config.json")):
-        raise RecipeError(f"model_name_or_path: {model_name_or_path} is not a saved model folder (no config.json): "
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(model_name_or_path: str | None, field: str = "model_name_or_path") -> None:
+    """A local folder given as the model must be a saved model, whole and readable (else transformers' traceback
+    says "Unrecognized model", a JSON error or a safetensors header error); a path that does not exist is not
+    taken for a Hub id. Checked before any data work."""
+    if not model_name_or_path:
+        return
+    path = os.path.expanduser(str(model_name_or_path))
+    looks_like_a_path = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+    if not os.path.exists(path):
+        if looks_like_a_path:
+            raise RecipeError(f"{field}: {model_name_or_path} does not exist: give a training run's output_dir (or "
+                              "another saved model folder), or a Hub id such as nvidia/mit-b0.")
+        return
+    if is_adapter_folder(path):
+        raise RecipeError(f"{field}: {model_name_or_path} holds a LoRA adapter, not a whole model: merge "
+                          f"it first (hf-segformer merge-lora --model {model_name_or_path} --output MERGED) and "
+                          "fine-tune from the merged folder.")
+    if not os.path.isdir(path):
+        return
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise RecipeError(f"{field}: {model_name_or_path} is not a saved model folder (no config.json): "
                           "give a Hub id such as nvidia/mit-b0, a training run's output_dir, or leave it unset to "
                           "build model_variant from config.")
+    try:
+        json.loads(Path(config).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{field}: {config} is not valid JSON ({err}): restore it from the run that saved the "
+                          "model, or save the model again.") from err
+    weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+    if not weights:
+        raise RecipeError(f"{field}: {model_name_or_path} has a config.json but no weights ({WEIGHT_FILES[0]}): "
+                          "was the run's final save cut short? Use one of its checkpoint-* folders, or train again.")
+    if weights[0] == "model.safetensors":
+        try:
+            with safe_open(os.path.join(path, weights[0]), "pt"):
+                pass
+        except Exception as err:  # safetensors' SafetensorError derives from Exception alone
+            raise RecipeError(f"{field}: {os.path.join(path, weights[0])} is damaged ({err}): copy it again, or use "
+                              "one of the run's checkpoint-* folders.") from err
+
+
+def load_saved_model(model_name_or_path: str | os.PathLike, **load_kwargs) -> nn.Module:
+    """The one loader of "a saved model": a folder written by `save_pretrained` or a Hub id, or a run folder holding
+    a LoRA adapter (its base model with the adapter merged in)."""
+    if is_adapter_folder(model_name_or_path):
+        return load_merged_adapter(model_name_or_path, **load_kwargs)
+    return AutoModelForSemanticSegmentation.from_pretrained(model_name_or_path, **load_kwargs)
 
 
 def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: int) -> SegformerForSemanticSegmentation:
@@ -80,12 +129,28 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
         model = SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))
         init_encoder_like_mit(model)
         return model
-    config = AutoConfig.from_pretrained(args.model_name_or_path, revision=args.model_revision,
-                                        cache_dir=args.cache_dir, **label_kwargs)
-    return SegformerForSemanticSegmentation.from_pretrained(
-        args.model_name_or_path, config=config, revision=args.model_revision, cache_dir=args.cache_dir,
-        ignore_mismatched_sizes=args.ignore_mismatched_sizes,
-    )
+    try:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, revision=args.model_revision,
+                                            cache_dir=args.cache_dir, **label_kwargs)
+    except OSError as err:
+        if os.path.isdir(args.model_name_or_path):
+            raise
+        raise RecipeError(f"model_name_or_path: {args.model_name_or_path} is not a local folder and could not be "
+                          f"fetched from the Hub ({str(err).splitlines()[0]}): check the id and the network; offline "
+                          "(HF_HUB_OFFLINE=1) only models already in the cache load, or give a local model "
+                          "folder.") from err
+    try:
+        return SegformerForSemanticSegmentation.from_pretrained(
+            args.model_name_or_path, config=config, revision=args.model_revision, cache_dir=args.cache_dir,
+            ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+        )
+    except (RuntimeError, ValueError) as err:
+        if "size mismatch" not in str(err) and "mismatch" not in str(err):
+            raise
+        raise RecipeError(f"model_name_or_path: {args.model_name_or_path} has a head for "
+                          f"{AutoConfig.from_pretrained(args.model_name_or_path).num_labels} classes, the data "
+                          f"{len(id2label)}: set ignore_mismatched_sizes: true to train a new head for these "
+                          "classes.") from err
 
 
 # The processor's attribute (saved in preprocessor_config.json) holding a keep-ratio evaluation scale; transformers'

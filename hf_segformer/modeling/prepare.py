@@ -12,6 +12,7 @@ from hf_segformer.config.model import ModelArguments
 from hf_segformer.modeling.batchnorm import convert_sync_batchnorm
 from hf_segformer.modeling.build import build_model
 from hf_segformer.modeling.head_folding import fuse_decode_head_for_training
+from hf_segformer.modeling.lora import apply_lora
 from hf_segformer.modeling.token_merging import apply_token_merging
 
 logger = logging.getLogger("hf_segformer")
@@ -19,8 +20,9 @@ logger = logging.getLogger("hf_segformer")
 
 def prepare_model(model_args: ModelArguments, training_args: TrainingArguments, id2label: dict[int, str],
                   ignore_index: int) -> torch.nn.Module:
-    """The SegFormer of the recipe, set up for training: reordered head, memory format, token merging, SyncBN
-    (`sync_batchnorm` of SegformerTrainingArguments, under DDP only). Logs the run's batch per optimizer step."""
+    """The SegFormer of the recipe, set up for training: reordered head, memory format, token merging, LoRA
+    adapters (`lora`), SyncBN (`sync_batchnorm` of SegformerTrainingArguments, under DDP only). Logs the run's batch
+    per optimizer step."""
     model = build_model(model_args, id2label, ignore_index)
     if model_args.fuse_decode_head and not fuse_decode_head_for_training(model):
         logger.info("The decode head cannot be reordered (not transformers' SegformerDecodeHead): trained as it is.")
@@ -28,6 +30,8 @@ def prepare_model(model_args: ModelArguments, training_args: TrainingArguments, 
         model = model.to(memory_format=torch.channels_last)
     if model_args.token_merging:
         apply_token_merging(model, model_args.token_merging)
+    if model_args.lora:  # after the head is reordered: peft's trained copy of the head keeps the reordered forward
+        model = apply_lora(model, model_args.lora, model_args.model_name_or_path)
     sync_batchnorm = getattr(training_args, "sync_batchnorm", False) and training_args.world_size > 1
     if sync_batchnorm:
         model = convert_sync_batchnorm(model, on_gpu=training_args.device.type == "cuda")

@@ -58,7 +58,7 @@ class SegformerTrainingArguments(TrainingArguments):
         default="labels",
         metadata={"help": "'labels': logits upsampled to the label size for the loss (as SegFormer's own loss). "
                           "'logits': labels downsampled to the logits' 1/4 resolution (majority of each 4×4 "
-                          "cell) instead: 16× less loss memory at 150 classes, see README for the mIoU cost."},
+                          "cell) instead: 16× less loss memory at 150 classes; its mIoU cost: benchmarks/README.md."},
     )
     head_lr_multiplier: float = field(
         default=1.0,
@@ -108,6 +108,19 @@ class SegformerTrainingArguments(TrainingArguments):
                           "budget, with the last evaluation and the save inside it (max_steps, if set, stays an "
                           "upper bound). Recorded in train_results.json (budget_*) and the model card."},
     )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop training when metric_for_best_model (default: mean_iou) has not improved by more "
+                          "than early_stopping_threshold for this many evaluations in a row (transformers' "
+                          "EarlyStoppingCallback). Turns load_best_model_at_end on: the saved model is the best "
+                          "evaluation's. Needs eval_strategy steps or epoch and save_strategy the same (save_steps a "
+                          "multiple of eval_steps). Recorded in train_results.json and the model card. Unset: off."},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "With early_stopping_patience: the least change of the metric that counts as an "
+                          "improvement."},
+    )
     dataloader_num_workers: str = field(
         default="auto",
         metadata={"help": "DataLoader worker processes, or auto: 1 for CPU training (0 on one core), up to 8 when "
@@ -135,6 +148,7 @@ class SegformerTrainingArguments(TrainingArguments):
             self.max_steps = self.max_steps_cap or 10_000_000  # provisional: the budget decides after a few steps
         if self.metric_backend == "evaluate_hub":
             self.batch_eval_metrics = False  # the Hub module needs every prediction at once
+        self._settle_early_stopping()
         on_cpu = self.use_cpu or not has_accelerator()
         try:
             chosen = choose_precision(self.precision, self.fp16, self.bf16, on_cpu, launcher_precision())
@@ -149,6 +163,34 @@ class SegformerTrainingArguments(TrainingArguments):
         if on_cpu and not self.use_cpu:
             self.use_cpu = True  # a machine without an accelerator: CPU (bf16 autocast needs use_cpu there)
         super().__post_init__()
+
+    def _settle_early_stopping(self) -> None:
+        """EarlyStoppingCallback needs evaluations, the best model kept (load_best_model_at_end, so saves at the
+        evaluations) and a metric: set here, or refused naming the fields, before transformers' own checks."""
+        if self.early_stopping_patience is None:
+            if self.early_stopping_threshold:
+                raise RecipeError("early_stopping_threshold is set but early_stopping_patience is not: set "
+                                  "early_stopping_patience (evaluations without improvement before stopping).")
+            return
+        if self.early_stopping_patience < 1:
+            raise RecipeError(f"early_stopping_patience must be ≥ 1 (evaluations); got {self.early_stopping_patience}.")
+        if not self.early_stopping_threshold >= 0:
+            raise RecipeError(f"early_stopping_threshold must be ≥ 0; got {self.early_stopping_threshold}.")
+        evaluate, save = (str(getattr(value, "value", value)) for value in (self.eval_strategy, self.save_strategy))
+        if evaluate == "no":
+            raise RecipeError("early_stopping_patience counts evaluations: set eval_strategy: steps (with "
+                              "eval_steps) or epoch.")
+        if save not in (evaluate, "best"):
+            raise RecipeError(f"early_stopping_patience keeps the best evaluation's model (load_best_model_at_end), "
+                              f"which is saved at an evaluation: set save_strategy: {evaluate} (as eval_strategy) "
+                              f"or best; got save_strategy: {save}.")
+        eval_steps = self.eval_steps or self.logging_steps
+        if evaluate == save == "steps" and eval_steps >= 1 and self.save_steps >= 1 and self.save_steps % eval_steps:
+            raise RecipeError(f"early_stopping_patience keeps the best evaluation's model, which is saved at an "
+                              f"evaluation: save_steps ({self.save_steps:g}) must be a multiple of eval_steps "
+                              f"({eval_steps:g}).")
+        self.load_best_model_at_end = True
+        self.metric_for_best_model = self.metric_for_best_model or "mean_iou"
 
 
 RECIPE_DATACLASSES = (DataArguments, ModelArguments, SegformerTrainingArguments)

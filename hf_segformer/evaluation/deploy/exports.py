@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForSemanticSegmentation
 
 from hf_segformer.evaluation.deploy.rows import ROWS, Row
 from hf_segformer.inference.onnx_export import export_model, model_metadata
 from hf_segformer.inference.quantize import QUANTIZATION_KEY, quantize_onnx, saved_image_processor
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
+from hf_segformer.modeling.build import load_saved_model
 from hf_segformer.modeling.head_folding import FoldedSegformer
 
 
@@ -22,7 +22,7 @@ def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_ima
                  settings: InferenceSettings, quantization: Any | None) -> dict[str, Any]:
     """Write the ONNX files the rows need: float32 exports, then their INT8 versions. Returns what was made how."""
     made: dict[str, Any] = {}
-    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
+    model = load_saved_model(model_dir).eval()
     metadata = model_metadata(model_dir, model)
     size = tuple(Segmenter(model, saved_image_processor(model_dir), settings, "cpu").input_size or (512, 512))
     fp32_files = {False: ROWS["onnx-fp32"].onnx_file, True: ROWS["onnx-fp32-folded"].onnx_file}
