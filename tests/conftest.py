@@ -57,7 +57,8 @@ def tiny_segformer():
 
 @pytest.fixture
 def train_tiny():
-    """Run `hf_segformer.training.run.main` in-process on a tiny synthetic set (32×32, 8 + 4 images); returns the runner."""
+    """Run `hf_segformer.training.run.main` in-process on a tiny synthetic set (32×32, 8 + 4 images), in fp32
+    unless the overrides say otherwise; returns the runner."""
     from hf_segformer.data.synthetic import write_synthetic_dataset
     from hf_segformer.training.arguments import parse_recipe
     from hf_segformer.training.run import main
@@ -67,7 +68,8 @@ def train_tiny():
         argv = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--model_variant", "b0",
                 "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32", "--cat_max_ratio", "1.0",
                 "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--learning_rate", "0.01",
-                "--report_to", "none", "--dataloader_num_workers", "0", "--check_data", "false", *overrides]
+                "--report_to", "none", "--dataloader_num_workers", "0", "--check_data", "false",
+                "--precision", "fp32", *overrides]  # fp32: tests compare figures exactly; auto is bf16 on some CPUs
         return main(*parse_recipe(argv))
 
     return run
@@ -81,3 +83,42 @@ def saved_model(tmp_path: Path):
         return save_tiny_model(tmp_path / name, id2label, eval_size, seed)
 
     return save
+
+
+def _launches_or_trains(code, module_globals: dict, depth: int = 3) -> bool:
+    """Whether a test's code (its nested functions, and the helpers of its module it calls, `depth` calls deep)
+    starts a process or a whole training run: the names it uses, resolved in its module."""
+    import subprocess
+
+    from support import processes
+
+    from hf_segformer.evaluation.deploy.report import deploy_report  # one worker process per row
+    from hf_segformer.training import run as training_run
+
+    heavy = (subprocess, subprocess.run, subprocess.Popen, subprocess.check_output, processes.run_offline,
+             processes.run, processes.finetune, training_run.main, deploy_report)
+    names = set(code.co_names)  # a function's own imports show as names too
+    if "subprocess" in names or {"hf_segformer.training.run", "main"} <= names or "deploy_report" in names:
+        return True
+    for name in code.co_names:
+        value = module_globals.get(name)
+        if any(value is item for item in heavy):
+            return True
+        helper = getattr(value, "__code__", None)
+        if depth and helper is not None and getattr(value, "__module__", None) == module_globals.get("__name__") \
+                and _launches_or_trains(helper, module_globals, depth - 1):
+            return True
+    return any(_launches_or_trains(const, module_globals, depth) for const in code.co_consts
+               if hasattr(const, "co_names"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` by rule: a test that starts a process (training, evaluation, a launcher, a server) or runs a whole
+    training (`train_tiny`, `training.run.main`), directly or through a helper of its module. `pytest -m "not
+    slow"` is the fast tier."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("slow"):
+            continue
+        if "train_tiny" in item.fixturenames or _launches_or_trains(function.__code__, item.module.__dict__):
+            item.add_marker(pytest.mark.slow)

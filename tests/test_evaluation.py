@@ -62,7 +62,7 @@ def test_evaluate_writes_native_resolution_metrics_report_and_pictures(tmp_path,
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["eval_mean_iou"] == pytest.approx(metrics_from_confusion(confusion)["mean_iou"])
     assert {"eval_iou_road", "eval_dice_sky", "eval_overall_accuracy"} <= metrics.keys()
-    assert metrics["eval_samples"] == 5
+    assert metrics["eval_samples"] == 5 and metrics["eval_precision"] == "fp32"
     assert "| 1 | road |" in (out / "eval_per_class.md").read_text()
     assert json.loads((out / "eval_settings.json").read_text())["mode"] == "slide"
     assert Image.open(out / "eval_confusion_matrix.png").size[0] > 100
@@ -166,7 +166,8 @@ def test_keep_ratio_evaluation_in_training_matches_the_saved_model_on_any_batch(
     results = {}
     for batch in (1, 3):  # 3: mixed sizes padded into one batch
         args = SegformerTrainingArguments(output_dir=str(tmp_path / f"run{batch}"), per_device_eval_batch_size=batch,
-                                          use_cpu=True, report_to="none", dataloader_num_workers=0)
+                                          use_cpu=True, report_to="none", dataloader_num_workers=0,
+                                          precision="fp32")  # compared with the saved model's fp32 evaluation
         trainer = SegformerTrainer(model=model, args=args, eval_dataset=split.with_transform(transform),
                                    data_collator=SegmentationCollator(), processing_class=processor,
                                    compute_metrics=SegmentationMetrics(len(ID2LABEL), ID2LABEL), ignore_index=255)

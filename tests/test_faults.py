@@ -9,22 +9,22 @@ and what to change instead of training on NaNs or dumping a CUDA trace.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import errno
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers.modeling_utils
 import yaml
-from support.processes import ACCELERATE, run_offline
+from support.processes import ACCELERATE, RUNTIME, eval_metrics, finetune, run, step_losses
 
 import hf_segformer.modeling.prepare
 from hf_segformer.data.synthetic import write_synthetic_dataset
-from hf_segformer.errors import TrainingError
+from hf_segformer.errors import RecipeError, TrainingError
+from hf_segformer.training.checkpoints import resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME = ("runtime", "per_second")
 
 
 def tiny_recipe(tmp_path: Path, **fields) -> Path:
@@ -35,32 +35,10 @@ def tiny_recipe(tmp_path: Path, **fields) -> Path:
               "photometric_distortion": False, "check_data": False, "per_device_train_batch_size": 2,
               "per_device_eval_batch_size": 4, "learning_rate": 0.003, "num_train_epochs": 3, "logging_steps": 1,
               "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "dataloader_num_workers": 0,
-              "seed": 7, **fields}
+              "seed": 7, "precision": "fp32", **fields}  # fp32: compared exactly (auto is bf16 on some CPUs)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def run(command: list[str], cwd: Path, expect_code: int = 0) -> subprocess.CompletedProcess:
-    result = run_offline(command, cwd)
-    assert result.returncode == expect_code, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-def finetune(recipe: Path, output_dir: Path, *extra: str, script: str = "recipes/finetune.py",
-             expect_code: int = 0) -> subprocess.CompletedProcess:
-    return run([sys.executable, str(ROOT / script), "--config", str(recipe), "--output_dir", str(output_dir), *extra],
-               recipe.parent, expect_code)
-
-
-def eval_metrics(output_dir: Path) -> dict:
-    metrics = json.loads((output_dir / "eval_results.json").read_text())
-    return {k: v for k, v in metrics.items() if not k.endswith(RUNTIME)}
-
-
-def step_losses(output_dir: Path) -> dict[int, float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
 @pytest.mark.slow
@@ -78,6 +56,44 @@ def test_killed_mid_epoch_and_resumed_ends_like_the_uninterrupted_run(tmp_path):
     for step in range(7, 13):  # the steps redone after the kill: same batches, same augmentation, same weights
         assert resumed_losses[step] == pytest.approx(straight_losses[step], rel=1e-4), step
     assert eval_metrics(killed) == pytest.approx(eval_metrics(tmp_path / "straight"), rel=1e-5, nan_ok=True)
+
+
+RANDOM_AUGMENTATION = {"crop_size": 32, "ratio_range": [0.5, 2.0], "cat_max_ratio": 0.75, "hflip_prob": 0.5,
+                       "photometric_distortion": True, "precision": "fp32", "max_steps": 9, "num_train_epochs": 100,
+                       "save_strategy": "steps", "save_steps": 4}
+
+
+@pytest.mark.slow
+def test_killed_or_terminated_mid_save_resumes_with_the_same_losses_under_random_augmentation(tmp_path):
+    """SIGKILL while checkpoint-8 is being written, and SIGTERM (a pre-emption) while checkpoint-4 is: `last` never
+    picks a partial checkpoint, SIGTERM saves one more and exits 143 saying how to resume, and the resumed runs draw
+    the same random crops, flips and colours: the same loss at every step (9 steps, 4 per epoch)."""
+    recipe = tiny_recipe(tmp_path, **RANDOM_AUGMENTATION)
+    finetune(recipe, tmp_path / "straight")
+    straight = step_losses(tmp_path / "straight")
+    assert sorted(straight) == list(range(1, 10))
+
+    killed = tmp_path / "killed"
+    finetune(recipe, killed, "--kill_at_step", "8", "--during_save", script="tests/scripts/killed_run_script.py",
+             expect_code=-9)
+    assert (killed / "checkpoint-partial-8").is_dir() and not (killed / "checkpoint-8").exists()
+    resumed = finetune(recipe, killed, "--resume_from_checkpoint", "last")
+    assert "checkpoint-4" in resumed.stdout + resumed.stderr
+    assert not (killed / "checkpoint-partial-8").exists() and (killed / "checkpoint-8" / "optimizer.pt").is_file()
+    losses = step_losses(killed)
+    assert sorted(losses) == list(range(1, 10))
+    assert [losses[step] for step in range(5, 10)] == [straight[step] for step in range(5, 10)]
+
+    terminated = tmp_path / "terminated"
+    stopped = finetune(recipe, terminated, "--term_at_step", "4", "--during_save",
+                       script="tests/scripts/killed_run_script.py", expect_code=143)
+    assert "Stopped on SIGTERM at step 5" in stopped.stderr and "--resume_from_checkpoint last" in stopped.stderr
+    assert (terminated / "checkpoint-4" / "optimizer.pt").is_file() and (terminated / "checkpoint-5").is_dir()
+    assert not (terminated / "model.safetensors").exists()  # not a finished run
+    finetune(recipe, terminated, "--resume_from_checkpoint", "last")
+    losses = step_losses(terminated)
+    assert [losses[step] for step in range(6, 10)] == [straight[step] for step in range(6, 10)]
+    assert eval_metrics(terminated) == eval_metrics(tmp_path / "straight")
 
 
 def test_same_recipe_and_seed_give_the_same_metrics(tmp_path, train_tiny):
@@ -115,6 +131,58 @@ def test_diverging_run_stops_naming_the_step(tmp_path, train_tiny):
     assert "Training loss is nan at step" in message or "Training loss is inf at step" in message
     assert "learning rate too high" in message and "max_nonfinite_losses" in message
     assert not (tmp_path / "run" / "model.safetensors").exists()  # nothing trained on NaNs is saved
+
+
+def test_a_full_disk_says_so_and_keeps_what_was_saved(tmp_path, train_tiny, monkeypatch):
+    """torch's zip writer fails on checkpoint-4 as on a full disk, then safetensors on the final model: each time
+    one error saying the disk is full, with the folder; no partial checkpoint or model is left for `last` to pick."""
+    real_save = torch.save
+
+    def full_at_checkpoint_4(obj, path, *args, **kwargs):
+        if "checkpoint-partial-4" in str(path):
+            raise RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 2176 vs 2070")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_at_checkpoint_4)
+    run_dir = tmp_path / "run"
+    args = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no")
+    with pytest.raises(TrainingError, match=r"^The disk is full: saving checkpoint-4 into .*run failed \(.* GB free\)"):
+        train_tiny(tmp_path, *args)
+    assert sorted(path.name for path in run_dir.glob("checkpoint*")) == ["checkpoint-2"]
+    assert resolve_checkpoint(SimpleNamespace(output_dir=str(run_dir), resume_from_checkpoint="last",
+                                              overwrite_output_dir=False)) == str(run_dir / "checkpoint-2")
+
+    monkeypatch.setattr(torch, "save", real_save)
+    real_safe_save = transformers.modeling_utils.safe_save_file
+
+    def full_at_the_final_model(tensors, path, *args, **kwargs):
+        if "partial-model" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_safe_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_at_the_final_model)
+    with pytest.raises(TrainingError, match="^The disk is full: saving the final model into"):
+        train_tiny(tmp_path, *args, "--resume_from_checkpoint", "last")
+    assert (run_dir / "checkpoint-4" / "optimizer.pt").is_file()
+    assert not (run_dir / "model.safetensors").exists() and not list(run_dir.glob("*partial*"))
+
+
+def test_last_skips_a_cut_short_checkpoint_and_a_truncated_optimizer_is_named(tmp_path):
+    """`last` passes over a checkpoint without trainer_state.json (cut short before this project renamed
+    checkpoints into place); a truncated optimizer.pt (torch: `OSError: [Errno 22]` on load) is one error."""
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-partial-6").mkdir()
+    args = SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint="last", overwrite_output_dir=False)
+    assert resolve_checkpoint(args) == str(tmp_path / "checkpoint-2")
+
+    optimizer = tmp_path / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-40])
+    with pytest.raises(RecipeError, match=r"checkpoint-2/optimizer.pt is damaged .*resume from an earlier"):
+        resolve_checkpoint(args)
 
 
 def with_forward_hook(monkeypatch, hook) -> None:

@@ -335,3 +335,17 @@ def test_push_model_refuses_a_missing_onnx_file_before_contacting_the_hub(tmp_pa
         push_model(run, repo_id="tester/x", onnx_file="deploy_report/model.int8-dynamic.onnx")
     with pytest.raises(DataError, match="deploy_report.md"):
         push_model(run, repo_id="tester/x", onnx_file="deploy_report/deploy_report.md")
+
+
+def test_the_model_card_says_which_precision_evaluated(tmp_path):
+    from support.models import save_tiny_model
+
+    from hf_segformer.hub.model_card import RunFacts, build_model_card
+
+    run = save_tiny_model(tmp_path / "run")
+    (run / "eval_results.json").write_text(json.dumps({"eval_mean_iou": 0.5, "eval_precision": "bf16"}))
+    card = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    assert "Evaluated in bf16." in card and "`hf-segformer evaluate` scores the model in fp32" in card
+    (run / "eval_results.json").write_text(json.dumps({"eval_mean_iou": 0.5, "eval_precision": "fp32"}))
+    card = str(build_model_card(run, RunFacts(repo_id="tester/x")))
+    assert "Evaluated in fp32." in card and "scores the model in fp32" not in card

@@ -23,10 +23,11 @@ from support.streams import tiny_streaming_recipe
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 # The quickstart at CI size: 8 + 4 synthetic 32×32 images, crop = image, 4 steps. Dropout off and the decode
 # head's BatchNorm synchronised: otherwise the 2-machine run would legitimately differ from one process (dropout
-# masks are drawn per process; BatchNorm would normalise each machine's half batch). fp32: this CPU has no bf16.
+# masks are drawn per process; BatchNorm would normalise each machine's half batch). The comparisons add fp32
+# (auto would pick bf16 on a CPU with native bf16); the SLURM template's run keeps its config's precision.
 TINY_QUICKSTART = ["--synthetic_num_train", "8", "--synthetic_num_validation", "4", "--synthetic_image_size", "32",
                    "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32", "--ratio_range", "1.0", "1.0",
-                   "--hflip_prob", "0.0", "--max_steps", "4", "--logging_steps", "1", "--bf16", "false",
+                   "--hflip_prob", "0.0", "--max_steps", "4", "--logging_steps", "1",
                    "--sync_batchnorm", "true", "--drop_path_rate", "0.0", "--classifier_dropout_prob", "0.0",
                    "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false", "--report_to", "none",
                    "--per_device_eval_batch_size", "2", "--save_strategy", "steps", "--save_steps", "4"]
@@ -58,7 +59,8 @@ def two_machines(script_args: list[str], cwd: Path, timeout: int = 600) -> list[
 
 @pytest.mark.slow
 def test_quickstart_on_two_machines_trains_like_one_process_with_the_whole_batch(tmp_path):
-    common = ["--config", str(QUICKSTART), "--data_dir", str(tmp_path / "data"), *TINY_QUICKSTART]
+    # fp32: compared exactly (auto is bf16 on CPUs with native bf16)
+    common = ["--config", str(QUICKSTART), "--data_dir", str(tmp_path / "data"), *TINY_QUICKSTART, "--precision", "fp32"]
     logs = two_machines([*common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "2"],
                         tmp_path)
     assert ("2 process(es) (DistributedType.MULTI_CPU), per-device train batch 2 × gradient accumulation 1 → 4 "
@@ -92,7 +94,9 @@ def test_a_stream_split_by_examples_over_two_machines_trains_like_one_process(tm
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(two) == [1, 2, 3, 4]
     assert [two[s] for s in sorted(two)] == pytest.approx([one[s] for s in sorted(one)], rel=1e-4)
-    assert eval_metrics(tmp_path / "two") == pytest.approx(eval_metrics(tmp_path / "one"), rel=1e-4, abs=1e-5,
+    # Evaluation after 4 steps: the 2-process SyncBN sums in another order, and the steps' rounding (3e-5 to 7e-5 of
+    # the loss at steps 3-4) grows to 4.6e-4 of eval_loss on this data (measured); mIoU and accuracies agree exactly.
+    assert eval_metrics(tmp_path / "two") == pytest.approx(eval_metrics(tmp_path / "one"), rel=1e-3, abs=1e-5,
                                                            nan_ok=True)
 
 

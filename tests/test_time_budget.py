@@ -76,9 +76,11 @@ def test_budget_decides_the_length_and_the_schedule_ends(tmp_path, train_tiny, c
     # The progress bar shows the decided length, not the provisional one (an ETA of thousands of hours).
     assert f"{train['budget_steps']}/{train['budget_steps']} [" in progress and "/10000000 [" not in progress.split(
         "\r")[-1]
-    learning_rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
-    # The Trainer logs the rate each step used: the last step used the decay's last value before lr_end.
     total = state["max_steps"]
+    learning_rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    # Every step logged, the one whose end the budget's timing evaluation ran in too.
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == list(range(1, total + 1))
+    # The Trainer logs the rate each step used: the last step used the decay's last value before lr_end.
     warmup = train["budget_warmup_steps"]  # half the first decision's length, kept through every re-fit
     assert 0 < warmup < total
     if not train["budget_stopped_early"]:  # steps that slowed down late (a loaded machine) end the run before its
@@ -89,6 +91,35 @@ def test_budget_decides_the_length_and_the_schedule_ends(tmp_path, train_tiny, c
     # Stopped within the budget with evaluation and save inside it, and used most of it.
     assert 0.6 * budget <= results["budget_spent_s"] <= 1.1 * budget
     assert (run / "model.safetensors").is_file() and "eval_mean_iou" in results
+
+
+def test_a_cold_first_evaluation_does_not_stop_the_run_untrained(tmp_path, train_tiny, monkeypatch):
+    """The first evaluation ever pays one-time costs (seconds of kernel set-up on a CPU whose steps take
+    milliseconds): timed alone, it left no room in the budget, and the run stopped at the budget's decision
+    having trained only at the provisional schedule's first rates (peak 6e-09 instead of 0.01)."""
+    from hf_segformer.training.budget import TimeBudgetCallback
+
+    timings = iter([60.0, 0.5])  # cold, then warm
+    monkeypatch.setattr(TimeBudgetCallback, "_measure_eval_s", lambda self: next(timings, 0.5))
+    train_tiny(tmp_path, *BUDGET, "--max_time", "40s", "--eval_strategy", "no")  # room even on a loaded machine
+    train = json.loads((tmp_path / "run" / "train_results.json").read_text())
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert train["budget_eval_time_s"] == 0.5 and train["budget_steps"] > 5 and state["global_step"] > 5
+    learning_rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    # Trained on the decided schedule (its warm-up is half the run: how far it got depends on the machine's load),
+    # not only at the provisional one's ~1e-09.
+    assert max(learning_rates) > 1e-4
+
+
+def test_a_run_that_ends_before_the_budget_decides_still_writes_its_results(tmp_path, train_tiny):
+    """max_steps 2 ends the run before the budget has timed a step: the results are written and say so."""
+    results = train_tiny(tmp_path, "--max_time", "25m", "--max_steps", "2", "--eval_strategy", "no")
+    run = tmp_path / "run"
+    train = json.loads((run / "train_results.json").read_text())
+    assert train["budget_decided"] is False and train["budget_max_time_s"] == 1500.0
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2
+    assert (run / "eval_results.json").is_file() and "eval_mean_iou" in results
+    assert (run / "model.safetensors").is_file()
 
 
 def test_resume_counts_only_the_budget_left(tmp_path, train_tiny):

@@ -360,6 +360,7 @@ def test_a_truncated_checkpoint_is_named_before_any_work(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-4"
     build_tiny = __import__("conftest").build_tiny_segformer
     build_tiny({0: "a", 1: "b"}).save_pretrained(checkpoint)
+    (checkpoint / "trainer_state.json").write_text("{}")  # complete, but its weights truncated by a copy
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     args = SimpleNamespace(output_dir=str(tmp_path / "run"), resume_from_checkpoint="last", overwrite_output_dir=False)
@@ -371,3 +372,30 @@ def test_training_from_a_folder_that_is_not_a_model_is_refused_before_any_work(t
     (tmp_path / "photos").mkdir()
     with pytest.raises(RecipeError, match="model_name_or_path: .*photos is not a saved model folder"):
         train_tiny(tmp_path, "--model_name_or_path", str(tmp_path / "photos"))
+
+
+def test_a_damaged_or_missing_model_folder_is_named_before_the_data(tmp_path, train_tiny, saved_model, capsys):
+    model = saved_model({0: "a", 1: "b"})
+    no_data = ("--data_dir", str(tmp_path / "no-data"))  # the model is refused before the data is looked at
+    with pytest.raises(RecipeError, match=r"model_name_or_path: .*missing does not exist"):
+        train_tiny(tmp_path, "--model_name_or_path", str(tmp_path / "missing"), *no_data)
+    weights = model / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(os.urandom(len(intact)))
+    with pytest.raises(RecipeError, match=r"model_name_or_path: .*model.safetensors is damaged"):
+        train_tiny(tmp_path, "--model_name_or_path", str(model), *no_data)
+    weights.unlink()
+    with pytest.raises(RecipeError, match=r"has a config.json but no weights \(model.safetensors\)"):
+        train_tiny(tmp_path, "--model_name_or_path", str(model), *no_data)
+    assert cli.main(["export-onnx", "--model", str(model), "--output_path", str(tmp_path / "m.onnx")]) == 2
+    assert "--model: " in capsys.readouterr().err
+    weights.write_bytes(intact)
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(RecipeError, match=r"config.json is not valid JSON"):
+        train_tiny(tmp_path, "--model_name_or_path", str(model), *no_data)
+
+
+def test_a_model_with_other_classes_gets_the_ignore_mismatched_sizes_hint(tmp_path, train_tiny, saved_model):
+    model = saved_model({0: "a", 1: "b", 2: "c"})  # the tiny set has 4 classes
+    with pytest.raises(RecipeError, match=r"3 classes, the data 4: set ignore_mismatched_sizes: true"):
+        train_tiny(tmp_path, "--model_name_or_path", str(model), "--max_steps", "1")

@@ -37,9 +37,15 @@ def main(argv: list[str]) -> int:
     model = inference_args.model_path(recipe)
     split = canonical_split(data_args.eval_split)
     output_dir = Path(eval_args.eval_output_dir or default_output_dir(model, split, inference_args))
+    created = not output_dir.exists()
     writable_folder(output_dir, "eval_output_dir")  # before any work
     options = {f.name: getattr(inference_args, f.name) for f in dataclasses.fields(inference_args)}
-    run_evaluation(lambda device: inference_args.load(recipe, device=device), model, data_args, output_dir, options,
-                   device=inference_args.device, batch_size=inference_args.batch_size,
-                   grid_samples=eval_args.grid_samples, seed=int(recipe.get("seed", 42)))
+    try:
+        run_evaluation(lambda device: inference_args.load(recipe, device=device, for_metrics=True), model, data_args, output_dir,
+                       options, device=inference_args.device, batch_size=inference_args.batch_size,
+                       grid_samples=eval_args.grid_samples, seed=int(recipe.get("seed", 42)))
+    except BaseException:  # a missing split, a bad model: no empty results folder is left behind
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+        raise
     return 0

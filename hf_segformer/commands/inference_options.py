@@ -30,15 +30,16 @@ logger = logging.getLogger(__name__)
 class InferenceArguments(InferenceSettings):
     """Options of `evaluate`, `predict` and `demo`: which model, how it runs, and the inference settings."""
 
-    _argument_group_name = "Model and inference (see README, \"Evaluate and predict\")"
+    _argument_group_name = "Model and inference (see docs/evaluation.md)"
 
     model: str | None = field(default=None, metadata={
         "help": "The fine-tuned model: a folder saved by training (or any save_pretrained one) or a Hub id. "
                 "Default: the recipe's output_dir, where training saved it."})
     batch_size: int = field(default=8, metadata={"help": "Images per forward pass (whole mode)."})
     precision: str = field(default="auto", metadata={
-        "help": "auto (the fastest safe one here: bf16 on GPUs and CPUs that compute it natively, fp16 on older GPUs, "
-                "else fp32; fp32 with --onnx), fp32, or autocast in bf16 (CPU or GPU) or fp16 (GPU)."})
+        "help": "auto (predict, demo: the fastest safe one here: bf16 on GPUs and CPUs that compute it natively, fp16 "
+                "on older GPUs, else fp32; evaluate: fp32, so that its metrics are the same on every machine; fp32 "
+                "with --onnx), fp32, or autocast in bf16 (CPU or GPU) or fp16 (GPU)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (slow first batch, then faster)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
     token_merging: str | None = field(default=None, metadata={"help": "Token-merging preset applied to the encoder."})
@@ -61,18 +62,21 @@ class InferenceArguments(InferenceSettings):
                               "training recipe (the model is in its output_dir).")
         return str(model)
 
-    def resolved_precision(self, device: torch.device) -> Choice:
-        """`auto` settled for the device the model runs on (ONNX Runtime runs float32)."""
+    def resolved_precision(self, device: torch.device, for_metrics: bool = False) -> Choice:
+        """`auto` settled for the device the model runs on (ONNX Runtime runs float32). `for_metrics` (evaluate):
+        fp32, since bf16 or fp16 would make the reported metrics depend on the machine that computed them."""
         if self.precision != "auto":
             return Choice(self.precision, "--precision")
         if self.onnx:
             return Choice("fp32", "auto: ONNX Runtime runs the model in float32")
+        if for_metrics:
+            return Choice("fp32", "auto for evaluation: the same metrics on every machine; --precision bf16 is faster")
         return choose_precision("auto", False, False, on_cpu=device.type == "cpu")
 
-    def load(self, recipe: dict, device: str | torch.device | None = None) -> Segmenter:
+    def load(self, recipe: dict, device: str | torch.device | None = None, for_metrics: bool = False) -> Segmenter:
         model = self.model_path(recipe)
         device = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        precision = self.resolved_precision(device)
+        precision = self.resolved_precision(device, for_metrics)
         threads = apply_threads()
         if device.type == "cpu":
             keep_freed_memory()

@@ -44,6 +44,27 @@ def load_recipe(path: str | Path, dataclass_types: tuple) -> dict[str, Any]:
             close = difflib.get_close_matches(key, known, n=1)
             hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
         raise RecipeError(f"Recipe {path}: unknown key(s) {', '.join(hints)}.")
+    return _words_read_as_booleans(recipe, dataclass_types, path)
+
+
+# Fields whose choices include "no", which YAML reads unquoted as False (transformers' interval/save strategies).
+NO_CHOICE_TYPES = ("IntervalStrategy", "SaveStrategy")
+
+
+def _words_read_as_booleans(recipe: dict[str, Any], dataclass_types: tuple, path: Path) -> dict[str, Any]:
+    """YAML reads unquoted no/yes/off/on as booleans: `eval_strategy: no` arrives as False. For a field that takes
+    "no", False means "no"; any other boolean given to a strategy is an error naming the field. (Text fields that
+    take true/false themselves, such as cache_images, read booleans on their own.)"""
+    types = {f.name: str(f.type) for dc in dataclass_types for f in fields(dc) if f.init}
+    for key, value in recipe.items():
+        kind = types[key]
+        if not isinstance(value, bool) or "Strategy" not in kind:
+            continue
+        if value is False and any(name in kind for name in NO_CHOICE_TYPES):
+            recipe[key] = "no"
+        else:
+            raise RecipeError(f"Recipe {path}: {key} is {value}: YAML reads an unquoted yes/no/on/off/true/false "
+                              f"as a boolean, and {key} takes a word. Quote it, e.g. {key}: \"no\".")
     return recipe
 
 
@@ -65,7 +86,10 @@ def parse_args(argv: list[str] | None, dataclass_types: tuple, default_config: s
     if config is not None:
         recipe = load_recipe(config, dataclass_types)
         parser.set_defaults(**recipe)
-    return _parse_checked(parser, argv, dataclass_types)
+    parsed = _parse_checked(parser, argv, dataclass_types)
+    for instance in parsed:  # where the recipe came from: a run must never move it aside (outputs.claim_output_dir)
+        instance.recipe_file = None if config is None else str(config)
+    return parsed
 
 
 NULL_WORDS = ("null", "none", "~")

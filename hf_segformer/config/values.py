@@ -55,16 +55,23 @@ def check_ignore_index(ignore_index: int) -> None:
 
 def parse_colour(colour: Any) -> tuple[int, int, int]:
     """Accept '#RRGGBB', 'r,g,b' or [r, g, b]."""
+    unreadable = DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' (hex digits 0-9, "
+                           "A-F) or 'r,g,b' (0..255 each).")
     if isinstance(colour, str):
         text = colour.strip()
-        if text.startswith("#") and len(text) == 7:
+        if text.startswith("#"):
+            if len(text) != 7 or not re.fullmatch(r"[0-9a-fA-F]{6}", text[1:]):
+                raise unreadable
             return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
         parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
     else:
-        parts = list(colour)
+        parts = list(colour) if isinstance(colour, (list, tuple)) else []
     if len(parts) != 3:
-        raise DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' or 'r,g,b'.")
-    rgb = tuple(int(p) for p in parts)
+        raise unreadable
+    try:
+        rgb = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise unreadable from None
     if not all(0 <= c <= 255 for c in rgb):
         raise DataError(f"colour_map: colour {colour!r} has a channel outside 0..255.")
     return rgb  # type: ignore[return-value]
@@ -76,8 +83,57 @@ def parse_colour_map(colour_map: dict | str | None) -> dict[tuple[int, int, int]
         return None
     if isinstance(colour_map, str):
         text = Path(colour_map).read_text() if os.path.isfile(colour_map) else colour_map
-        colour_map = json.loads(text)
-    return {parse_colour(k): int(v) for k, v in colour_map.items()}
+        try:
+            colour_map = load_mapping_text(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise DataError(f"colour_map: cannot read {colour_map!r} as a mapping of colour → class id ({err}); "
+                            "write it as {'#RRGGBB': class_id, ...}.") from None
+    if not isinstance(colour_map, dict):
+        raise DataError(f"colour_map: expected a mapping of colour → class id; got {colour_map!r}.")
+    try:
+        return {parse_colour(k): int(v) for k, v in colour_map.items()}
+    except (TypeError, ValueError):
+        raise DataError(f"colour_map: class ids must be integers; got {list(colour_map.values())}.") from None
+
+
+LABEL_MAP_DEFAULTS = ("ignore", "keep")  # what label_map does with raw values it does not name
+
+
+def parse_label_map(value: dict | str | None) -> dict[int, int] | None:
+    """`label_map` from YAML ({7: 0, 8: 1}), JSON/YAML flow text or a JSON file → {raw mask value: class id}."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        is_file = os.path.isfile(value)
+        try:
+            value = json.loads(Path(value).read_text()) if is_file else load_mapping_text(value)
+        except (json.JSONDecodeError, ValueError) as err:
+            raise RecipeError(f"label_map: cannot read {value!r} ({err}); write it as {{raw value: class id}}, "
+                              "e.g. {7: 0, 8: 1, 11: 2}.") from err
+    if not isinstance(value, dict) or not value:
+        raise RecipeError(f"label_map: expected a mapping of raw mask value → class id, e.g. {{7: 0, 8: 1}}; "
+                          f"got {value!r}.")
+    mapping = {}
+    for raw, class_id in value.items():
+        try:
+            raw_int, id_int = int(str(raw).strip()), int(str(class_id).strip())
+        except ValueError:
+            raise RecipeError(f"label_map: keys and values must be integers (raw mask value → class id); got "
+                              f"{raw!r}: {class_id!r}.") from None
+        mapping[raw_int] = id_int
+    return mapping
+
+
+def check_label_map_targets(label_map: dict[int, int] | None, num_labels: int | None, ignore_index: int) -> None:
+    """Every class id a label map sends to is a class (0..num_labels-1) or the ignore index."""
+    if not label_map or not num_labels:
+        return
+    bad = {raw: class_id for raw, class_id in label_map.items()
+           if class_id != ignore_index and not 0 <= class_id < num_labels}
+    if bad:
+        shown = ", ".join(f"{raw}: {class_id}" for raw, class_id in list(bad.items())[:8])
+        raise RecipeError(f"label_map sends raw values to ids that are not classes ({shown}): targets must be "
+                          f"0..{num_labels - 1} or ignore_index={ignore_index}.")
 
 
 def parse_data_files(value: Any) -> dict[str, list[str]] | None:
@@ -109,6 +165,7 @@ def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
     """Recipe value (mapping, JSON or YAML flow text, or the path of a JSON file) → {int id: name}, ids 0..n-1."""
     if id2label is None:
         return None
+    where = None
     if isinstance(id2label, str):
         is_file = os.path.isfile(id2label)
         text = id2label.strip()
@@ -134,6 +191,13 @@ def normalise_id2label(id2label: dict | str | None) -> dict[int, str] | None:
                         f"{reversed_hint}") from err
     if sorted(mapping) != list(range(len(mapping))):
         raise DataError(f"id2label: class ids must be 0..{len(mapping) - 1} without gaps; got {sorted(mapping)}.")
+    seen: dict[str, list[int]] = {}
+    for class_id, name in sorted(mapping.items()):
+        seen.setdefault(name, []).append(class_id)
+    repeated = [f"'{name}' is class {', '.join(map(str, ids))}" for name, ids in seen.items() if len(ids) > 1]
+    if repeated:  # the model's label2id (name → id) would keep one of them and lose the others
+        raise DataError(f"id2label{'' if where is None else f' ({where})'}: class names must be unique; "
+                        f"{'; '.join(repeated)}. Give each class its own name.")
     return mapping
 
 

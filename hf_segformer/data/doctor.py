@@ -14,20 +14,33 @@ UNLABELLED_NAMES = ("unlabeled", "unlabelled", "void", "ignore", "none", "other"
 
 
 def out_of_range_hint(values: np.ndarray, num_labels: int, ignore_index: int, reduce_labels: bool,
-                      binary_masks: bool) -> str:
-    """A hint for one mask whose `values` (all its distinct values) include some outside the classes."""
+                      binary_masks: bool, mask_format: str | None = None) -> str:
+    """A hint for one mask whose `values` (all its distinct values) include some outside the classes.
+    `mask_format`: the file's format as PIL read it (a JPEG saved under a .png name is still "JPEG").
+
+    reduce_labels is offered only where the values allow it (one extra value, N, and nothing like JPEG noise),
+    and never alone: an id2label one class short shows the same values, and following reduce_labels then trains
+    every class shifted by one."""
     present = {int(v) for v in values}
     bad = sorted(v for v in present if v != ignore_index and not 0 <= v < num_labels)
     if not bad:
         return ""
+    jpeg_advice = ("save masks losslessly (PNG) from the original labels: JPEG blurs class ids at every edge, and "
+                   "these values cannot be turned back into classes reliably.")
+    if mask_format == "JPEG":
+        return f" This mask is a JPEG file (whatever its name says): {jpeg_advice}"
     if num_labels == 2 and not binary_masks and present <= {0, 255}:
         return " These look like 0/255 binary masks: add `binary_masks: true` to the recipe (255 → class 1)."
-    if len(present) > num_labels + 4 and len(bad) > 2 and any(0 < abs(v - c) <= 8 for v in bad for c in range(num_labels)):
-        return (f" {len(present)} distinct values for {num_labels} classes, many near the class ids: these look like "
-                "JPEG-compressed masks; save masks losslessly (PNG) — JPEG blurs class ids at every edge.")
-    if not reduce_labels and 0 in present and max(bad) == num_labels:
-        return (f" Values run 0..{num_labels}: if 0 means 'unlabelled' (ADE20K style), add `reduce_labels: true` "
-                "(0 → ignored, k → k-1).")
+    anchors = [*range(num_labels), 255, ignore_index]
+    near = [v for v in bad if any(0 < abs(v - c) <= 8 for c in anchors)]
+    if len(bad) >= 2 and len(near) == len(bad):
+        return (f" {len(present)} distinct values for {num_labels} classes, the extra ones next to the class ids: "
+                "these look like JPEG-compressed masks (or masks resized with smooth interpolation instead of "
+                f"nearest); {jpeg_advice}")
+    if bad == [num_labels] and 0 in present and not reduce_labels:
+        return (f" Values run 0..{num_labels}: {num_labels + 1} values for {num_labels} classes. If id2label is one "
+                f"class short, name class {num_labels} too (num_labels {num_labels + 1}). Only if 0 means 'not "
+                "annotated' in these masks (ADE20K style) is `reduce_labels: true` right (0 → ignored, k → k-1).")
     return ""
 
 

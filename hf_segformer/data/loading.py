@@ -25,32 +25,55 @@ from hf_segformer.errors import DataError, problems_message
 
 logger = logging.getLogger(__name__)
 
-def _index_files(folder: Path, extensions: set[str], suffix: str) -> tuple[dict[str, Path], list[str]]:
-    """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys.
-    With a suffix, only the files whose stem ends with it take part."""
+def _index_files(folder: Path, extensions: set[str], suffix: str
+                 ) -> tuple[dict[str, Path], list[str], dict[str, Path]]:
+    """Map pairing key (relative path without extension and suffix) → file; report ambiguous keys, and the
+    broken links (a symbolic link whose target is gone) by key. With a suffix, only the files whose stem ends with
+    it take part."""
     index: dict[str, Path] = {}
+    broken: dict[str, Path] = {}
     duplicates = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in extensions:
+        dangling = path.is_symlink() and not path.exists()
+        if (not path.is_file() and not dangling) or path.name.startswith(".") or path.suffix.lower() not in extensions:
             continue
         key = str(path.relative_to(folder).with_suffix(""))
         if suffix:
             if not key.endswith(suffix):  # e.g. Cityscapes' *_gtFine_color.png beside *_gtFine_labelTrainIds.png
                 continue
             key = key[: -len(suffix)]
+        if dangling:
+            broken[key] = path
+            continue
         if key in index:
             duplicates.append(f"{index[key]} and {path} both pair as '{key}'")
         index[key] = path
-    return index, duplicates
+    return index, duplicates, broken
+
+
+def _broken(path: Path) -> str:
+    return f"{path}: broken link (it points to {os.readlink(path)}, which does not exist)"
+
+
+JPEG_EXTENSIONS = {".jpg", ".jpeg"}  # never read as masks: JPEG changes the class ids at every edge
 
 
 def pair_files(image_dir: Path, mask_dir: Path, image_suffix: str = "", mask_suffix: str = "") -> list[tuple[Path, Path]]:
     """Pair images with masks by stem (not by sort order); any unpaired or ambiguous file is an error."""
-    images, dup_images = _index_files(image_dir, IMAGE_EXTENSIONS, image_suffix)
-    masks, dup_masks = _index_files(mask_dir, MASK_EXTENSIONS, mask_suffix)
+    images, dup_images, broken_images = _index_files(image_dir, IMAGE_EXTENSIONS, image_suffix)
+    masks, dup_masks, broken_masks = _index_files(mask_dir, MASK_EXTENSIONS, mask_suffix)
+    jpeg_masks = _index_files(mask_dir, JPEG_EXTENSIONS, mask_suffix)[0] if mask_dir != image_dir else {}
     problems = dup_images + dup_masks
-    problems += [f"{images[k]}: no mask with stem '{k}' in {mask_dir}" for k in sorted(images.keys() - masks.keys())]
-    problems += [f"{masks[k]}: mask without an image in {image_dir}" for k in sorted(masks.keys() - images.keys())]
+    problems += [_broken(path) for path in sorted([*broken_images.values(), *broken_masks.values()])]
+    for key in sorted(images.keys() - masks.keys() - broken_masks.keys()):
+        if key in jpeg_masks:
+            problems.append(f"{images[key]}: its mask {jpeg_masks[key]} is a JPEG file; JPEG compression changes "
+                            "class ids at every edge, so masks are read from PNG (or TIFF, BMP, .npy) only: save "
+                            "the masks losslessly as PNG from the original labels")
+        else:
+            problems.append(f"{images[key]}: no mask with stem '{key}' in {mask_dir}")
+    problems += [f"{masks[k]}: mask without an image in {image_dir}"
+                 for k in sorted(masks.keys() - images.keys() - broken_images.keys())]
     if problems:
         raise DataError(problems_message(
             f"Images and masks in {image_dir} / {mask_dir} do not pair up by file name", problems,
@@ -109,8 +132,14 @@ def load_folder_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
     if problems:
         raise DataError(problems_message(f"The split folders of {image_dir} and {mask_dir} do not match", problems,
                                          "Use the same split sub-folders (train/, validation|val/, test/) on both sides."))
-    splits = {split: _pairs_to_dataset(pair_files(folder, mask_splits[split], image_suffix, mask_suffix))
-              for split, folder in sorted(image_splits.items())}
+    splits, failures = {}, []
+    for split, folder in sorted(image_splits.items()):  # every split's problems in one error
+        try:
+            splits[split] = _pairs_to_dataset(pair_files(folder, mask_splits[split], image_suffix, mask_suffix))
+        except DataError as err:
+            failures.append(str(err))
+    if failures:
+        raise DataError("\n".join(failures))
     return DatasetDict(splits)
 
 

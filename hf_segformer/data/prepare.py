@@ -11,8 +11,8 @@ from typing import Any
 from datasets import DatasetDict
 
 from hf_segformer.config.data import DataArguments
-from hf_segformer.config.values import canonical_split, check_num_labels, normalise_id2label
-from hf_segformer.data.doctor import empty_class_problems, unlabelled_hint
+from hf_segformer.config.values import canonical_split, check_label_map_targets, check_num_labels, normalise_id2label
+from hf_segformer.data.doctor import UNLABELLED_NAMES, empty_class_problems, unlabelled_hint
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
 from hf_segformer.data.loading import load_data
 from hf_segformer.data.preflight import DataReport, check_data
@@ -38,8 +38,14 @@ def prepare_data(data_args: DataArguments, seed: int,
         write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
                                 data_args.synthetic_num_validation, data_args.synthetic_image_size)
     data = load_streaming_data(data_args, training_args) if data_args.streaming else load_data(data_args, seed)
-    id2label = (data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
-                or find_id2label_near_shards(data_args.data_files_map))
+    near_data = find_id2label_file(data_args.data_dir, data_args.image_dir)
+    if data_args.id2label_map and near_data and near_data != data_args.id2label_map:
+        # The recipe's names win (renaming classes is a recipe's right), but a different count or order usually
+        # means the recipe was written for other data: say so before training on it.
+        logger.warning("The recipe's id2label %s differs from the id2label.json next to the data %s: the recipe's "
+                       "is used. If the masks were made with the data's, remove id2label from the recipe.",
+                       data_args.id2label_map, near_data)
+    id2label = (data_args.id2label_map or near_data or find_id2label_near_shards(data_args.data_files_map))
     if id2label is None and data_args.dataset_name:
         id2label = hub_id2label(data_args.dataset_name)
     if id2label is None and data_args.num_labels:
@@ -52,7 +58,18 @@ def prepare_data(data_args: DataArguments, seed: int,
                         "SegFormer's softmax over those two logits is the sigmoid model. (The losses in "
                         "hf_segformer.training.losses also take single-channel logits for custom heads.)")
     check_num_labels(data_args.num_labels, id2label)
+    if 0 <= data_args.ignore_index < len(id2label) and not _unlabelled(id2label[data_args.ignore_index]):
+        raise DataError(f"id2label names {len(id2label)} classes, so class {data_args.ignore_index} "
+                        f"'{id2label[data_args.ignore_index]}' is ignore_index={data_args.ignore_index}: its pixels "
+                        "would be ignored, never learnt. Set ignore_index to a value no class uses (e.g. -1 when the "
+                        "masks mark nothing as unlabelled), or drop that class.")
+    check_label_map_targets(data_args.label_map_ids, len(id2label), data_args.ignore_index)
     return data, id2label
+
+
+def _unlabelled(name: str) -> bool:
+    """A class named like "void" or "unlabelled": ignoring it is what its name says."""
+    return name.strip().lower() in UNLABELLED_NAMES
 
 
 def hub_id2label(dataset_name: str) -> dict[int, str] | None:
@@ -68,9 +85,12 @@ def hub_id2label(dataset_name: str) -> dict[int, str] | None:
         return None
 
 
-def build_label_decoder(data_args: DataArguments) -> LabelDecoder:
+def build_label_decoder(data_args: DataArguments, num_labels: int | None = None) -> LabelDecoder:
+    """The one mask decoder of a recipe; with `num_labels`, a value outside the classes is an error naming the
+    file where a mask is read (training and evaluation, with or without the pre-flight check)."""
     return LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index,
-                        binary_masks=data_args.binary_masks)
+                        binary_masks=data_args.binary_masks, label_map=data_args.label_map_ids,
+                        label_map_default=data_args.label_map_default, num_labels=num_labels)
 
 
 def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
@@ -92,5 +112,5 @@ def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, 
     hint = unlabelled_hint(id2label, data_args.reduce_labels)
     if hint:
         logger.warning(hint)
-    print("\nPixels per class:\n" + report.class_table() + "\n")
+    print("\nPixels per class:\n" + report.tables() + "\n")
     return report

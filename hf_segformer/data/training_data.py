@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import canonical_split
+from hf_segformer.data.augmented_pairs import AugmentedPairs
 from hf_segformer.data.image_cache import DecodedImageCache, plan_cache
 from hf_segformer.data.loading import undecoded
 from hf_segformer.data.preflight import DataReport
@@ -41,8 +42,8 @@ def load_checked_data(data_args: DataArguments, training_args: TrainingArguments
 
 
 def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
-                   training_args: TrainingArguments, report: DataReport | None,
-                   ) -> tuple[Dataset | TrainStream, Dataset | None, Dataset | None]:
+                   training_args: TrainingArguments, report: DataReport | None, num_labels: int | None = None,
+                   ) -> tuple[AugmentedPairs | TrainStream, Dataset | None, Dataset | None]:
     """The training and evaluation splits with their transforms applied on the fly, and the raw evaluation split
     (for the sample grid); the evaluation split is None when the run does not evaluate. Streaming: the training
     set is this process's part of the stream (`TrainStream`), the evaluation split the bounded validation set."""
@@ -56,7 +57,7 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
         raise DataError(f"No '{data_args.eval_split}' split to evaluate on (the data has {splits}). "
                         "Set validation_split: 0.1 to carve one from train (streaming: data_files: {validation: ...}), "
                         "or eval_strategy: 'no'.")
-    decoder = build_label_decoder(data_args)
+    decoder = build_label_decoder(data_args, num_labels)
     rarest = rarest_first(report.splits[train_split].class_counts) if data_args.rare_class_crop_prob > 0 else ()
     train_transform = TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
@@ -71,7 +72,8 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
                                     mp_context=training_args.dataloader_multiprocessing_context)
     else:
         train_transform.cache = image_cache(data_args, training_args, train_split, report)
-        train_dataset = undecoded(data[train_split]).with_transform(train_transform)
+        train_dataset = AugmentedPairs(undecoded(data[train_split]), train_transform,
+                                       seed=training_args.data_seed or training_args.seed)
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,24 +47,33 @@ class TrainTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
-                           else (open_image(image_entry), open_image(mask_entry)))
-            image, label = self.transform(image, mask, entry_name(mask_entry))
+            image, label = self.pair(image_entry, mask_entry)
             pixel_values.append(image)
             labels.append(label)
         return {"pixel_values": pixel_values, "labels": labels}
 
-    def transform(self, image: Image.Image, mask: Image.Image, name: str = "mask") -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(self, image_entry: Any, mask_entry: Any, rng: random.Random | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (image, mask) entry pair read (or taken from the cache) and augmented with `rng`'s draws."""
+        image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
+                       else (open_image(image_entry), open_image(mask_entry)))
+        return self.transform(image, mask, entry_name(mask_entry), rng)
+
+    def transform(self, image: Image.Image, mask: Image.Image, name: str = "mask", rng: random.Random | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rng`: where the random draws come from (None: one seeded from the global `random`, which set_seed
+        seeds); data.augmented_pairs gives each sample its own, so that a resumed run draws the same crops."""
+        rng = rng if rng is not None else random.Random(random.getrandbits(64))
         width, height = mask.size
-        factor = rescale_factor(width, height, self.scale) * random.uniform(*self.ratio_range)
+        factor = rescale_factor(width, height, self.scale) * rng.uniform(*self.ratio_range)
         new_w, new_h = max(1, round(width * factor)), max(1, round(height * factor))
         crop_w, crop_h = min(self.crop_size, new_w), min(self.crop_size, new_h)
 
         anchor = None
-        if self.rare_classes and self.rare_class_crop_prob > 0 and random.random() < self.rare_class_crop_prob:
-            anchor = self._rare_anchor(mask, name, new_w / width, new_h / height)
+        if self.rare_classes and self.rare_class_crop_prob > 0 and rng.random() < self.rare_class_crop_prob:
+            anchor = self._rare_anchor(mask, name, new_w / width, new_h / height, rng)
         for _ in range(10 if self.cat_max_ratio < 1.0 and anchor is None else 1):
-            x0, y0 = random.randint(0, new_w - crop_w), random.randint(0, new_h - crop_h)
+            x0, y0 = rng.randint(0, new_w - crop_w), rng.randint(0, new_h - crop_h)
             if anchor is not None:  # centred on the rare pixel as far as the image allows
                 x0 = min(max(round(anchor[0] - crop_w / 2), 0), new_w - crop_w)
                 y0 = min(max(round(anchor[1] - crop_h / 2), 0), new_h - crop_h)
@@ -85,10 +95,10 @@ class TrainTransform:
         image = to_rgb(upright(image))
         image = image.resize((crop_w, crop_h), Image.BILINEAR, box=tuple(b * decode_scale for b in box))
         if self.photometric:
-            image = photometric_distortion(image)
+            image = photometric_distortion(image, rng)
         pixels = np.asarray(image)
 
-        if random.random() < self.hflip_prob:
+        if rng.random() < self.hflip_prob:
             pixels, label = pixels[:, ::-1], label[:, ::-1]
         out_pixels = np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
         out_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
@@ -96,7 +106,8 @@ class TrainTransform:
         out_label[:crop_h, :crop_w] = label
         return torch.from_numpy(out_pixels).permute(2, 0, 1), torch.from_numpy(out_label)
 
-    def _rare_anchor(self, mask: Image.Image, name: str, scale_x: float, scale_y: float) -> tuple[float, float] | None:
+    def _rare_anchor(self, mask: Image.Image, name: str, scale_x: float, scale_y: float, rng: random.Random
+                     ) -> tuple[float, float] | None:
         """A random pixel of the rarest class this mask holds, in resized-image coordinates (from a
         quarter-resolution decode); None if it holds none of `rare_classes`."""
         small_w, small_h = max(1, mask.width // 4), max(1, mask.height // 4)
@@ -104,7 +115,7 @@ class TrainTransform:
         for class_id in self.rare_classes:
             ys, xs = np.nonzero(small == class_id)
             if len(xs):
-                i = random.randrange(len(xs))
+                i = rng.randrange(len(xs))
                 return ((xs[i] + 0.5) * mask.width / small_w * scale_x, (ys[i] + 0.5) * mask.height / small_h * scale_y)
         return None
 
@@ -129,29 +140,30 @@ def _hue_matrix(degrees: float) -> np.ndarray:
             + s * np.array([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]]))
 
 
-def photometric_distortion(image: Image.Image) -> Image.Image:
+def photometric_distortion(image: Image.Image, rng: random.Random | None = None) -> Image.Image:
     """MMSegmentation's PhotoMetricDistortion, each step with probability 0.5: brightness ±32, contrast
     ×[0.5, 1.5] (before or after the colour steps), saturation ×[0.5, 1.5], hue ±36° (±18 OpenCV units).
 
     Every step is affine in RGB, so they are composed into one 3×4 matrix and applied in a single pass
     (`Image.convert(matrix=...)`, clipped once at the end rather than after each step).
     """
+    rng = rng if rng is not None else random.Random(random.getrandbits(64))
     matrix, offset = np.eye(3), np.zeros(3)
 
     def then(step: np.ndarray, shift: float = 0.0) -> None:
         nonlocal matrix, offset
         matrix, offset = step @ matrix, step @ offset + shift
 
-    if random.random() < 0.5:
-        then(np.eye(3), random.uniform(-32, 32))
-    contrast_first = random.random() < 0.5
-    contrast = random.uniform(0.5, 1.5) if random.random() < 0.5 else None
+    if rng.random() < 0.5:
+        then(np.eye(3), rng.uniform(-32, 32))
+    contrast_first = rng.random() < 0.5
+    contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
     if contrast is not None and contrast_first:
         then(np.eye(3) * contrast)
-    if random.random() < 0.5:
-        then(_saturation_matrix(random.uniform(0.5, 1.5)))
-    if random.random() < 0.5:
-        then(_hue_matrix(random.uniform(-36, 36)))
+    if rng.random() < 0.5:
+        then(_saturation_matrix(rng.uniform(0.5, 1.5)))
+    if rng.random() < 0.5:
+        then(_hue_matrix(rng.uniform(-36, 36)))
     if contrast is not None and not contrast_first:
         then(np.eye(3) * contrast)
     if np.array_equal(matrix, np.eye(3)) and not offset.any():

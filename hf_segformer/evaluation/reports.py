@@ -100,6 +100,10 @@ def plot_confusion_matrix(confusion: np.ndarray, id2label: dict[int, str], path:
     return path
 
 
+# What write_class_report writes, after its prefix.
+CLASS_REPORT_SUFFIXES = ("_per_class.md", "_per_class.csv", "_confusion_matrix.npy", "_confusion_matrix.png")
+
+
 def write_class_report(output_dir: str | os.PathLike, confusion: np.ndarray, id2label: dict[int, str],
                        prefix: str = "eval") -> Path:
     """Print and save `<prefix>_per_class.md/.csv` and `<prefix>_confusion_matrix.npy/.png` in output_dir.

@@ -98,10 +98,10 @@ def metric_prefix(split: str) -> str:
 
 
 def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, str], samples: list[Sample],
-                  palette: np.ndarray, ignore_index: int, extra: dict[str, float],
-                  prefix: str = "eval") -> dict[str, float]:
+                  palette: np.ndarray, ignore_index: int, extra: dict[str, float | str],
+                  prefix: str = "eval") -> dict[str, float | str]:
     """<prefix>_results.json, the per-class report, the confusion-matrix PNG, <prefix>_samples.png and
-    TensorBoard; `extra` keys are written as given."""
+    TensorBoard; `extra` keys are written as given (the numbers to TensorBoard too)."""
     from torch.utils.tensorboard import SummaryWriter
 
     metrics = {f"{prefix}_{k}": v for k, v in flatten_metrics(metrics_from_confusion(confusion), id2label).items()}
@@ -110,7 +110,8 @@ def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, s
     write_class_report(output_dir, confusion, id2label, prefix=prefix)
     writer = SummaryWriter(log_dir=str(output_dir / "runs"))
     for key, value in metrics.items():
-        writer.add_scalar(key.replace(f"{prefix}_", f"{prefix}/", 1), value, 0)
+        if isinstance(value, (int, float)):  # not the precision's name
+            writer.add_scalar(key.replace(f"{prefix}_", f"{prefix}/", 1), value, 0)
     if samples:
         grid = sample_grid(samples, palette, ignore_index)
         grid.save(output_dir / f"{prefix}_samples.png")
@@ -184,10 +185,12 @@ def run_evaluation(load_segmenter: Callable[[torch.device], Segmenter], model: s
 
     prefix = metric_prefix(split)
     extra = {f"{prefix}_samples": len(dataset), f"{prefix}_runtime": round(runtime, 4),
-             f"{prefix}_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3)}
+             f"{prefix}_samples_per_second": round(len(dataset) / max(runtime, 1e-9), 3),
+             f"{prefix}_precision": segmenter.precision}  # bf16 or fp16 figures differ from machine to machine
     metrics = {}
     if accelerator.is_main_process:
-        settings = {"model": model, "split": split, "processes": accelerator.num_processes, **options}
+        settings = {"model": model, "split": split, "processes": accelerator.num_processes, **options,
+                    "precision": segmenter.precision}  # as resolved, not `auto`
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / f"{prefix}_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
         palette = dataset_palette(segmenter.num_labels, data_args)
@@ -195,6 +198,7 @@ def run_evaluation(load_segmenter: Callable[[torch.device], Segmenter], model: s
                                 palette, data_args.ignore_index, extra, prefix)
         print(f"{split}: mIoU {metrics[f'{prefix}_mean_iou']:.4f}, "
               f"pixel accuracy {metrics[f'{prefix}_overall_accuracy']:.4f} "
-              f"over {len(dataset)} images in {runtime:.1f} s ({segmenter.settings.mode}); results in {output_dir}")
+              f"over {len(dataset)} images in {runtime:.1f} s ({segmenter.settings.mode}, {segmenter.precision}); "
+              f"results in {output_dir}")
     accelerator.wait_for_everyone()
     return metrics

@@ -215,6 +215,17 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         left = self.budget_s - spent - self._final_s(args) - reserve
         more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
                               self.max_steps_cap) if left > 0 else 0
+        if first and more == 0 and self.eval_s > 0:
+            # The first evaluation ever pays one-time costs (kernels for its shapes, the first figure): seconds on
+            # a CPU whose steps take milliseconds. Before stopping on it, time a warm one.
+            cold = self.eval_s
+            self.eval_s = min(cold, self._measure_eval_s())
+            spent = self.spent_s()
+            reserve = max(self.margin * (self.budget_s - spent), step_s)
+            left = self.budget_s - spent - self._final_s(args) - reserve
+            more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
+                                  self.max_steps_cap) if left > 0 else 0
+            logger.info("Time budget: the first evaluation took %.2f s, a second %.2f s.", cold, self.eval_s)
         step_s, total = _broadcast([step_s, float(state.global_step + more)], args)
         self.step_s, total = step_s, int(total)
         self._decided_at = state.global_step
@@ -224,6 +235,11 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         if total <= state.global_step:
             self.stopped_early = True  # no room left for another step: the decay did not reach its end
             control.should_training_stop = True
+            if first:
+                logger.warning("Time budget: max_time %.0f s leaves no room for training after the measured step "
+                               "(%.3f s), evaluation (%.2f s) and save (%.2f s): the run stops at step %d, untrained. "
+                               "Raise max_time, or evaluate less often or on fewer images.", self.budget_s, step_s,
+                               self.eval_s, self.save_s, state.global_step)
         if first:
             logger.info("Time budget %.0f s: %.0f s spent, steady step %.3f s, evaluation %.2f s, save %.2f s → "
                         "max_steps %d (schedule rebuilt to end there).", self.budget_s, spent, step_s, self.eval_s,
@@ -255,6 +271,7 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
                            "save within %.0f s.", state.global_step, state.max_steps, self.budget_s)
             self.stopped_early = True
             control.should_training_stop = True
+            self._apply(state.global_step, state, args)  # the length the budget gave the run, the bar's too
 
     def _measure_eval_s(self) -> float:
         """One real evaluation, timed with everything that runs with it (metrics, sample grid, loggers): the
@@ -263,9 +280,11 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         trainer = self.trainer
         if trainer is None or trainer.eval_dataset is None:
             return 0.0
+        should_log = trainer.control.should_log  # evaluate()'s own log resets it: the step's line would be lost
         start = time.monotonic()
         trainer.evaluate()
         trainer.model.train()
+        trainer.control.should_log = should_log
         return time.monotonic() - start
 
     def _measure_report_s(self) -> float:
@@ -299,12 +318,15 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         self.spent_train_s = self.spent_s()
 
     def results(self) -> dict[str, Any]:
-        """What train_results.json records: the budget decided the run's length."""
-        return {"budget_max_time_s": round(self.budget_s, 1), "budget_steps": self.budget_steps,
-                "budget_step_time_s": round(self.step_s, 4) if self.step_s else None,
+        """What train_results.json records: how the budget decided the run's length, or that it never did (the run
+        ended, at max_steps or the end of the data, before the budget had measured a step)."""
+        if self.budget_steps is None:
+            return {"budget_max_time_s": round(self.budget_s, 1), "budget_decided": False,
+                    "budget_spent_s": round(self.spent_s(), 1)}
+        return {"budget_max_time_s": round(self.budget_s, 1), "budget_decided": True,
+                "budget_steps": self.budget_steps, "budget_step_time_s": round(self.step_s or 0.0, 4),
                 "budget_eval_time_s": round(self.eval_s, 2), "budget_warmup_steps": self.warmup_steps,
-                "budget_stopped_early": self.stopped_early,
-                "budget_spent_s": round(self.spent_s(), 1)}
+                "budget_stopped_early": self.stopped_early, "budget_spent_s": round(self.spent_s(), 1)}
 
 
 def total_train_batch(args: Any) -> int:
@@ -327,6 +349,10 @@ def add_budget_metrics(metrics: dict, budget: TimeBudgetCallback | None, args: A
         return
     fixed_speed_metrics(metrics, args, global_step - budget.first_step)
     metrics.update(budget.results())
+    if budget.budget_steps is None:
+        logger.warning("Time budget: the run ended at step %d, before the budget had measured its steps (it decides "
+                       "after %d): max_steps or the data set the length, not max_time.", global_step,
+                       budget.skip_steps + budget.measure_steps)
     args.max_steps = budget.budget_steps or global_step
 
 

@@ -16,6 +16,8 @@ from hf_segformer.data.palettes import default_palette
 from hf_segformer.inference.segmenter import Segmenter
 from hf_segformer.visuals import sample_grid, spread_indices
 
+SAMPLES_FILE = "eval_samples.png"  # the latest evaluation's grid, in output_dir
+
 
 class TrainerBound(TrainerCallback):
     """A callback that needs the Trainer itself (its TensorBoard writer, an evaluation, its scheduler), beyond what
@@ -64,7 +66,7 @@ class SampleGridCallback(TrainerBound):
         palette = self.palette if self.palette is not None else default_palette(model.config.num_labels)
         grid = sample_grid([(image, label, prediction) for (image, label), prediction in zip(samples, predictions)],
                            palette, self.decoder.ignore_index)
-        grid.save(Path(args.output_dir) / "eval_samples.png")
+        grid.save(Path(args.output_dir) / SAMPLES_FILE)
         writer = self._tensorboard_writer()
         if writer is not None:
             writer.add_image("eval/samples", np.asarray(grid), state.global_step, dataformats="HWC")

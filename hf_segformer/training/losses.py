@@ -44,6 +44,7 @@ logger = logging.getLogger("hf_segformer")
 
 WEIGHT_METHODS = ("inverse_frequency", "median_frequency", "effective_number")
 LOSS_RESOLUTIONS = ("labels", "logits")
+CLASS_WEIGHTS_FILE = "class_weights.json"  # the weights computed from the data, written in output_dir
 
 _TINY = torch.finfo(torch.float32).tiny  # denominator floor: 0/_TINY = 0 for a batch with nothing labelled
 
@@ -405,7 +406,7 @@ def build_loss(training_args: Any, ignore_index: int, num_labels: int, train_spl
         weights = class_weights_from_report(report, weights, split=train_split,
                                             clip=training_args.class_weight_clip, beta=training_args.class_weight_beta)
         if training_args.process_index == 0:
-            (Path(training_args.output_dir) / "class_weights.json").write_text(json.dumps(weights))
+            (Path(training_args.output_dir) / CLASS_WEIGHTS_FILE).write_text(json.dumps(weights))
     if weights is not None:
         logger.info("Class weights: %s", ", ".join(f"{w:.3f}" for w in weights))
     return SegmentationLoss(training_args.loss_terms, class_weights=weights, ignore_index=ignore_index,

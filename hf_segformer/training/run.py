@@ -27,9 +27,11 @@ from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.budget import TimeBudgetCallback, add_budget_metrics, save_budget_spent
 from hf_segformer.training.callbacks import LastEvaluation, SampleGridCallback
-from hf_segformer.training.checkpoints import claim_run_folder
+from hf_segformer.training.checkpoints import claim_run_folder, run_inputs
+from hf_segformer.training.early_stopping import add_early_stopping_metrics, early_stopping_callback
 from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import build_loss
+from hf_segformer.training.preemption import Preempted, StopOnSignal
 from hf_segformer.training.run_checks import check_recipe
 from hf_segformer.training.trainer import SegformerTrainer, out_of_memory_explained
 
@@ -70,14 +72,16 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     setup_logging(training_args)
     set_up_runtime(training_args)
     check_recipe(data_args, model_args, training_args)  # everything that can fail before the data work
-    checkpoint = claim_run_folder(training_args)  # never over another run; None: a fresh start
+    # never over another run nor its own inputs; None: a fresh start
+    checkpoint = claim_run_folder(training_args, run_inputs(data_args, model_args, training_args))
     # metric_backend: evaluate_hub fetches evaluate's mean_iou now: a machine without the Hub fails before any work.
     hub_mean_iou = load_hub_mean_iou() if training_args.metric_backend == "evaluate_hub" else None
     set_seed(training_args.seed)
 
     # Data: load (or generate) and check every pair on the main process; transforms applied on the fly.
     data, id2label, report = load_checked_data(data_args, training_args)
-    train_dataset, eval_dataset, raw_eval = build_datasets(data, data_args, training_args, report)
+    train_dataset, eval_dataset, raw_eval = build_datasets(data, data_args, training_args, report,
+                                                           num_labels=len(id2label))
     train_split = canonical_split(data_args.train_split)
     sampler = (rare_class_sampler(training_args.output_dir, train_split, report.splits[train_split].class_counts,
                                   data_args.rare_class_temperature, training_args.seed, len(train_dataset))
@@ -95,22 +99,31 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
                                       palette=dataset_palette(len(id2label), data_args))
                    if raw_eval is not None else None)  # image | ground truth | prediction | errors, at every evaluation
     last_evaluation = LastEvaluation()
+    preemption = StopOnSignal()  # SIGTERM: save a checkpoint at the next step boundary and stop
     budget = (TimeBudgetCallback(training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
                                  final_eval=eval_dataset is not None)
               if training_args.max_time_s is not None else None)  # max_time: fixes max_steps after the first steps
+    early_stopping = early_stopping_callback(training_args)  # early_stopping_patience: transformers' callback
     trainer = SegformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=SegmentationCollator(tuple(image_processor.image_mean), tuple(image_processor.image_std)),
         processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index, loss_fn=loss_fn,
         eval_confusion=hub_mean_iou is None, train_sampler=sampler,
         ema=WeightAverage(model, training_args.ema_decay) if training_args.ema_decay is not None else None,
-        callbacks=[callback for callback in (sample_grid, last_evaluation, budget) if callback is not None],
+        callbacks=[callback for callback in (sample_grid, last_evaluation, budget, early_stopping, preemption)
+                   if callback is not None],
     )
 
     # Train and save.
     with out_of_memory_explained(training_args, data_args.crop_size, "training"):
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
+    if preemption.received:
+        raise Preempted(f"Stopped on SIGTERM at step {trainer.state.global_step}, checkpoint saved in "
+                        f"{training_args.output_dir}: run the same command with --resume_from_checkpoint last to "
+                        "continue.")
+    trainer.save_model_atomically()
+    add_early_stopping_metrics(train_result.metrics, early_stopping, trainer,
+                               budget.budget_steps if budget is not None else trainer.state.max_steps)
     add_budget_metrics(train_result.metrics, budget, training_args, trainer.state.global_step)
     if training_args.device.type == "cuda":
         train_result.metrics["train_peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
@@ -126,6 +139,9 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
         eval_metrics = None if training_args.load_best_model_at_end else last_evaluation.of_step(final_step)
         with out_of_memory_explained(training_args, data_args.crop_size, "evaluation"):
             eval_metrics = eval_metrics or trainer.evaluate()
+        # The training's evaluations run in its precision: say which (bf16 figures differ from machine to machine;
+        # `hf-segformer evaluate` scores in fp32 by default).
+        eval_metrics = {**eval_metrics, "eval_precision": training_args.precision}
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         results.update(eval_metrics)

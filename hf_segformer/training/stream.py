@@ -8,6 +8,7 @@ import logging
 import os
 
 import torch
+import transformers.trainer
 from transformers import TrainerCallback
 
 from hf_segformer.data.train_stream import TrainStream, load_stream_state, save_stream_state
@@ -57,10 +58,10 @@ class StreamingTrainerMixin:
 
     def _save_checkpoint(self, model, trial) -> None:
         if isinstance(self.train_dataset, TrainStream):  # first, so that a trainer_state.json implies a position
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = os.path.join(self._get_output_dir(trial=trial),
-                                  f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            # The folder the Trainer is writing now: SegformerTrainer saves under a partial name and renames it
+            # when complete, so the position goes where the rest of this checkpoint goes.
+            prefix = transformers.trainer.PREFIX_CHECKPOINT_DIR
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{prefix}-{self.state.global_step}")
             save_stream_state(folder, self.args.process_index, self.train_dataset.state_dict(self._stream_consumed()))
         super()._save_checkpoint(model, trial)
 

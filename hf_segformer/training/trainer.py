@@ -4,24 +4,35 @@ a guard against NaN/Inf losses and streaming confusion-matrix evaluation."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import transformers.trainer
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from hf_segformer.data.augmented_pairs import AugmentedPairs, EpochKeyedSampler
 from hf_segformer.errors import TrainingError
 from hf_segformer.evaluation.metrics import confusion_and_loss, confusion_matrices
 from hf_segformer.logits import pack_labels
+from hf_segformer.modeling.lora import saving_adapter
 from hf_segformer.training.callbacks import TrainerBound
 from hf_segformer.training.ema import WeightAverage
 from hf_segformer.training.losses import SegmentationLoss
 from hf_segformer.training.stream import StreamingTrainerMixin
 
 logger = logging.getLogger(__name__)
+
+# A checkpoint is written under this name and renamed `checkpoint-N` once complete: `get_last_checkpoint` (and so
+# `resume_from_checkpoint: last`) never sees one cut short, and output_dir's claim still counts it as a run's.
+PARTIAL_CHECKPOINT_PREFIX = f"{PREFIX_CHECKPOINT_DIR}-partial"
+PARTIAL_MODEL = f"{PREFIX_CHECKPOINT_DIR}-partial-model"  # the final model, moved into output_dir once complete
 
 
 class SegformerTrainer(StreamingTrainerMixin, Trainer):
@@ -62,11 +73,18 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
         self.nonfinite_losses = 0
         self.ema = ema
         self.train_sampler = train_sampler
+        if isinstance(self.train_dataset, AugmentedPairs):
+            self.add_callback(AugmentationEpoch(self.train_dataset))
 
     def _get_train_sampler(self, train_dataset=None):
         if self.train_sampler is not None and (train_dataset is None or train_dataset is self.train_dataset):
-            return self.train_sampler
-        return super()._get_train_sampler(train_dataset)
+            sampler = self.train_sampler
+        else:
+            sampler = super()._get_train_sampler(train_dataset)
+        pairs = self.train_dataset if train_dataset is None else train_dataset
+        if not isinstance(pairs, AugmentedPairs):
+            return sampler
+        return EpochKeyedSampler(None if isinstance(sampler, torch.utils.data.RandomSampler) else sampler, pairs)
 
     def evaluate(self, *args, **kwargs):
         """With `ema_decay`, the averaged weights are what is evaluated."""
@@ -77,8 +95,65 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
         """With `ema_decay`, the saved model is the average; checkpoints (`_internal_call`) keep the raw
         weights the optimizer state belongs to, and the average beside them."""
         use_average = self.ema is not None and not _internal_call
-        with self.ema.swapped() if use_average else contextlib.nullcontext():
+        with (self.ema.swapped() if use_average else contextlib.nullcontext(),
+              saving_adapter(self.model, output_dir or self.args.output_dir, self.args.should_save)):
             return super().save_model(output_dir, _internal_call)
+
+    def save_model_atomically(self, output_dir: str | None = None) -> None:
+        """`save_model` into a partial folder whose files are then moved into `output_dir`: a save cut short (a full
+        disk, a kill) leaves no half-written model.safetensors, nor replaces the one a finished run saved."""
+        output_dir = output_dir or self.args.output_dir
+        partial = os.path.join(output_dir, PARTIAL_MODEL)
+        with saving_explained(output_dir, "the final model", "The partial model was removed; nothing saved before "
+                              "was replaced"):
+            try:
+                self.save_model(partial)
+            except BaseException:
+                if self.args.should_save:
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            for name in os.listdir(partial):
+                os.replace(os.path.join(partial, name), os.path.join(output_dir, name))
+            os.rmdir(partial)
+        self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written as `checkpoint-partial-N` and renamed `checkpoint-N` when complete (see
+        PARTIAL_CHECKPOINT_PREFIX); a full disk removes the partial folder and says so."""
+        run_dir = self._get_output_dir(trial=trial)
+        step = self.state.global_step
+        final = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        partial = os.path.join(run_dir, f"{PARTIAL_CHECKPOINT_PREFIX}-{step}")
+        if self.args.should_save:
+            shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        with saving_explained(run_dir, f"checkpoint-{step}", "The partial checkpoint was removed; the earlier "
+                              "checkpoints are intact"):
+            transformers.trainer.PREFIX_CHECKPOINT_DIR = PARTIAL_CHECKPOINT_PREFIX  # the name it saves under
+            try:
+                super()._save_checkpoint(model, trial)
+            except BaseException:
+                if self.args.should_save:
+                    shutil.rmtree(partial, ignore_errors=True)
+                raise
+            finally:
+                transformers.trainer.PREFIX_CHECKPOINT_DIR = PREFIX_CHECKPOINT_DIR
+        if self.state.best_model_checkpoint == partial:
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(partial, "trainer_state.json"))
+        self.accelerator.wait_for_everyone()  # every process's files (rng_state_N.pth) are in
+        if self.args.should_save:
+            replaced = f"{partial}-replaced"
+            if os.path.isdir(final):  # the same step saved again
+                os.replace(final, replaced)
+            os.replace(partial, final)
+            shutil.rmtree(replaced, ignore_errors=True)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the decode head at `head_lr_multiplier` × the learning rate.
@@ -96,7 +171,8 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((name.startswith("decode_head."), name in decay), []).append(param)
+                head = "decode_head" in name.split(".")  # also under peft's prefix (base_model.model.)
+                groups.setdefault((head, name in decay), []).append(param)
         lr = self.args.learning_rate
         # Encoder groups first: the Trainer logs the learning rate of the first group.
         param_groups = [{"params": params, "lr": lr * (multiplier if head else 1.0),
@@ -256,6 +332,43 @@ def nonfinite_loss_message(value: float, step: int, epoch: float, args: Any, lea
     return (f"Training loss is {value} at step {step} (epoch {epoch:.2f}); stopping rather than training on "
             "NaNs. Likely causes: " + "; ".join(causes) + f". {then}, or allow a few skipped batches with "
             "max_nonfinite_losses: N.")
+
+
+class AugmentationEpoch(TrainerCallback):
+    """Tells `AugmentedPairs` the epoch that starts (after a resume, the checkpoint's), before its sampler runs."""
+
+    def __init__(self, pairs: AugmentedPairs):
+        self.pairs = pairs
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.pairs.epoch = int((state.epoch or 0.0) + 1e-6)  # 2.9999 after 3 epochs of float steps: epoch 3
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC as Python raises it, or as safetensors and torch's zip writer report it (no errno there: torch says
+    "[enforce fail at inline_container.cc…] file write failed" or "unexpected pos")."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left on device" in text or "inline_container" in text
+
+
+@contextlib.contextmanager
+def saving_explained(folder: str, what: str, kept: str) -> Iterator[None]:
+    """A full disk while saving `what` into `folder` is a TrainingError saying so, with the space left and what
+    was kept."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        try:
+            free = f"{shutil.disk_usage(folder).free / 1024**3:.2f} GB free"
+        except OSError:
+            free = "free space unknown"
+        raise TrainingError(f"The disk is full: saving {what} into {folder} failed ({free}). {kept}. Free some "
+                            "space (or lower save_total_limit, or pick an output_dir on another disk) and resume "
+                            "with --resume_from_checkpoint last.") from err
 
 
 @contextlib.contextmanager

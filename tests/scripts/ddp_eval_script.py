@@ -54,7 +54,8 @@ def main() -> None:
 
     output_dir = Path(cli.output_dir)
     args = SegformerTrainingArguments(output_dir=str(output_dir / "trainer"), per_device_eval_batch_size=cli.batch_size,
-                                      use_cpu=True, report_to="none", dataloader_num_workers=0)
+                                      use_cpu=True, report_to="none", dataloader_num_workers=0,
+                                      precision="fp32")  # compared exactly across process counts
     metrics, collator = SegmentationMetrics(len(id2label), id2label), CountingCollator()
     trainer = SegformerTrainer(model=model, args=args, eval_dataset=eval_dataset, data_collator=collator,
                                compute_metrics=metrics, ignore_index=data_args.ignore_index)

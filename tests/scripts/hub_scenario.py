@@ -62,7 +62,7 @@ def main(work: Path, data_dir: Path) -> None:
             "--output_dir", str(run), "--crop_size", "32", "--eval_size", "32", "--train_scale", "64", "32",
             "--cat_max_ratio", "1.0", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
             "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2", "--logging_steps", "1",
-            "--save_strategy", "no", "--bf16", "false", "--dataloader_num_workers", "0",
+            "--save_strategy", "no", "--precision", "fp32", "--dataloader_num_workers", "0",
             "--dataloader_persistent_workers", "false", "--report_to", "tensorboard"]
     # The recipe's own push (push_to_hub: true → train.main → push_model) into a repository of its own.
     pushing = argv + ["--push_to_hub", "true", "--hub_model_id", "seg-shapes-recipe", "--output_dir", str(work / "run2")]

@@ -51,8 +51,10 @@ class GradientCapture(TrainerCallback):
 
 
 def one_step(batch_size: int, accumulation: int = 1, *, sync_batchnorm: bool = False, frozen_batchnorm: bool = False,
-             activation_checkpointing: bool = False, loss: dict[str, float] | None = None) -> dict:
-    """The logged loss and the gradients of the first optimizer step over the four samples."""
+             activation_checkpointing: bool = False, loss: dict[str, float] | None = None,
+             precision: str = "fp32") -> dict:
+    """The logged loss and the gradients of the first optimizer step over the four samples (fp32 unless asked:
+    the configurations are compared exactly)."""
     model = tiny_model()
     if frozen_batchnorm:
         # BatchNorm statistics of a micro-batch are not those of the whole batch (no sync across accumulation
@@ -69,7 +71,7 @@ def one_step(batch_size: int, accumulation: int = 1, *, sync_batchnorm: bool = F
             output_dir=output_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
             max_steps=1, learning_rate=1e-3, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
             report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0,
-            activation_checkpointing=activation_checkpointing)
+            activation_checkpointing=activation_checkpointing, precision=precision)
         trainer = SegformerTrainer(model=model, args=args, train_dataset=samples(), callbacks=[capture],
                                    loss_fn=SegmentationLoss(loss, ignore_index=255))
         trainer.train()

@@ -47,8 +47,10 @@ def step_losses(output_dir: Path) -> dict[int, float]:
 
 
 def eval_metrics(output_dir: Path) -> dict:
+    """The numbers of eval_results.json that two runs of the same weights must share (not timings, not labels such
+    as the evaluation precision)."""
     metrics = json.loads((output_dir / "eval_results.json").read_text())
-    return {k: v for k, v in metrics.items() if not k.endswith(RUNTIME)}
+    return {k: v for k, v in metrics.items() if not k.endswith(RUNTIME) and isinstance(v, (int, float))}
 
 
 def free_port() -> int:

@@ -54,7 +54,7 @@ def tiny_streaming_recipe(tmp_path: Path, shard_format: str = "parquet", num_tra
               "photometric_distortion": False, "check_data": False, "per_device_train_batch_size": 2,
               "per_device_eval_batch_size": 4, "learning_rate": 0.003, "max_steps": 6, "logging_steps": 1,
               "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "dataloader_num_workers": 0,
-              "shuffle_buffer_size": 0, "seed": 7, **fields}
+              "precision": "fp32", "shuffle_buffer_size": 0, "seed": 7, **fields}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
