@@ -18,7 +18,10 @@ CRASH_EXIT = 1  # a run that could not go on, or a bug
 # name → (module whose `main(argv) -> int` runs it, one line of help). A module is imported only when its command
 # runs, so `hf-segformer coco-to-masks` never pays for torch.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("hf_segformer.commands.train", "fine-tune from a recipe: --config recipe.yaml [--field value ...]"),
+    "train": ("hf_segformer.commands.train",
+              "fine-tune from a recipe: --config recipe.yaml [--num_processes N] [--field value ...]"),
+    "env": ("hf_segformer.commands.env",
+            "versions, devices, CPU flags, cores, and what precision/threads/workers auto pick here: for bug reports"),
     "check-data": ("hf_segformer.commands.check_data",
                    "run the pre-flight data check of a recipe and print the class histogram"),
     "make-synthetic": ("hf_segformer.commands.make_synthetic", "write the synthetic shapes dataset to a folder"),
@@ -35,10 +38,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "unlabelled images most worth labelling first; the top as pre-annotations"),
     "export-onnx": ("hf_segformer.commands.export_onnx",
                     "export a saved model to ONNX (dynamic sizes) and check it against PyTorch"),
+    "merge-lora": ("hf_segformer.commands.merge_lora",
+                   "merge a LoRA run's adapter into a plain SegFormer folder that pipeline() loads"),
     "deploy-report": ("hf_segformer.commands.deploy_report",
                       "PyTorch / ONNX / INT8 / token merging side by side: speed, size, memory, mIoU lost"),
     "demo": ("hf_segformer.commands.demo",
-             "serve a model as a Gradio app in the browser, or --export-space for a Hugging Face Space"),
+             "serve a model as a Gradio app in the browser, or --export_space for a Hugging Face Space"),
 }
 
 

@@ -2,6 +2,8 @@
 
     accelerate launch --config_file accelerate_configs/default.yaml recipes/finetune.py   # the offline quickstart
     accelerate launch --config_file accelerate_configs/default.yaml recipes/finetune.py --config recipes/aerial/segformer-b0.yaml [--field value ...]
+
+The short form, which starts the processes itself: hf-segformer train --config RECIPE.yaml [--num_processes N].
 """
 
 import os

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +133,48 @@ def test_results_of_a_split_carry_its_prefix(tmp_path, prefix, other):
     assert not any(key.startswith(f"{other}_") for key in saved)
     assert (tmp_path / f"{prefix}_per_class.md").is_file() and (tmp_path / f"{prefix}_confusion_matrix.npy").is_file()
     assert not (tmp_path / f"{other}_results.json").exists()
+
+
+def readme_first_hour() -> tuple[str, str, list[str]]:
+    """The README's own first hour: its make-synthetic line, its recipe and its commands, as the README shows them."""
+    readme = (ROOT / "README.md").read_text()
+    make_data = re.search(r"`(hf-segformer make-synthetic [^`]+)`", readme).group(1)
+    recipe = re.search(r"<!-- first-hour recipe -->\n```yaml\n(.*?)```", readme, re.S).group(1)
+    commands = [" ".join(shlex.split(block, comments=True))
+                for block in re.findall(r"<!-- first-hour -->\n```bash\n(.*?)```", readme, re.S)]
+    return make_data, recipe, commands
+
+
+def test_readme_first_hour_has_the_four_steps_and_a_push():
+    make_data, recipe, commands = readme_first_hour()
+    assert [command.split()[1] for command in commands] == ["check-data", "train", "evaluate", "predict",
+                                                             "push-dataset"]
+    assert "--max_steps" in commands[1] and "--dry_run" in commands[4]
+    assert recipe.startswith("# my-data.yaml") and all("--config my-data.yaml" in c for c in commands)
+
+
+@pytest.mark.slow
+def test_readme_first_hour_runs_as_shown(tmp_path):
+    """check-data → train → evaluate → predict → push-dataset --dry_run, the README's commands verbatim in a fresh
+    folder; the evaluation of the saved model reads the metrics training reported. (The model push is
+    tests/test_hub.py's, against a local Hub.)"""
+    make_data, recipe, commands = readme_first_hour()
+    (tmp_path / "my-data.yaml").write_text(recipe)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    logs = {}
+    for command in [make_data, *commands]:
+        result = subprocess.run(shlex.split(command), cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=600)
+        logs[command.split()[1]] = log = result.stdout + result.stderr
+        assert result.returncode == 0, f"$ {command}\n{log[-3000:]}"
+    assert "Data check passed: train 32 pairs, validation 8 pairs" in logs["check-data"]
+    run = tmp_path / "outputs/my-run"
+    trained = json.loads((run / "eval_results.json").read_text())
+    evaluated = json.loads((run / "evaluation_validation_whole/eval_results.json").read_text())
+    assert evaluated["eval_mean_iou"] == pytest.approx(trained["eval_mean_iou"], abs=1e-4)
+    assert f"mIoU {trained['eval_mean_iou']:.4f}" in logs["evaluate"]
+    images = sorted(p.stem for p in (tmp_path / "my_data/images/validation").iterdir())
+    assert sorted(p.stem for p in (tmp_path / "outputs/masks").glob("*.png")) == images
+    assert sorted(p.stem for p in (tmp_path / "outputs/masks/overlays").iterdir()) == images
+    assert {p.name for p in (tmp_path / "card_preview").iterdir()} == {"README.md", "id2label.json"}

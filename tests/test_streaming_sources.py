@@ -2,7 +2,8 @@
 the recipe fields; the bounded validation set; the pre-flight check on the first pairs; bad shards.
 
 A user relies on: the same `image` / `label` columns from every source; a recipe that cannot stream (no max_steps,
-epoch strategies, validation carved by fraction, an unbounded validation set) refused before any data is read;
+epoch strategies, validation carved by fraction) refused before any data is read; the validation set held in
+memory bounded without a setting, and the bound said in the log;
 a pattern that matches nothing, a corrupt or empty shard, a missing column named in one clear error; the
 pre-flight check raising the errors of `data/preflight.py` on the first N pairs and counting their pixels.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from support.streams import write_pairs
 
+import hf_segformer.data.streaming
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import parse_data_files
 from hf_segformer.data.labels import LabelDecoder
@@ -171,8 +174,6 @@ def test_what_a_stream_cannot_do_is_refused_up_front(tmp_path, fields, message):
 
 def test_the_validation_set_is_bounded_and_held_in_memory(tmp_path):
     files = parquet_set(tmp_path, validation=5)
-    with pytest.raises(RecipeError, match="set max_eval_samples"):
-        load_streaming_data(data_args(data_files=files), training_args(tmp_path))
     data = load_streaming_data(data_args(data_files=files, max_eval_samples=3), training_args(tmp_path))
     for shard in (tmp_path / "shards").iterdir():  # nothing is read from the shards any more
         shard.unlink()
@@ -180,6 +181,21 @@ def test_the_validation_set_is_bounded_and_held_in_memory(tmp_path):
     expected = write_pairs(tmp_path / "again", 5, seed=1)  # same seed: the same pixels as the validation pairs
     for row, (image_path, _) in zip(data.evaluation, expected[:3], strict=True):
         np.testing.assert_array_equal(np.asarray(row["image"]), pixels({"path": str(image_path)}))
+
+
+def test_without_max_eval_samples_a_bounded_default_is_read_and_said(tmp_path, monkeypatch, caplog):
+    files = parquet_set(tmp_path, validation=5)
+    with caplog.at_level(logging.INFO, logger="hf_segformer"):
+        whole = load_streaming_data(data_args(data_files=files), training_args(tmp_path))
+    assert len(whole.evaluation) == 5
+    assert "Evaluating on the first 5 examples of the 'validation' stream (the whole split; max_eval_samples unset " \
+           "reads up to 500)" in caplog.text
+    monkeypatch.setattr(hf_segformer.data.streaming, "STREAMING_EVAL_SAMPLES", 3)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_segformer"):
+        bounded = load_streaming_data(data_args(data_files=files), training_args(tmp_path))
+    assert len(bounded.evaluation) == 3
+    assert "(max_eval_samples unset: at most 3 are held in memory; set max_eval_samples to change it)" in caplog.text
 
 
 def test_max_train_samples_keeps_the_first_examples(tmp_path):

@@ -9,9 +9,9 @@ follows, so that the first visitor does not pay for lazy initialisation. Bad inp
 image, an image above the pixel cap, grayscale or RGBA) gives a message in the page; the app keeps serving.
 
     hf-segformer demo --model outputs/my-run --examples photos/ --port 7860
-    hf-segformer demo --config recipes/my-data.yaml --export-space space/ --hub_model_id me/my-model
+    hf-segformer demo --config recipes/my-data.yaml --export_space space/ --hub_model_id me/my-model
 
-`hf-segformer demo --export-space` writes a folder that is a Hugging Face Space serving this same app
+`hf-segformer demo --export_space` writes a folder that is a Hugging Face Space serving this same app
 (`space.export_space`).
 """
 

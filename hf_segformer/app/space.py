@@ -34,7 +34,7 @@ def space_requirements() -> list[str]:
     try:
         listed = requires("hf-segformer") or []
     except PackageNotFoundError as err:
-        raise RecipeError("--export-space reads the dependencies of the installed hf-segformer package; install "
+        raise RecipeError("--export_space reads the dependencies of the installed hf-segformer package; install "
                           "it first (pip install -e '.[demo]' in its checkout).") from err
     return [r.split(";")[0].strip() for r in listed if "extra ==" not in r and not r.lower().startswith("gradio")]
 
@@ -92,9 +92,9 @@ def export_space(folder: str | Path, model_id: str, *, examples: str | Path | Se
     folder = Path(folder)
     app = folder / "app.py"
     if folder.is_dir() and any(folder.iterdir()) and not (app.is_file() and APP_MARKER in app.read_text()):
-        raise RecipeError(f"--export-space: {folder} is not empty and not an earlier Space export; give a new folder.")
+        raise RecipeError(f"--export_space: {folder} is not empty and not an earlier Space export; give a new folder.")
     files = list_images(examples) if isinstance(examples, (str, Path)) else [str(p) for p in examples or []]
-    writable_folder(folder, "export-space")
+    writable_folder(folder, "export_space")
     for stale in ("hf_segformer", "examples"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     shutil.copytree(PACKAGE_DIR, folder / "hf_segformer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -1,8 +1,8 @@
 """`hf-segformer demo`: serve a model as a Gradio app in the browser (`app.demo`), or write a Hugging Face Space
-folder serving it with --export-space (`app.space`).
+folder serving it with --export_space (`app.space`).
 
     hf-segformer demo --model outputs/my-run --examples photos/ --port 7860
-    hf-segformer demo --config recipes/my-data.yaml --export-space space/ --hub_model_id me/my-model
+    hf-segformer demo --config recipes/my-data.yaml --export_space space/ --hub_model_id me/my-model
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformers import AutoConfig
 from hf_segformer.app.demo import MAX_PIXELS, launch, source_name
 from hf_segformer.app.space import export_space
 from hf_segformer.commands.inference_options import InferenceArguments
+from hf_segformer.commands.option_style import renamed_options
 from hf_segformer.config.data import recipe_data_args
 from hf_segformer.config.parser import parse_command
 from hf_segformer.data.images import list_images
@@ -54,20 +55,21 @@ def recipe_palette(recipe: dict, colour_map: str | None) -> Callable[[int], np.n
 
 
 def main(argv: list[str]) -> int:
-    """Serve the app until interrupted, or write the Space folder with --export-space."""
+    """Serve the app until interrupted, or write the Space folder with --export_space."""
+    argv = renamed_options(argv, "demo", {"--export-space": "--export_space"})
     inference_args, demo_args, recipe = parse_command(argv, (InferenceArguments, DemoArguments), RECIPE_DATACLASSES)
     model = inference_args.model_path(recipe)
     palette = recipe_palette(recipe, demo_args.colour_map)
     if demo_args.export_space:
         model_id = demo_args.hub_model_id or hub_repo_id(model)
         if model_id is None:
-            raise RecipeError(f"--export-space: the Space loads the model from the Hub, and {model} is a local "
+            raise RecipeError(f"--export_space: the Space loads the model from the Hub, and {model} is a local "
                               "folder; give --hub_model_id namespace/name (where it was pushed), or a Hub id as "
                               "--model.")
         try:
             colours = palette(AutoConfig.from_pretrained(model).num_labels) if palette else None
         except OSError as err:
-            raise RecipeError(f"--export-space: the dataset's colours need the model's class count: {err}") from err
+            raise RecipeError(f"--export_space: the dataset's colours need the model's class count: {err}") from err
         folder = export_space(demo_args.export_space, model_id, examples=demo_args.examples, palette=colours,
                               mode=inference_args.mode, token_merging=inference_args.token_merging)
         print(f"Space folder written to {folder}: push it to a Gradio Space (README.md holds its metadata).")

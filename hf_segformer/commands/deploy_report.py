@@ -1,7 +1,7 @@
-"""`hf-segformer deploy-report MODEL --config recipe.yaml`: PyTorch fp32/bf16, ONNX fp32, ONNX INT8 and token
+"""`hf-segformer deploy-report --model MODEL --config recipe.yaml`: PyTorch fp32/bf16, ONNX fp32, ONNX INT8 and token
 merging measured side by side on the recipe's evaluation split (`evaluation.deploy`).
 
-    hf-segformer deploy-report MODEL --config recipe.yaml [--output_dir DIR] [--rows ...] [--threads 1]
+    hf-segformer deploy-report --model MODEL --config recipe.yaml [--output_dir DIR] [--rows ...] [--threads 1]
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 from hf_segformer.commands.inference_options import has_data, recipe_data_and_settings
-from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.commands.option_style import add_flag, leading_positionals
+from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import RecipeError
 from hf_segformer.evaluation.deploy.report import deploy_report
 from hf_segformer.evaluation.deploy.rows import DEFAULT_COLLAPSE_POINTS, DEFAULT_ROWS, ROWS
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
                     "token merging on the recipe's evaluation split: ms/image, file size, peak memory, mIoU and its "
                     "change against fp32. Writes deploy_report.md/.json and the ONNX files. Other options are recipe "
                     "fields (--config recipe.yaml, --data_dir, --eval_split, --mode, --scale ...).")
-    parser.add_argument("model", help="a saved model folder (training output_dir)")
+    parser.add_argument("--model", required=True, help="a saved model folder (training output_dir)")
     parser.add_argument("--output_dir", help="default: MODEL/deploy_report")
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS),
                         help="rows to measure (default: %(default)s)")
@@ -42,10 +43,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--activation_type", choices=("uint8", "int8"), default=QuantizationSettings.activation_type)
     parser.add_argument("--calibration_method", choices=("minmax", "entropy", "percentile"),
                         default=QuantizationSettings.calibration_method)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing report and ONNX files")
-    parser.add_argument("--reuse_exports", action="store_true",
-                        help="measure the ONNX files already in --output_dir instead of exporting them anew")
-    args, recipe_argv = parser.parse_known_args(argv)
+    add_flag(parser, "--overwrite", help="replace an existing report and ONNX files")
+    add_flag(parser, "--reuse_exports",
+             help="measure the ONNX files already in --output_dir instead of exporting them anew")
+    args, recipe_argv = parser.parse_known_args(leading_positionals(argv, "deploy-report", ("--model",)))
     data_args, settings, recipe = recipe_data_and_settings(recipe_argv)
     if not has_data(data_args):
         raise RecipeError("deploy-report measures mIoU on your data: give --config recipe.yaml (or --data_dir).")
@@ -58,7 +59,7 @@ def main(argv: list[str]) -> int:
         int(recipe.get("seed", 42)))
     if data_args.max_eval_samples:
         pairs = pairs[: data_args.max_eval_samples]
-    decoder = LabelDecoder(data_args.colour_map_rgb, data_args.reduce_labels, data_args.ignore_index)
+    decoder = build_label_decoder(data_args)  # the one decoder training and evaluation use
     quantization = QuantizationSettings(activation_type=args.activation_type,
                                         calibration_method=args.calibration_method)
     report = deploy_report(

@@ -1,9 +1,9 @@
-"""`hf-segformer export-onnx MODEL OUT.onnx`: a saved model → ONNX (dynamic batch, height, width), compared with
-PyTorch (`inference.onnx_export`); with --quantize dynamic|static, an INT8 file instead, checked against PyTorch
-fp32 (`inference.quantize`, `inference.quantize_check`).
+"""`hf-segformer export-onnx --model MODEL --output_path OUT.onnx`: a saved model → ONNX (dynamic batch, height,
+width), compared with PyTorch (`inference.onnx_export`); with --quantize dynamic|static, an INT8 file instead,
+checked against PyTorch fp32 (`inference.quantize`, `inference.quantize_check`).
 
-    hf-segformer export-onnx MODEL OUT.onnx [--quantize dynamic|static --config recipe.yaml
-                                              --calibration_split train --num_calibration_images 16]
+    hf-segformer export-onnx --model MODEL --output_path OUT.onnx [--quantize dynamic|static --config recipe.yaml
+                             --calibration_split train --num_calibration_images 16]
 
 With --quantize, the float32 export and its parity report come first (as without it), then the INT8 file at OUT,
 compared with PyTorch fp32: the random-input check, plus the pixel agreement of the masks on validation images
@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from hf_segformer.commands.inference_options import has_data, recipe_data_and_settings
+from hf_segformer.commands.option_style import add_flag, leading_positionals
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.calibration_images import DEFAULT_CALIBRATION_IMAGES, calibration_and_check_images
 from hf_segformer.inference.onnx_export import DEFAULT_OPSET, export_onnx
@@ -36,8 +37,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num_check_images", type=int, default=8,
                         help="validation images (not used for calibration) whose masks INT8 and PyTorch are "
                              "compared on")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output_path (with --quantize: the INT8 file too)")
+    add_flag(parser, "--overwrite", help="replace an existing output_path (with --quantize: the INT8 file too)")
 
 
 def quantized_export(args: argparse.Namespace, recipe_argv: list[str]) -> int:
@@ -77,23 +77,30 @@ def main(argv: list[str]) -> int:
         prog="hf-segformer export-onnx",
         description="Export a saved model folder to ONNX (dynamic batch, height, width) and compare ONNX Runtime "
                     "with PyTorch (max |logit difference|, argmax agreement). Needs pip install 'hf-segformer[onnx]'.")
-    parser.add_argument("model_dir", help="a saved model folder (config.json, model.safetensors)")
-    parser.add_argument("output_path", help="the .onnx file to write")
+    parser.add_argument("--model", dest="model_dir", required=True,
+                        help="a saved model folder (config.json, model.safetensors)")
+    parser.add_argument("--output_path", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--sample_size", type=int, nargs=2, metavar=("H", "W"),
                         help="tracing input size (default: the saved image processor's size)")
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
-    parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (needs onnxscript)")
+    add_flag(parser, "--dynamo", help="use the torch.export-based exporter (needs onnxscript)")
     parser.epilog = ("--quantize writes an INT8 model instead (after the float32 export and its check) and also "
                      "compares its masks with PyTorch fp32 on validation images; its data options are recipe fields "
                      "(--config recipe.yaml, --data_dir, --eval_split ...).")
     add_quantize_arguments(parser)
+    argv = leading_positionals(argv, "export-onnx", ("--model", "--output_path"))
     args, recipe_argv = parser.parse_known_args(argv)
     if args.quantize:
         return quantized_export(args, recipe_argv)
     if recipe_argv:
         parser.error(f"unrecognized arguments: {' '.join(recipe_argv)} (recipe options go with --quantize)")
+    from hf_segformer.modeling.build import check_model_folder
+    from hf_segformer.modeling.lora import is_adapter_folder
+
+    if not is_adapter_folder(args.model_dir):  # an adapter folder is exported merged into its base model
+        check_model_folder(args.model_dir, "--model")
     checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo,
                          overwrite=args.overwrite)
     return 0 if all(check.passed for check in checks) else 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from hf_segformer.commands.option_style import add_flag
 from hf_segformer.data.annotations.importer import FORMATS, TOOL_UNLABELLED, import_annotations
 from hf_segformer.data.annotations.layout import UNLABELLED_CHOICES
 
@@ -33,11 +34,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--label_config", help="label-studio: the labeling config XML (class order and colours)")
     parser.add_argument("--labels", help="label-studio: class names in order, comma-separated (default: sorted)")
     parser.add_argument("--image_key", help="label-studio: the data key holding the image (default: image)")
-    parser.add_argument("--keep_unannotated", action="store_true",
-                        help="import images without annotations too (all unlabelled)")
+    add_flag(parser, "--keep_unannotated",
+             help="import images without annotations too (all unlabelled)")
     parser.add_argument("--ignore_index", type=int, default=255)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into an existing --out (replacing only the files this import writes)")
+    add_flag(parser, "--overwrite",
+             help="write into an existing --out (replacing only the files this import writes)")
     args = parser.parse_args(argv)
     summary = import_annotations(
         args.format, args.src, args.out, images=args.images, split=args.split, unlabelled=args.unlabelled,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from hf_segformer.commands.option_style import add_flag
 from hf_segformer.hub.publish import push_dataset
 from hf_segformer.training.arguments import parse_recipe
 
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--card", help="hand-written card to build on, e.g. data_cards/dubai-aerial.md")
     parser.add_argument("--license", help="Hub licence id (overrides the card's)")
     parser.add_argument("--pretty_name")
-    parser.add_argument("--private", action="store_true", help="create the repository private")
+    add_flag(parser, "--private", help="create the repository private")
     parser.add_argument("--max_shard_size", help="e.g. 500MB")
     parser.add_argument("--dry_run", metavar="DIR", help="write README.md and id2label.json to DIR, push nothing")
     args, recipe_argv = parser.parse_known_args(argv)

@@ -1,4 +1,4 @@
-"""`hf-segformer rank-unlabelled MODEL IMAGES...`: the unlabelled images most worth labelling first
+"""`hf-segformer rank-unlabelled --model MODEL --inputs IMAGES...`: the unlabelled images most worth labelling first
 (`inference.ranking.rank_unlabelled`), and the top ones as pre-annotations."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hf_segformer.commands.option_style import add_flag, leading_positionals
 from hf_segformer.data.annotations.preannotations import FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions
 from hf_segformer.inference.ranking import METHODS, rank_unlabelled
 
@@ -17,8 +18,9 @@ def main(argv: list[str]) -> int:
         description="Order unlabelled images by how unsure the model is (mean per-pixel entropy or margin), weighted "
                     "towards images likely to hold rare classes; write ranking.csv/.json, top.png and, with "
                     "--export, the top images as pre-annotations.")
-    parser.add_argument("model", help="a saved model folder (or Hub id)")
-    parser.add_argument("images", nargs="+", help="image folders, glob patterns (quoted) or files")
+    parser.add_argument("--model", required=True, help="a saved model folder (or Hub id)")
+    parser.add_argument("--inputs", dest="images", nargs="+", required=True,
+                        help="image folders (searched recursively), glob patterns (quoted) or files")
     parser.add_argument("--top", type=int, default=20, help="how many images to draw and export (default 20)")
     parser.add_argument("--out", default="rank-unlabelled", help="output folder (default ./rank-unlabelled)")
     parser.add_argument("--method", choices=METHODS, default="entropy")
@@ -34,8 +36,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ls_to_name", default="image")
     parser.add_argument("--ls_image_key", default="image")
     parser.add_argument("--image_url_prefix", default=LOCAL_FILES_PREFIX)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+    add_flag(parser, "--overwrite", help="write into an --out folder that holds a previous ranking")
+    args = parser.parse_args(leading_positionals(argv, "rank-unlabelled", ("--model",), rest="--inputs"))
     ranked = rank_unlabelled(
         args.model, args.images, args.top, out_dir=args.out, method=args.method, rarity_weight=args.rarity_weight,
         class_frequencies=args.class_frequencies, batch_size=args.batch_size, export=args.export,

@@ -9,8 +9,9 @@ metrics are the ones of a materialised run. What changes, and why:
 - the pre-flight check decodes the first `streaming_check_samples` pairs of the training stream (in file order)
   and the whole bounded validation set, with the errors of `data/preflight.py`; local shards are opened first, so a
   corrupt or mismatched shard is named before any step is spent;
-- evaluation runs on the first `max_eval_samples` validation examples, read once into memory: a map-style
-  `Dataset` like any other, so DDP evaluation (sharded, confusion matrices reduced) is unchanged.
+- evaluation runs on the first `max_eval_samples` validation examples (unset: the first
+  `STREAMING_EVAL_SAMPLES`), read once into memory: a map-style `Dataset` like any other, so DDP evaluation
+  (sharded, confusion matrices reduced) is unchanged.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from datasets import Dataset, Features, Image, IterableDataset, load_dataset, lo
 from hf_segformer.config.data import FORMAT_BY_EXTENSION
 from hf_segformer.config.values import canonical_split
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
-from hf_segformer.data.preflight import DataReport, check_split
+from hf_segformer.data.preflight import DataReport, check_split, data_report
 from hf_segformer.errors import DataError, RecipeError, problems_message
 
 logger = logging.getLogger("hf_segformer")
 
 IMAGE_FEATURES = Features({"image": Image(), "label": Image()})
+# Validation examples held in memory when max_eval_samples is unset: a split of any length evaluates without a
+# setting, and 500 undecoded images of a few hundred KB each stay within a few hundred MB per process.
+STREAMING_EVAL_SAMPLES = 500
 
 
 def is_remote(path: str) -> bool:
@@ -190,7 +194,7 @@ class StreamingData:
     """What a streaming run trains and evaluates on."""
 
     train: IterableDataset  # the whole training stream, in file order (each process takes its part later)
-    evaluation: Dataset | None  # the first max_eval_samples of the validation split, in memory
+    evaluation: Dataset | None  # the first max_eval_samples (or STREAMING_EVAL_SAMPLES) of the validation split
     train_split: str
     eval_split: str
 
@@ -225,14 +229,17 @@ def load_streaming_data(args: Any, training_args: Any | None = None) -> Streamin
         train = train.take(args.max_train_samples)
     evaluation = None
     if eval_split in streams:
-        if args.max_eval_samples is None:
-            raise RecipeError(f"streaming: true reads the '{eval_split}' split into memory for evaluation: set "
-                              "max_eval_samples (e.g. 500) to bound it.")
-        evaluation = materialise(streams[eval_split], args.max_eval_samples)
+        limit = STREAMING_EVAL_SAMPLES if args.max_eval_samples is None else args.max_eval_samples
+        evaluation = materialise(streams[eval_split], limit)
         if len(evaluation) == 0:
             raise DataError(f"Split '{eval_split}' is empty.")
-        logger.info("Evaluating on the first %d examples of the '%s' stream (max_eval_samples %d).",
-                    len(evaluation), eval_split, args.max_eval_samples)
+        if args.max_eval_samples is not None:
+            bound = f"max_eval_samples {args.max_eval_samples}"
+        elif len(evaluation) < limit:
+            bound = f"the whole split; max_eval_samples unset reads up to {limit}"
+        else:
+            bound = f"max_eval_samples unset: at most {limit} are held in memory; set max_eval_samples to change it"
+        logger.info("Evaluating on the first %d examples of the '%s' stream (%s).", len(evaluation), eval_split, bound)
     return StreamingData(train, evaluation, train_split, eval_split)
 
 
@@ -249,7 +256,7 @@ def check_streaming_data(data: StreamingData, decoder: LabelDecoder, num_labels:
                                             decoder, num_labels, num_proc)}
     if data.evaluation is not None:
         splits[data.eval_split] = check_split(data.evaluation, data.eval_split, decoder, num_labels, num_proc)
-    return DataReport(num_labels, decoder.ignore_index, id2label, splits)
+    return data_report(decoder, num_labels, id2label, splits)
 
 
 def find_id2label_near_shards(data_files: dict[str, list[str]] | None) -> dict[int, str] | None:
