@@ -57,7 +57,7 @@ def test_the_decoder_maps_merges_and_drops_raw_values(tmp_path: Path, mode: str)
     path = save_mask(tmp_path / "mask.png", raw, mode=mode, palette=full_palette)
     decoder = LabelDecoder(label_map=LABEL_MAP)
     np.testing.assert_array_equal(decoder(Image.open(path)), expected_ids(raw))
-    label, raw_counts = decoder.decode_counted(Image.open(path))
+    _, raw_counts = decoder.decode_counted(Image.open(path))
     assert raw_counts == {v: int((raw == v).sum()) for v in RAW_VALUES if (raw == v).any()}
 
 
@@ -172,3 +172,90 @@ def test_the_cityscapes_recipe_maps_the_34_label_ids_to_19_train_ids() -> None:
     decoded = build_label_decoder(args)(np.arange(34, dtype=np.uint8)[None])[0]
     assert decoded.tolist() == [CITYSCAPES_TRAIN_IDS.get(i, 255) for i in range(34)]
     assert len(args.id2label_map) == 19
+
+
+def test_a_model_trained_with_a_label_map_evaluates_the_raw_masks_without_its_recipe(tmp_path: Path,
+                                                                                      raw_data: Path) -> None:
+    """The map travels in preprocessor_config.json: `evaluate --model RUN --data_dir RAW` scores the raw masks as
+    training's own evaluation did (fp32 both), where without it the raw ids would be out of range."""
+    from transformers import AutoImageProcessor
+
+    from hf_segformer.cli import main
+    from hf_segformer.training.arguments import parse_recipe
+    from hf_segformer.training.run import main as train
+
+    run = tmp_path / "run"
+    results = train(*parse_recipe([
+        "--data_dir", str(raw_data), "--id2label", json.dumps(ID2LABEL), "--label_map", json.dumps(LABEL_MAP),
+        "--output_dir", str(run), "--model_variant", "b0", "--precision", "fp32", "--max_steps", "2",
+        "--crop_size", "32", "--eval_size", "32", "--train_scale", str(WIDTH), str(HEIGHT), "--cat_max_ratio", "1",
+        "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "2", "--learning_rate", "0.01",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--check_num_proc", "1"]))
+    processor = AutoImageProcessor.from_pretrained(run)
+    assert processor.label_map == {str(k): v for k, v in LABEL_MAP.items()}
+    assert processor.label_map_default == "ignore"
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(run), "--data_dir", str(raw_data), "--eval_output_dir", str(out)]) == 0
+    evaluated = json.loads((out / "eval_results.json").read_text())
+    assert evaluated["eval_mean_iou"] == pytest.approx(results["eval_mean_iou"], abs=1e-6)
+    masks = [np.asarray(Image.open(raw_data / f"masks/validation/{i}.png")) for i in range(2)]
+    mapped = np.concatenate([expected_ids(m).ravel() for m in masks])
+    confusion = np.load(out / "eval_confusion_matrix.npy")  # reference rows: the mapped ids, 26 and 0 ignored
+    assert confusion.sum(axis=1).tolist() == [int((mapped == c).sum()) for c in range(3)]
+
+
+@pytest.fixture
+def model_with_map(saved_model) -> Path:
+    """A tiny saved model whose processor carries LABEL_MAP, as training saves it."""
+    from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.modeling.saved_label_map import save_label_map
+
+    model = saved_model(ID2LABEL)
+    processor = build_image_processor(32)
+    save_label_map(processor, DataArguments(id2label=json.dumps(ID2LABEL), label_map=json.dumps(LABEL_MAP)))
+    processor.save_pretrained(model)
+    return model
+
+
+def test_the_recipe_map_wins_over_the_saved_one_and_another_decoding_is_refused(model_with_map: Path,
+                                                                                raw_data: Path,
+                                                                                saved_model) -> None:
+    from hf_segformer.modeling.saved_label_map import with_saved_label_map
+
+    used = with_saved_label_map(DataArguments(data_dir=str(raw_data)), str(model_with_map), num_labels=3)
+    assert (used.label_map_ids, used.label_map_default) == (LABEL_MAP, "ignore")
+    recipe = DataArguments(data_dir=str(raw_data), label_map={7: 1, 8: 0}, label_map_default="keep")
+    assert with_saved_label_map(recipe, str(model_with_map)) is recipe
+    without = DataArguments(data_dir=str(raw_data))
+    assert with_saved_label_map(without, str(saved_model(ID2LABEL, "plain"))) is without
+    with pytest.raises(RecipeError, match=r"trained with a label_map.*recipe sets reduce_labels.*--label_map"):
+        with_saved_label_map(DataArguments(data_dir=str(raw_data), reduce_labels=True), str(model_with_map))
+    with pytest.raises(RecipeError, match="not classes.*Set ignore_index as in training"):
+        with_saved_label_map(DataArguments(data_dir=str(raw_data), ignore_index=0), str(model_with_map), 3)
+
+
+def test_evaluate_refuses_a_contradiction_before_reading_the_data(model_with_map: Path, raw_data: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    from hf_segformer.cli import main
+
+    assert main(["evaluate", "--model", str(model_with_map), "--data_dir", str(raw_data), "--binary_masks", "true",
+                 "--eval_output_dir", str(tmp_path / "eval")]) == 2
+    assert "recipe sets binary_masks" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_deploy_report_reads_the_raw_masks_with_the_saved_map(model_with_map: Path, raw_data: Path,
+                                                             tmp_path: Path) -> None:
+    """deploy-report's mIoU on raw masks with only --data_dir is evaluate's (both read the model's saved map)."""
+    from hf_segformer.cli import main
+    from hf_segformer.commands.deploy_report import main as deploy_report_command
+
+    assert main(["evaluate", "--model", str(model_with_map), "--data_dir", str(raw_data),
+                 "--eval_output_dir", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval/eval_results.json").read_text())["eval_mean_iou"]
+    assert deploy_report_command([str(model_with_map), "--data_dir", str(raw_data), "--rows", "pytorch-fp32",
+                                  "--threads", "1", "--repeats", "1", "--agreement_images", "0",
+                                  "--output_dir", str(tmp_path / "deploy")]) == 0
+    rows = json.loads((tmp_path / "deploy/deploy_report.json").read_text())["rows"]
+    assert rows[0]["miou"] == pytest.approx(evaluated, abs=1e-4)

@@ -17,6 +17,7 @@ from hf_segformer.evaluation.deploy.report import deploy_report
 from hf_segformer.evaluation.deploy.rows import DEFAULT_COLLAPSE_POINTS, DEFAULT_ROWS, ROWS
 from hf_segformer.inference.calibration_images import DEFAULT_CALIBRATION_IMAGES, calibration_and_check_images
 from hf_segformer.inference.quantize import QuantizationSettings
+from hf_segformer.modeling.saved_label_map import with_saved_label_map
 
 
 def main(argv: list[str]) -> int:
@@ -52,6 +53,7 @@ def main(argv: list[str]) -> int:
         raise RecipeError("deploy-report measures mIoU on your data: give --config recipe.yaml (or --data_dir).")
     if not (Path(args.model) / "config.json").is_file():
         raise RecipeError(f"{args.model} is not a saved model folder (no config.json); pass a training output_dir.")
+    data_args = with_saved_label_map(data_args, args.model)  # raw masks read as in training
     output_dir = Path(args.output_dir or Path(args.model) / "deploy_report")
     needs_static = any(ROWS[key].quantize == "static" for key in args.rows) and not args.reuse_exports
     calibration, pairs, _ = calibration_and_check_images(

@@ -40,6 +40,7 @@ from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.metrics import confusion_matrices, flatten_metrics, metrics_from_confusion
 from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter, class_map
+from hf_segformer.modeling.saved_label_map import with_saved_label_map
 from hf_segformer.runtime import has_accelerator
 from hf_segformer.visuals import sample_grid, spread_indices
 
@@ -166,6 +167,7 @@ def run_evaluation(load_segmenter: Callable[[torch.device], Segmenter], model: s
     accelerator = Accelerator(cpu=device == "cpu" or not has_accelerator())
     segmenter = load_segmenter(accelerator.device)
     check_model_matches_data(model, segmenter.id2label, data_args)
+    data_args = with_saved_label_map(data_args, model, segmenter.num_labels)  # the recipe's map wins
     dataset = load_split(data_args, seed)
     decoder = build_label_decoder(data_args)
     keep = spread_indices(len(dataset), grid_samples)

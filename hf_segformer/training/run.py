@@ -23,6 +23,7 @@ from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.hub.publish import push_model
 from hf_segformer.modeling.build import build_image_processor
 from hf_segformer.modeling.prepare import prepare_model
+from hf_segformer.modeling.saved_label_map import save_label_map
 from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.budget import TimeBudgetCallback, add_budget_metrics, save_budget_spent
@@ -93,6 +94,7 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
                else SegmentationMetrics(len(id2label), id2label))
     model = prepare_model(model_args, training_args, id2label, data_args.ignore_index)
     image_processor = build_image_processor(data_args.eval_size, data_args.eval_scale)
+    save_label_map(image_processor, data_args)  # evaluate reads raw masks without the recipe
 
     # The Trainer, built with its sampler, weight average and callbacks.
     sample_grid = (SampleGridCallback(raw_eval, build_label_decoder(data_args),
