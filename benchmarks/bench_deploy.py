@@ -1,5 +1,6 @@
 """Deploy report on the aerial set: PyTorch fp32/bf16, ONNX fp32, ONNX INT8 dynamic/static and token merging, side
-by side in one run (`hf-segformer deploy-report`), plus the same ONNX exports with the decode head folded.
+by side in one run (`hf-segformer deploy-report`); the ONNX rows hold the folded decode head, as export-onnx writes
+it, and one fp32 row the head as saved, for comparison.
 
 The model: SegFormer-B0 (random init) trained on the aerial train split with the project's recipe, e.g.
 
@@ -32,7 +33,6 @@ from hf_segformer.commands.deploy_report import main as deploy_report_command
 from hf_segformer.evaluation.deploy.rows import DEFAULT_ROWS, ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDED_ROWS = ("onnx-fp32-folded", "onnx-int8-static-folded")
 # The issue's goal for the INT8 static row: at least this speed-up over ONNX fp32, at most this mIoU loss (points).
 GOAL_ROW, GOAL_SPEEDUP, GOAL_MAX_LOSS_POINTS = "onnx-int8-static", 1.5, 1.0
 
@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--timing_images", type=int, default=2)
     parser.add_argument("--num_calibration_images", type=int, default=16)
-    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS) + list(FOLDED_ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     argv = [args.model_dir, "--config", args.recipe, "--eval_split", args.eval_split,

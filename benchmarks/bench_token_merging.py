@@ -178,7 +178,7 @@ def speed_table(args: argparse.Namespace) -> None:
             from hf_segformer.inference.onnx_export import export_model
 
             onnx_path = str(export_model(build_b0(args.variant, args.num_labels, torch.device("cpu")),
-                                         Path(tmp) / "model.onnx", sample_size=(64, 64)))
+                                         Path(tmp) / "model.onnx", sample_size=(64, 64), fold_head=args.fold_head))
         for size_text in args.sizes:
             size = parse_size(size_text)
             timings = time_cases(args, size, device, onnx_path)

@@ -59,7 +59,8 @@ def test_every_row_is_measured(full_report):
     # measurements, not constants: the rows differ in time, in memory and in file
     assert len({round(r.ms_per_image, 3) for r in report.rows}) == len(report.rows)
     assert len({r.peak_rss_mb for r in report.rows}) > 1
-    assert len({r.file_bytes for r in report.rows}) == 4  # safetensors, fp32, dynamic and static ONNX
+    # safetensors; fp32 ONNX folded and as saved; dynamic and static INT8
+    assert len({r.file_bytes for r in report.rows}) == 5
     assert report.row("pytorch-fp32").speedup_vs_pytorch_fp32 == 1.0
     assert report.row("onnx-fp32").speedup_vs_onnx_fp32 == 1.0
     int8 = report.row("onnx-int8-static")
@@ -73,6 +74,7 @@ def test_accuracy_columns_are_the_worked_answer(full_report):
     fp32 = report.row("pytorch-fp32")
     assert fp32.miou == 1.0 and fp32.miou_change_points == 0.0 and fp32.pixel_agreement == 1.0
     assert report.row("onnx-fp32").pixel_agreement > 0.999  # same model, float rounding only
+    assert report.row("onnx-fp32-unfolded").pixel_agreement > 0.999
     for row in report.rows:
         assert row.miou_change_points == pytest.approx(100 * (row.miou - 1.0))
         if row.pixel_agreement == 1.0:  # same masks as the labels → perfect score
@@ -89,11 +91,18 @@ def test_files_are_written_and_agree(full_report):
     assert [r["key"] for r in data["rows"]] == [r.key for r in report.rows]
     for row in report.rows:
         assert row.label in markdown and f"{row.ms_per_image:.1f}" in markdown and f"{row.miou:.4f}" in markdown
-    for name in ("model.onnx", "model.int8-dynamic.onnx", "model.int8-static.onnx"):
+    heads = {}
+    for name in ("model.onnx", "model.unfolded.onnx", "model.int8-dynamic.onnx", "model.int8-static.onnx"):
         onnx.checker.check_model(str(folder / name))
+        heads[name] = {p.key: p.value for p in onnx.load(str(folder / name)).metadata_props}["decode_head"]
+        assert data["facts"]["exports"][name]["decode_head"] == heads[name]
+    # the default rows hold the folded head, as export-onnx writes it; one row keeps the graph as saved
+    assert heads == {"model.onnx": "folded", "model.unfolded.onnx": "unfolded", "model.int8-dynamic.onnx": "folded",
+                     "model.int8-static.onnx": "folded"}
+    assert "decode head folded" in markdown and ROWS["onnx-fp32-unfolded"].label in markdown
     assert data["facts"]["calibration_images"] == 2 and data["facts"]["images"] == 4
     card = model_card_section(data)
-    assert card.startswith("## Deployment") and report.rows[0].label in card
+    assert card.startswith("## Deployment") and report.rows[0].label in card and "decode head folded" in card
     assert str(folder) not in card  # no local paths in a public card
     assert "goal" not in data and "Goal" not in markdown + card  # a user's report holds measurements, no dev goals
 
@@ -171,6 +180,19 @@ def test_reuse_needs_the_files(tmp_path):
     pair = [(smooth_image(0), np.zeros((48, 56), np.uint8))]
     with pytest.raises(RecipeError, match="model.onnx"):
         deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-fp32"], reuse_exports=True)
+
+
+def test_reuse_refuses_a_file_holding_the_other_head(full_report, tmp_path):
+    """A model.onnx exported as saved (as earlier versions wrote it) is not measured as the folded row."""
+    import shutil
+
+    _, folder, model_dir = full_report
+    (tmp_path / "r").mkdir()
+    shutil.copy(folder / "model.unfolded.onnx", tmp_path / "r" / "model.onnx")
+    pair = [(smooth_image(0), np.zeros((48, 56), np.uint8))]
+    with pytest.raises(RecipeError, match=r"model.onnx \(unfolded head\).*without --reuse_exports"):
+        deploy_report(model_dir, pair, DECODER, tmp_path / "r", rows=["onnx-fp32"], reuse_exports=True)
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["model.onnx"]
 
 
 

@@ -1,5 +1,5 @@
 """ONNX export: one exported file serves every batch size and image size with PyTorch's logits, records its
-opset and class names, and the CLI reports the parity check."""
+opset, class names and decode head (folded by default, as saved on request), and the CLI reports the parity check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from support.models import build_tiny_segformer
 
-pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'hf-segformer[onnx]')")
 
 from hf_segformer.cli import main as cli_main
@@ -56,6 +56,60 @@ def test_cli_exports_and_reports_parity(model_dir, tmp_path, capsys):
     assert cli_main(["export-onnx", str(model_dir), str(path), "--check_size", "48", "80"]) == 0
     out = capsys.readouterr().out
     assert path.is_file() and "2×3×48×80: max |logit difference|" in out and "FAILED" not in out
+
+
+def _decode_head_ops(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node if "/decode_head/" in node.name}
+
+
+def _has_fusion(path) -> bool:
+    """Whether the graph still holds the stock head's 1×1 fusion over the concatenated stages."""
+    return any("linear_fuse" in node.name for node in onnx.load(str(path)).graph.node)
+
+
+def test_export_folds_the_head_by_default_and_fold_head_false_keeps_it_as_saved(model_dir, tmp_path, capsys):
+    folded, saved = tmp_path / "folded.onnx", tmp_path / "saved.onnx"
+    for path, options in ((folded, []), (saved, ["--fold_head", "false"])):
+        assert cli_main(["export-onnx", "--model", str(model_dir), "--output_path", str(path),
+                         "--check_size", "64", "64", "--check_size", "45", "70", *options]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("max |logit difference|") == 2 and "FAILED" not in printed  # parity passes for both
+        assert ("decode head folded" in printed) == (path == folded)
+    assert onnx_metadata(load_onnx_session(folded))["decode_head"] == "folded"
+    assert onnx_metadata(load_onnx_session(saved))["decode_head"] == "unfolded"
+    assert not _has_fusion(folded) and "Einsum" in _decode_head_ops(folded)  # stages mapped straight to D channels
+    assert _has_fusion(saved) and "Einsum" not in _decode_head_ops(saved)
+
+    # both graphs compute the saved model's logits, at a size neither was traced or checked at
+    model = build_tiny_segformer(ID2LABEL)
+    pixel_values = torch.randn(3, 3, 33, 97, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+    for path in (folded, saved):
+        torch.testing.assert_close(onnx_logits(load_onnx_session(path), pixel_values), expected, rtol=1e-4, atol=1e-5)
+
+    # evaluate/predict's other spelling works too
+    assert cli_main(["export-onnx", "--model", str(model_dir), "--output_path", str(tmp_path / "no.onnx"),
+                     "--no_fold_head", "--check_size", "64", "64"]) == 0
+    assert onnx_metadata(load_onnx_session(tmp_path / "no.onnx"))["decode_head"] == "unfolded"
+
+
+def test_a_folded_export_is_checked_against_the_model_as_saved(model_dir, tmp_path, monkeypatch, capsys):
+    """Parity compares the folded graph with the saved model, not with the folded module it was traced from: a
+    folding that changed the logits fails the export."""
+    from hf_segformer.inference import onnx_export
+    from hf_segformer.modeling.head_folding import FoldedSegformer
+
+    def wrongly_folded(model):
+        module = FoldedSegformer(model)
+        module.decode_head.bias.data += 1.0  # a folding mistake: the logits move
+        return module
+
+    monkeypatch.setattr(onnx_export, "FoldedSegformer", wrongly_folded)
+    checks = export_onnx(model_dir, tmp_path / "wrong.onnx", check_sizes=[(64, 64)])
+    assert not checks[0].passed and "FAILED" in capsys.readouterr().out
+    assert all(c.passed for c in export_onnx(model_dir, tmp_path / "saved.onnx", check_sizes=[(64, 64)],
+                                             fold_head=False))
 
 
 def test_missing_model_and_merged_model_are_refused(tmp_path):

@@ -74,6 +74,7 @@ def test_both_modes_write_an_int8_model_onnx_runtime_runs_like_the_float_one(exp
 
     metadata = onnx_metadata(session)
     assert metadata["id2label"] == ID2LABEL and metadata["preprocessor_config"]["size"]["height"] == INPUT_SIZE
+    assert metadata["decode_head"] == "folded"  # export-onnx's default head, still named after quantization
     info = quantization_info(session)
     assert info["mode"] == mode and info["per_channel"] is True
     assert quantization_info(reference) is None

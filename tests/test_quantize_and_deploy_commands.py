@@ -42,12 +42,14 @@ def test_export_quantize_static_on_the_recipes_data(project, tmp_path, capsys):
                                 "--num_calibration_images", "2", "--num_check_images", "3"])
     printed = capsys.readouterr().out
     assert out.is_file() and code in (0, 1)
-    assert "ONNX Runtime vs PyTorch (float32)" in printed  # today's parity report of the float export
+    assert "ONNX Runtime vs PyTorch (float32, the model as saved)" in printed  # the float export's parity report
+    assert "decode head folded" in printed
     assert "calibrated on 2 images" in printed and "masks of 3 validation images" in printed
     assert (code == 0) == ("FAILED" not in printed)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     info = json.loads(session.get_modelmeta().custom_metadata_map["quantization"])
     assert info["mode"] == "static" and info["calibration_images"] == 2
+    assert session.get_modelmeta().custom_metadata_map["decode_head"] == "folded"  # INT8 of the default export
 
     with pytest.raises(RecipeError, match="exists"):  # nothing a user made is overwritten
         export_onnx_command([str(model_dir), str(out), "--quantize", "dynamic"])
@@ -57,6 +59,16 @@ def test_export_without_quantize_is_todays_command(project, tmp_path, capsys):
     model_dir, _, _ = project
     assert export_onnx_command([str(model_dir), str(tmp_path / "m.onnx"), "--check_size", "48", "80"]) == 0
     assert "2×3×48×80: max |logit difference|" in capsys.readouterr().out
+
+
+def test_quantize_with_fold_head_false_quantizes_the_graph_as_saved(project, tmp_path, capsys):
+    model_dir, _, _ = project
+    out = tmp_path / "saved.int8.onnx"
+    assert export_onnx_command(["--model", str(model_dir), "--output_path", str(out), "--quantize", "dynamic",
+                                "--fold_head", "false", "--check_size", "48", "80"]) == 0
+    assert "decode head as saved" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["decode_head"] == "unfolded"
 
 
 def test_static_without_data_is_refused_before_work(project, tmp_path):

@@ -1,9 +1,10 @@
 """`hf-segformer export-onnx --model MODEL --output_path OUT.onnx`: a saved model → ONNX (dynamic batch, height,
-width), compared with PyTorch (`inference.onnx_export`); with --quantize dynamic|static, an INT8 file instead,
-checked against PyTorch fp32 (`inference.quantize`, `inference.quantize_check`).
+width; the decode head folded unless --fold_head false), compared with PyTorch (`inference.onnx_export`); with
+--quantize dynamic|static, an INT8 file instead, checked against PyTorch fp32 (`inference.quantize`,
+`inference.quantize_check`).
 
-    hf-segformer export-onnx --model MODEL --output_path OUT.onnx [--quantize dynamic|static --config recipe.yaml
-                             --calibration_split train --num_calibration_images 16]
+    hf-segformer export-onnx --model MODEL --output_path OUT.onnx [--fold_head false] [--quantize dynamic|static
+                             --config recipe.yaml --calibration_split train --num_calibration_images 16]
 
 With --quantize, the float32 export and its parity report come first (as without it), then the INT8 file at OUT,
 compared with PyTorch fp32: the random-input check, plus the pixel agreement of the masks on validation images
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from hf_segformer.commands.inference_options import has_data, recipe_data_and_settings
-from hf_segformer.commands.option_style import add_flag, leading_positionals
+from hf_segformer.commands.option_style import add_flag, leading_positionals, parse_bool
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.calibration_images import DEFAULT_CALIBRATION_IMAGES, calibration_and_check_images
 from hf_segformer.inference.onnx_export import DEFAULT_OPSET, export_onnx
@@ -60,7 +61,7 @@ def quantized_export(args: argparse.Namespace, recipe_argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="hf-segformer-export-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         fp32_checks = export_onnx(args.model_dir, fp32_path, args.opset, args.sample_size, args.check_size,
-                                  args.dynamo)
+                                  args.dynamo, fold_head=args.fold_head)
         if not all(check.passed for check in fp32_checks):
             print("error: the float32 export does not match PyTorch, so it is not quantized.", file=sys.stderr)
             return 1
@@ -86,6 +87,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     add_flag(parser, "--dynamo", help="use the torch.export-based exporter (needs onnxscript)")
+    # spelled as evaluate/predict's fold_head (HfArgumentParser): --fold_head [true|false], --no_fold_head
+    parser.add_argument("--fold_head", type=parse_bool, nargs="?", const=True, default=True, metavar="true|false",
+                        help="export the decode head folded into per-stage 1×1 maps (default true: the same logits "
+                             "up to float rounding, faster); false: the graph as saved")
+    parser.add_argument("--no_fold_head", dest="fold_head", action="store_false", help=argparse.SUPPRESS)
     parser.epilog = ("--quantize writes an INT8 model instead (after the float32 export and its check) and also "
                      "compares its masks with PyTorch fp32 on validation images; its data options are recipe fields "
                      "(--config recipe.yaml, --data_dir, --eval_split ...).")
@@ -102,5 +108,5 @@ def main(argv: list[str]) -> int:
     if not is_adapter_folder(args.model_dir):  # an adapter folder is exported merged into its base model
         check_model_folder(args.model_dir, "--model")
     checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, fold_head=args.fold_head)
     return 0 if all(check.passed for check in checks) else 1

@@ -2,7 +2,9 @@
 
 The exported graph maps normalised `pixel_values` [B, 3, H, W] to `logits` [B, C, H/4, W/4], as the model's
 forward does; the class names and the saved image processor's settings travel in the file's metadata, so that
-an ONNX file alone is enough to predict. Needs the `onnx` extra (onnx, onnxruntime; onnxscript for `dynamo`).
+an ONNX file alone is enough to predict. The decode head is exported folded (`modeling.head_folding`: the same logits
+up to float rounding, faster) unless asked otherwise; the metadata says which head the file holds. Needs the `onnx`
+extra (onnx, onnxruntime; onnxscript for `dynamo`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from torch import nn
 
 from hf_segformer import __version__
 from hf_segformer.errors import RecipeError
+from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import has_token_merging
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 # Parity of ONNX Runtime with PyTorch in float32: max |logit difference| and share of equal arg-max pixels.
 MAX_ABS_DIFFERENCE, MIN_ARGMAX_AGREEMENT = 1e-3, 0.999
+# The metadata entry naming the exported decode head: FOLDED, or UNFOLDED (the graph as saved).
+HEAD_KEY, FOLDED, UNFOLDED = "decode_head", "folded", "unfolded"
 
 
 def _require(module: str):
@@ -48,8 +53,11 @@ class _Logits(nn.Module):
 
 def export_model(model: nn.Module, output_path: str | Path, opset: int = DEFAULT_OPSET,
                  sample_size: tuple[int, int] = (512, 512), dynamo: bool = False,
-                 metadata: dict[str, str] | None = None) -> Path:
+                 metadata: dict[str, str] | None = None, fold_head: bool = True) -> Path:
     """Write `model` (eval mode, float32, CPU) as ONNX with dynamic batch/height/width and metadata.
+
+    `fold_head`: export the decode head folded where the model allows it (`can_fold`), else as saved; the metadata
+    entry HEAD_KEY records which.
 
     `dynamo=False` uses the TorchScript exporter: seconds instead of tens of seconds and, for SegFormer,
     shape-generic (the decode head's interpolation to the first stage's size is recorded as shape arithmetic).
@@ -61,7 +69,9 @@ def export_model(model: nn.Module, output_path: str | Path, opset: int = DEFAULT
                           "tokens depends on the input size, which an exported graph would freeze.")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Logits(model).eval().float().cpu()
+    model = model.eval().float().cpu()
+    folded = fold_head and can_fold(model)
+    wrapped = _Logits(FoldedSegformer(model) if folded else model)
     # batch 2: torch.export specialises a dimension whose sample size is 1
     sample = torch.zeros(2, 3, *sample_size)
     with warnings.catch_warnings():
@@ -82,7 +92,8 @@ def export_model(model: nn.Module, output_path: str | Path, opset: int = DEFAULT
     graph = onnx.load(str(output_path))
     recorded = {entry.domain: entry.version for entry in graph.opset_import}.get("", opset)
     props = {"opset": str(recorded), "exporter": "torch.export" if dynamo else "torchscript",
-             "torch_version": torch.__version__, "hf_segformer_version": __version__, **(metadata or {})}
+             "torch_version": torch.__version__, "hf_segformer_version": __version__, **(metadata or {}),
+             HEAD_KEY: FOLDED if folded else UNFOLDED}
     onnx.helper.set_model_props(graph, props)
     onnx.save(graph, str(output_path))
     return output_path
@@ -179,11 +190,14 @@ def check_output_file(output_path: str | Path, overwrite: bool) -> None:
 
 def export_onnx(model_dir: str | Path, output_path: str | Path, opset: int = DEFAULT_OPSET,
                 sample_size: tuple[int, int] | None = None, check_sizes: list[tuple[int, int]] | None = None,
-                dynamo: bool = False, batch: int = 2, overwrite: bool = False) -> list[ParityCheck]:
+                dynamo: bool = False, batch: int = 2, overwrite: bool = False,
+                fold_head: bool = True) -> list[ParityCheck]:
     """Export a saved model folder to `output_path` and check it against PyTorch (printed and returned).
 
     sample_size: the tracing input (default: the saved image processor's size, else 512²); check_sizes: the
-    sizes compared (default: the sample size and one of another aspect ratio).
+    sizes compared (default: the sample size and one of another aspect ratio). fold_head: export the folded decode
+    head (see `export_model`). Either graph is compared with the model as saved, so a folded export passes only if
+    folding and export together keep its logits.
     """
     from hf_segformer.modeling.build import load_saved_model  # transformers: only when a model is exported
 
@@ -193,13 +207,21 @@ def export_onnx(model_dir: str | Path, output_path: str | Path, opset: int = DEF
     model = load_saved_model(model_dir).eval()
     metadata = model_metadata(model_dir, model)
     sample_size = tuple(sample_size or _processor_size(metadata) or (512, 512))
-    path = export_model(model, output_path, opset, sample_size, dynamo, metadata)
+    path = export_model(model, output_path, opset, sample_size, dynamo, metadata, fold_head)
     session = load_onnx_session(path)
     sizes = check_sizes or [sample_size, (sample_size[0] * 3 // 4 + 3, sample_size[1] + 37)]
     checks = check_parity(model, session, [tuple(s) for s in sizes], batch)
+    head = onnx_metadata(session)[HEAD_KEY]
+    if head == FOLDED:
+        head_note = "decode head folded (--fold_head false: as saved)"
+    else:
+        head_note = "decode head as saved" + ("" if fold_head else " (--fold_head false)")
     print(f"Exported {model_dir} to {path} (opset {onnx_metadata(session)['opset']}, "
-          f"{'torch.export' if dynamo else 'torchscript'} exporter, dynamic batch/height/width).")
-    print("ONNX Runtime vs PyTorch (float32):")
+          f"{'torch.export' if dynamo else 'torchscript'} exporter, dynamic batch/height/width, {head_note}).")
+    if fold_head and head != FOLDED:
+        print("  the decode head cannot be folded (not transformers' SegformerDecodeHead with 4-D stage outputs), "
+              "so it was exported as saved.")
+    print("ONNX Runtime vs PyTorch (float32, the model as saved):")
     for check in checks:
         print(f"  {check}")
     if not all(check.passed for check in checks):

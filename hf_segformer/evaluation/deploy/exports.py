@@ -1,9 +1,11 @@
-"""The ONNX files a deploy report measures: float32 exports (plain or with the decode head folded) and their INT8
-versions, written into the report folder, and what each file is (for deploy_report.json)."""
+"""The ONNX files a deploy report measures: float32 exports (the decode head folded, as export-onnx writes them, or
+as saved for comparison) and their INT8 versions, written into the report folder, and what each file is (for
+deploy_report.json)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,10 @@ from typing import Any
 import torch
 
 from hf_segformer.evaluation.deploy.rows import ROWS, Row
-from hf_segformer.inference.onnx_export import export_model, model_metadata
+from hf_segformer.inference.onnx_export import FOLDED, HEAD_KEY, UNFOLDED, export_model, model_metadata
 from hf_segformer.inference.quantize import QUANTIZATION_KEY, quantize_onnx, saved_image_processor
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.build import load_saved_model
-from hf_segformer.modeling.head_folding import FoldedSegformer
 
 
 def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_images: list[Any] | None,
@@ -25,13 +26,13 @@ def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_ima
     model = load_saved_model(model_dir).eval()
     metadata = model_metadata(model_dir, model)
     size = tuple(Segmenter(model, saved_image_processor(model_dir), settings, "cpu").input_size or (512, 512))
-    fp32_files = {False: ROWS["onnx-fp32"].onnx_file, True: ROWS["onnx-fp32-folded"].onnx_file}
+    fp32_files = {True: ROWS["onnx-fp32"].onnx_file, False: ROWS["onnx-fp32-unfolded"].onnx_file}
     needed = {row.fold_head for row in rows if row.runtime == "onnx"}
     for fold in sorted(needed):
         path = folder / fp32_files[fold]
         with torch.no_grad():
-            export_model(FoldedSegformer(model) if fold else model, path, sample_size=size, metadata=metadata)
-        made[fp32_files[fold]] = {"fold_head": fold}
+            export_model(model, path, sample_size=size, metadata=metadata, fold_head=fold)
+        made[fp32_files[fold]] = {HEAD_KEY: _metadata(path).get(HEAD_KEY, UNFOLDED)}
     for row in rows:
         if not row.quantize:
             continue
@@ -43,21 +44,39 @@ def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_ima
                                overwrite=True)
         made[row.onnx_file] = {k: v for k, v in asdict(result).items() if k not in ("path", "excluded_nodes")}
         made[row.onnx_file]["excluded_nodes"] = len(result.excluded_nodes)
+        made[row.onnx_file][HEAD_KEY] = made[fp32_files[row.fold_head]][HEAD_KEY]
     return made
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """An ONNX file's metadata entries (a file without HEAD_KEY was exported as saved, before it was recorded)."""
+    import onnx  # optional: the [onnx] extra
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def wrong_heads(folder: Path, rows: Sequence[Row]) -> list[str]:
+    """The ONNX files in `folder` (to be reused) whose decode head is not the one their row measures, e.g. a
+    model.onnx exported as saved by an earlier version, when the onnx-fp32 row now holds the folded head."""
+    wrong = []
+    for row in rows:
+        if row.onnx_file and (folder / row.onnx_file).is_file():
+            head = _metadata(folder / row.onnx_file).get(HEAD_KEY, UNFOLDED)
+            if head != (FOLDED if row.fold_head else UNFOLDED):
+                wrong.append(f"{row.onnx_file} ({head} head)")
+    return wrong
 
 
 def describe_exports(folder: Path, rows: list[Row], made: dict[str, Any]) -> dict[str, Any]:
     """What each ONNX file is, from this run's exports or, for reused files, from their own metadata."""
-    import onnx  # optional: the [onnx] extra
-
     exports = {}
     for row in rows:
         if not row.onnx_file:
             continue
         entry = dict(made.get(row.onnx_file, {}))
         if not entry:
-            props = {p.key: p.value for p in onnx.load(str(folder / row.onnx_file), load_external_data=False)
-                     .metadata_props}
+            props = _metadata(folder / row.onnx_file)
             entry = json.loads(props[QUANTIZATION_KEY]) if QUANTIZATION_KEY in props else {"quantization": None}
+            entry[HEAD_KEY] = props.get(HEAD_KEY, UNFOLDED)
         exports[row.onnx_file] = entry
     return exports

@@ -33,6 +33,19 @@ def markdown_table(report: DeployReport) -> str:
     return "\n".join(lines)
 
 
+def head_note(report: DeployReport) -> str:
+    """Which decode head the ONNX rows hold, as the report's exports recorded it (empty where it did not)."""
+    exports = report.facts.get("exports", {})  # keys of onnx_export.HEAD_KEY/FOLDED, not imported: torch
+    heads = {r.label: exports.get(r.file, {}).get("decode_head") for r in report.rows if r.runtime == "onnx"}
+    if "folded" not in heads.values():
+        return ""
+    unfolded = [label for label, head in heads.items() if head != "folded"]
+    return (" The ONNX files hold the decode head folded into per-stage 1×1 maps, as `hf-segformer export-onnx` "
+            "writes them (the same logits up to float rounding, faster)"
+            + (f"; {', '.join(unfolded)}: the graph as saved (`--fold_head false`), for comparison." if unfolded
+               else "."))
+
+
 def render_markdown(report: DeployReport) -> str:
     """deploy_report.md: how it was measured, the table, and the machine."""
     f = report.facts
@@ -52,7 +65,8 @@ def render_markdown(report: DeployReport) -> str:
            if any(r.token_merging for r in report.rows) else "")
         + (f" INT8 static calibrated on {f['calibration_images']} images"
            f"{' of the ' + f['calibration_split'] + ' split' if f.get('calibration_split') else ''}."
-           if any(r.key.startswith("onnx-int8-static") for r in report.rows) else ""),
+           if any(r.key.startswith("onnx-int8-static") for r in report.rows) else "")
+        + head_note(report),
         "", markdown_table(report), "",
         (f"Machine: {machine['cpu']} ({machine['cpu_count']} CPUs; {features}), torch {machine['torch']}, "
          f"onnxruntime {machine['onnxruntime']}; {f['date']}."), ""])
@@ -68,4 +82,4 @@ def model_card_section(report_json: dict[str, Any]) -> str:
         (f"Measured with `hf-segformer deploy-report` on the {f.get('split', 'validation')} split ({f['images']} "
          f"images) at {size}, {f['threads']} CPU thread(s) on {f['machine']['cpu']}:"), "",
         markdown_table(report), "",
-        "Run an ONNX file with `hf-segformer predict --model <this repo> --onnx <file>`.", ""])
+        "Run an ONNX file with `hf-segformer predict --model <this repo> --onnx <file>`." + head_note(report), ""])

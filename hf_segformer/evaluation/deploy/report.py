@@ -34,7 +34,7 @@ import torch
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import RecipeError
-from hf_segformer.evaluation.deploy.exports import describe_exports, export_files
+from hf_segformer.evaluation.deploy.exports import describe_exports, export_files, wrong_heads
 from hf_segformer.evaluation.deploy.measure import (
     agreements,
     load_row,
@@ -70,6 +70,11 @@ def _check_outputs(folder: Path, rows: Sequence[Row], overwrite: bool, reuse_exp
         if missing:
             raise RecipeError(f"deploy report: reuse_exports (--reuse_exports) needs {', '.join(missing)} in "
                               f"{folder}; run once without it to write them.")
+        wrong = wrong_heads(folder, rows)
+        if wrong:
+            raise RecipeError(f"deploy report: reuse_exports (--reuse_exports): in {folder}, {', '.join(wrong)}: "
+                              "not the decode head its row measures (an export of an earlier version?); run "
+                              "without --reuse_exports, with --overwrite, to export them anew.")
         onnx_files = []
     names = list(REPORT_FILES) + onnx_files
     existing = [name for name in names if (folder / name).exists()]
