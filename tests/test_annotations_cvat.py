@@ -71,6 +71,45 @@ def test_the_zip_cvat_downloads_gives_the_same_data_and_unlabelled_can_be_ignore
 
 
 
+def _damage(archive: Path, member: str, how: str) -> None:
+    """Overwrite the middle of a member's compressed bytes, or cut a PNG short before zipping it again."""
+    with zipfile.ZipFile(archive) as zipped:
+        info = zipped.getinfo(member)
+        contents = {name: zipped.read(name) for name in zipped.namelist()}
+    if how == "truncated png":
+        contents[member] = contents[member][: len(contents[member]) // 2]
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for name, data in contents.items():
+                zipped.writestr(name, data)
+        return
+    data = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start : start + info.compress_size] = bytes(b ^ 0x5A for b in data[start : start + info.compress_size])
+    archive.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["garbled", "truncated png"])
+def test_a_damaged_zip_is_one_error_naming_the_archive_and_the_member(tmp_path, frames, how, capsys):
+    from hf_segformer import cli
+
+    folder = write_export(tmp_path / "export")
+    archive = tmp_path / "task_7.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for path in sorted(folder.rglob("*")):
+            zipped.write(path, path.relative_to(folder).as_posix())
+    _damage(archive, "SegmentationClass/frame_000.png", how)
+    argv = ["import-annotations", "--format", "cvat-mask", "--src", str(archive), "--out", str(tmp_path / "data"),
+            "--images", str(frames)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{archive}: member SegmentationClass/frame_000.png" in err[-1]
+    assert "download" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "data").exists()
+    archive.write_bytes(archive.read_bytes()[:-200])  # cut short: its zip directory is gone
+    assert cli.main(argv) == 2
+    assert f"{archive}: not a folder nor a zip archive" in capsys.readouterr().err
+
+
 def test_an_ignore_index_past_255_gives_16_bit_masks_with_the_same_values(tmp_path, frames):
     import_annotations("cvat-mask", [write_export(tmp_path / "export")], tmp_path / "data", images=frames,
                        unlabelled="ignore", ignore_index=1000)

@@ -112,3 +112,20 @@ def test_palette_from_palette_masks_and_many_classes_as_16_bit(tmp_path, make_pa
     mask_image(mask, default_palette(300)).save(tmp_path / "many.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "many.png")), mask)
 
+
+
+def test_an_image_past_pils_pixel_limit_is_named_with_the_option_that_allows_it(tmp_path, saved_model, write_image,
+                                                                                  capsys, monkeypatch):
+    model = saved_model(ID2LABEL)
+    write_image(tmp_path / "photos/big.png", seed=0)  # 48×32 = 1536 pixels, past twice a limit of 100
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 13 500² photo against PIL's default, in miniature
+    argv = ["predict", "--model", str(model), "--inputs", str(tmp_path / "photos"), "--predictions_dir",
+            str(tmp_path / "out"), "--precision", "fp32"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{tmp_path / 'photos/big.png'}: Image size (1536 pixels) exceeds limit" in error
+    assert "--max_image_pixels" in error and not (tmp_path / "out/big.png").exists()
+    assert main([*argv, "--max_image_pixels", "2000"]) == 0 and (tmp_path / "out/big.png").is_file()
+    assert main([*argv, "--max_image_pixels", "0", "--overwrite", "true"]) == 0
+    assert Image.MAX_IMAGE_PIXELS == 100  # the limit is lifted for the run only
+    assert main([*argv, "--max_image_pixels", "-1"]) == 2

@@ -238,6 +238,33 @@ def test_coco_to_masks_never_writes_into_an_existing_dataset_nor_links_over_a_us
     assert (tmp_path / "new" / "images" / "train" / "x.png").is_symlink()
 
 
+def test_an_unknown_coco_category_id_in_any_split_is_named_before_anything_is_written(tmp_path, capsys):
+    from hf_segformer.data.annotations.importer import import_annotations
+
+    images = tmp_path / "coco_images"
+    save_image(images / "x.png", seed=1)
+    good = coco_file(tmp_path / "train.json", "x.png")
+    bad = coco_file(tmp_path / "val.json", "x.png")
+    coco = json.loads(bad.read_text())
+    coco["annotations"].append({"id": 12, "image_id": 1, "category_id": 99, "iscrowd": 0,
+                                "segmentation": [[1, 1, 5, 1, 5, 5]]})
+    bad.write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    argv = ["coco-to-masks", "--split", "train", str(good), str(images), "--split", "validation", str(bad),
+            str(images), "--out", str(out)]
+    assert cli.main(argv) == 2
+    assert "annotation 12 (image 1): category_id 99 is not in 'categories'" in capsys.readouterr().err
+    assert not out.exists()  # the train split was not written either: the fixed file's re-run is not refused
+    coco["annotations"].pop()
+    bad.write_text(json.dumps(coco))
+    assert cli.main(argv) == 0 and (out / "masks" / "validation" / "x.png").is_file()
+    coco["annotations"].append({"id": 5, "image_id": 1, "category_id": 99, "segmentation": [[1, 1, 5, 1, 5, 5]]})
+    bad.write_text(json.dumps(coco))
+    with pytest.raises(DataError, match=r"annotation 5 \(image 1\): category_id 99 is not in 'categories'"):
+        import_annotations("coco", [f"train={good}", f"validation={bad}"], tmp_path / "imported", images=images)
+    assert not (tmp_path / "imported").exists()
+
+
 def test_a_coco_file_whose_top_level_is_a_list_is_named(tmp_path, capsys):
     bad = tmp_path / "list.json"
     bad.write_text("[]")
@@ -399,3 +426,26 @@ def test_a_model_with_other_classes_gets_the_ignore_mismatched_sizes_hint(tmp_pa
     model = saved_model({0: "a", 1: "b", 2: "c"})  # the tiny set has 4 classes
     with pytest.raises(RecipeError, match=r"3 classes, the data 4: set ignore_mismatched_sizes: true"):
         train_tiny(tmp_path, "--model_name_or_path", str(model), "--max_steps", "1")
+
+
+def test_a_hub_id_offline_or_without_network_is_one_line_before_the_data(tmp_path, train_tiny, monkeypatch):
+    from huggingface_hub import is_offline_mode
+
+    from hf_segformer.modeling import build
+
+    assert is_offline_mode()  # tests run with HF_HUB_OFFLINE=1 (conftest)
+    no_data = ("--data_dir", str(tmp_path / "no-data"))  # the model is refused before the data is looked at
+    with pytest.raises(RecipeError) as err:
+        train_tiny(tmp_path, "--model_name_or_path", "nvidia/mit-b0", *no_data)
+    assert str(err.value) == ("model_name_or_path: nvidia/mit-b0 is not a local folder and the Hugging Face Hub "
+                              "cannot be reached (HF_HUB_OFFLINE is set): download it first (hf download "
+                              "nvidia/mit-b0) or give a local folder.")
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(build, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(build, "get_hf_file_metadata", no_network)
+    with pytest.raises(RecipeError, match=r"nvidia/mit-b0 is not a local folder and the Hugging Face Hub cannot be "
+                                          r"reached \(no network: ConnectionError\)"):
+        train_tiny(tmp_path, "--model_name_or_path", "nvidia/mit-b0", *no_data)

@@ -17,6 +17,7 @@ from hf_segformer.config.data import recipe_data_args
 from hf_segformer.config.parser import parse_command
 from hf_segformer.data.annotations.exporter import default_output
 from hf_segformer.data.annotations.preannotations import FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions
+from hf_segformer.data.images import image_pixel_limit
 from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.errors import RecipeError, problems_message
 from hf_segformer.inference.predict import find_jobs, predict_files
@@ -40,6 +41,14 @@ class PredictArguments:
     colour_map: str | None = field(default=None, metadata={
         "help": "Class colours as the recipe's colour_map ({'#RRGGBB': class_id}); default: the recipe's data."})
     overwrite: bool = field(default=False, metadata={"help": "Redo images whose outputs exist (default: skip them)."})
+    max_image_pixels: int | None = field(default=None, metadata={
+        "help": "Allow images this large (width × height): PIL refuses one over twice its limit (about 179 million "
+                "pixels) as a possible decompression bomb. 0 = no limit. Default: PIL's limit."})
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels is not None and self.max_image_pixels < 0:
+            raise RecipeError(f"--max_image_pixels must be 0 (no limit) or a number of pixels; got "
+                              f"{self.max_image_pixels}.")
 
 
 @dataclass
@@ -108,7 +117,8 @@ def main(argv: list[str]) -> int:
     pending = jobs if predict_args.overwrite else [job for job in jobs if not job.done()]
     segmenter = inference_args.load(recipe)
     palette = dataset_palette(segmenter.num_labels, recipe_data_args(recipe, predict_args.colour_map))
-    failures = predict_files(segmenter, pending, palette, inference_args.batch_size, predict_args.overlay_alpha)
+    with image_pixel_limit(predict_args.max_image_pixels):
+        failures = predict_files(segmenter, pending, palette, inference_args.batch_size, predict_args.overlay_alpha)
     written = len(pending) - len(failures)
     print(f"Wrote {written} mask{'s' if written != 1 else ''} to {predict_args.predictions_dir}"
           + (f" ({len(jobs) - len(pending)} already there, skipped)" if len(jobs) > len(pending) else ""))

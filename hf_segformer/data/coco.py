@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from hf_segformer.data.labels import ID2LABEL_FILE
-from hf_segformer.errors import DataError
+from hf_segformer.errors import DataError, problems_message
 
 CATEGORY_MAP_FILE = "coco_category_map.json"
 RULES = {
@@ -188,6 +188,32 @@ def semantic_mask(annotations: list[dict], height: int, width: int, category_map
     return mask
 
 
+def annotations_by_image(coco: dict, name: str, category_map: CategoryMap) -> dict[int, list[dict]]:
+    """Image id → its annotations, once every annotation is known to name a listed image and category: checked
+    for the whole file before any mask is written, so that a bad annotation leaves no half-converted output."""
+    by_image: dict[int, list[dict]] = {}
+    problems = []
+    for annotation in coco["annotations"]:
+        label = f"annotation {annotation.get('id', '?')}"
+        try:
+            image_id, category = int(annotation["image_id"]), int(annotation["category_id"])
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{label}: needs an integer image_id and category_id; got image_id "
+                            f"{annotation.get('image_id')!r}, category_id {annotation.get('category_id')!r}")
+            continue
+        if category not in category_map.category_to_class:
+            problems.append(f"{label} (image {image_id}): category_id {category} is not in 'categories'")
+        by_image.setdefault(image_id, []).append(annotation)
+    orphans = sorted(set(by_image) - {int(image["id"]) for image in coco["images"]})
+    if orphans:
+        problems.append(f"annotations refer to image ids {orphans[:10]} that are not in 'images'")
+    if problems:
+        raise DataError(problems_message(f"{name}: annotations that cannot be converted", problems,
+                                         f"The file's categories are {sorted(category_map.category_to_class)}: "
+                                         "fix these annotations or export the file again; nothing was written."))
+    return by_image
+
+
 def load_coco(path: str | os.PathLike) -> dict:
     """Read a COCO instances file and check that it has what conversion needs."""
     path = Path(path)
@@ -239,13 +265,7 @@ def convert_split(coco: dict, image_dir: str | os.PathLike, output_dir: str | os
     """Write `output_dir/masks/<split>/<file>.png` for every image of a COCO file and link (or copy) the image
     to `output_dir/images/<split>/<file>`, so that output_dir is a `data_dir` for the recipes."""
     image_dir, output_dir = Path(image_dir), Path(output_dir)
-    by_image: dict[int, list[dict]] = {}
-    for annotation in coco["annotations"]:
-        by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
-    known = {int(image["id"]) for image in coco["images"]}
-    orphans = sorted(set(by_image) - known)
-    if orphans:
-        raise DataError(f"COCO split '{split}': annotations refer to image ids {orphans[:10]} that are not in 'images'.")
+    by_image = annotations_by_image(coco, f"COCO split '{split}'", category_map)
     missing = [image["file_name"] for image in coco["images"] if not (image_dir / image["file_name"]).is_file()]
     if missing:
         raise DataError(f"COCO split '{split}': {len(missing)} image file(s) not found in {image_dir}, e.g. {missing[:3]}.")
@@ -292,6 +312,8 @@ def convert_coco(splits: dict[str, tuple[str | os.PathLike, str | os.PathLike]],
             raise DataError(f"COCO split '{split}' lists other categories than split '{first_split}'; "
                             "all splits must share one category list.")
     category_map = CategoryMap.from_categories(first["categories"], background, ignore_index)
+    for split, coco in files.items():  # every split checked before the first one is written
+        annotations_by_image(coco, f"{splits[split][0]} (split '{split}')", category_map)
     summaries = [convert_split(files[split], image_dir, output_dir, split, category_map, copy_images)
                  for split, (_, image_dir) in splits.items()]
     category_map.save(output_dir, first["categories"])

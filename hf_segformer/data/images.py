@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,26 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 MASK_EXTENSIONS = {".png", ".npy", ".tif", ".tiff", ".bmp"}
+
+
+@contextlib.contextmanager
+def image_pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
+    """PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) for the duration: None keeps PIL's, 0 lifts it."""
+    if max_image_pixels is None:
+        yield
+        return
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_image_pixels or None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def too_large(name: str, err: Image.DecompressionBombError) -> DataError:
+    """The one message for an image past PIL's limit: which file, and the option that allows it."""
+    return DataError(f"{name}: {err} If you trust this file, allow it with --max_image_pixels N (a number of pixels "
+                     "at least half its size) or --max_image_pixels 0 (no limit).")
 
 
 def open_image(entry: Any) -> Image.Image:

@@ -7,8 +7,10 @@ ids and whose palette is the dataset's colours (16-bit PNG beyond 256 classes), 
 of an input folder are kept. Only file paths are listed up front; images are decoded one batch ahead in a
 background thread. Outputs are written under a temporary name and renamed, so an interrupted run leaves no
 half-written file, and a rerun skips images whose outputs exist (resumable). An image that cannot be decoded
-is reported and skipped; the exit status is 1 if any was. With `--export label-studio|cvat-mask|coco` the
-masks are also written as pre-annotations for an annotation tool (predict_export.py).
+is reported and skipped; the exit status is 1 if any was. An image past PIL's decompression-bomb limit is not
+broken: it stops the run with an error naming it and --max_image_pixels, which allows it. With
+`--export label-studio|cvat-mask|coco` the masks are also written as pre-annotations for an annotation tool
+(predict_export.py).
 
     hf-segformer predict --config recipes/my-data.yaml --inputs photos/ --predictions_dir outputs/masks --overlays true
     hf-segformer predict --model outputs/my-run --inputs "scans/**/*.tif" --predictions_dir out --mode slide
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file
+from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file, too_large
 from hf_segformer.data.palettes import mask_image
 from hf_segformer.errors import DataError, problems_message
 from hf_segformer.inference.segmenter import Segmenter
@@ -90,6 +92,8 @@ def _decode(jobs: list[Job], said: set[str]) -> tuple[list[Job], list[Image.Imag
             image.load()
             images.append(as_rgb(image, str(job.source), said))
             decoded.append(job)
+        except Image.DecompressionBombError as err:  # not broken: refused until the user allows it
+            raise too_large(str(job.source), err) from err
         except Exception as err:  # noqa: BLE001 - whatever PIL raises for one file, the others go on
             failures.append(f"{job.source}: {type(err).__name__}: {err}")
     return decoded, images, failures

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path
 
+from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, SegformerConfig, SegformerForSemanticSegmentation
@@ -59,14 +61,38 @@ def init_encoder_like_mit(model: SegformerForSemanticSegmentation) -> None:
                 nn.init.zeros_(module.bias)
 
 
+HUB_CHECK_TIMEOUT_S = 5  # a metadata request answers in well under a second where the Hub is reachable
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 
 
-def check_model_folder(model_name_or_path: str | None, field: str = "model_name_or_path") -> None:
+def check_hub_model(model_id: str, field: str = "model_name_or_path", revision: str | None = None,
+                    cache_dir: str | None = None) -> None:
+    """A Hub id is usable when its config is in the local cache or the Hub answers a metadata request within a
+    few seconds; else one line now, not a long traceback after the data work."""
+    if isinstance(try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision), str):
+        return
+    why = "HF_HUB_OFFLINE is set" if is_offline_mode() else ""
+    if not why:
+        try:
+            get_hf_file_metadata(hf_hub_url(model_id, "config.json", revision=revision), timeout=HUB_CHECK_TIMEOUT_S)
+        except RepositoryNotFoundError as err:
+            raise RecipeError(f"{field}: {model_id} is not a local folder nor a model on the Hugging Face Hub: check "
+                              "the spelling, log in (hf auth login) if it is private, or give a local folder.") from err
+        except HfHubHTTPError:  # the Hub answered (gated repo, server error): the loading itself says what is wrong
+            return
+        except Exception as err:  # noqa: BLE001 - connection, DNS, timeout, offline: whichever HTTP library raised it
+            why = f"no network: {type(err).__name__}"
+    if why:
+        raise RecipeError(f"{field}: {model_id} is not a local folder and the Hugging Face Hub cannot be reached "
+                          f"({why}): download it first (hf download {model_id}) or give a local folder.")
+
+
+def check_model_folder(model_name_or_path: str | None, field: str = "model_name_or_path", revision: str | None = None,
+                       cache_dir: str | None = None) -> None:
     """A local folder given as the model must be a saved model, whole and readable (else transformers' traceback
     says "Unrecognized model", a JSON error or a safetensors header error); a path that does not exist is not
-    taken for a Hub id. Checked before any data work."""
+    taken for a Hub id, and a Hub id must be cached or reachable. Checked before any data work."""
     if not model_name_or_path:
         return
     path = os.path.expanduser(str(model_name_or_path))
@@ -75,6 +101,7 @@ def check_model_folder(model_name_or_path: str | None, field: str = "model_name_
         if looks_like_a_path:
             raise RecipeError(f"{field}: {model_name_or_path} does not exist: give a training run's output_dir (or "
                               "another saved model folder), or a Hub id such as nvidia/mit-b0.")
+        check_hub_model(str(model_name_or_path), field, revision, cache_dir)
         return
     if is_adapter_folder(path):
         raise RecipeError(f"{field}: {model_name_or_path} holds a LoRA adapter, not a whole model: merge "
@@ -123,7 +150,7 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
     }
     label_kwargs.update({name: value for name in ("drop_path_rate", "classifier_dropout_prob")
                          if (value := getattr(args, name)) is not None})
-    check_model_folder(args.model_name_or_path)
+    check_model_folder(args.model_name_or_path, revision=args.model_revision, cache_dir=args.cache_dir)
     if args.model_name_or_path is None:
         logger.info("Building SegFormer-%s from config with random weights.", args.model_variant)
         model = SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))

@@ -83,7 +83,8 @@ def check_recipe(data_args: DataArguments, model_args: ModelArguments, training_
     writable with free space), the model folder, the token-merging preset, then the fields that contradict each
     other (eval_scale with evaluate_hub, OHEM keeping everything)."""
     check_run(training_args)
-    check_model_folder(model_args.model_name_or_path)
+    check_model_folder(model_args.model_name_or_path, revision=model_args.model_revision,
+                       cache_dir=model_args.cache_dir)
     if model_args.token_merging:
         resolve_token_merging(model_args.token_merging)
     check_field_combinations(data_args, training_args)

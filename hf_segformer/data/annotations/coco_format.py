@@ -25,7 +25,7 @@ from hf_segformer.data.annotations.layout import ClassTable, ImportPlan, Planned
 from hf_segformer.data.annotations.preannotations import ExportClasses, MaskToExport
 from hf_segformer.data.annotations.sources import split_name
 from hf_segformer.data.coco import RULES as COCO_RULES
-from hf_segformer.data.coco import CategoryMap, load_coco, semantic_mask
+from hf_segformer.data.coco import CategoryMap, annotations_by_image, load_coco, semantic_mask
 from hf_segformer.errors import DataError, problems_message
 
 
@@ -60,12 +60,7 @@ def read_exports(sources: list[tuple[str, Path, Path | None]], unlabelled: str =
 
     planned, unannotated, problems = [], [], []
     for split, path, images_dir, coco in files:
-        by_image: dict[int, list[dict]] = {}
-        for annotation in coco["annotations"]:
-            by_image.setdefault(int(annotation.get("image_id", -1)), []).append(annotation)
-        orphans = sorted(set(by_image) - {int(image["id"]) for image in coco["images"]})
-        if orphans:
-            raise DataError(f"{path}: annotations refer to image ids {orphans[:10]} that are not in 'images'.")
+        by_image = annotations_by_image(coco, str(path), category_map)
         root = _image_root(path, coco["images"], images_dir)
         for image in coco["images"]:
             annotations = by_image.get(int(image["id"]), [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -116,16 +117,30 @@ def _colour_keys(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
 
 
-def decode_class_mask(path: Path, labels: list[tuple[str, tuple[int, int, int]]], labelmap: str) -> np.ndarray:
-    """A SegmentationClass PNG → label indices (positions in labelmap.txt)."""
-    with Image.open(path) as image:
-        if image.mode in ("L", "I;16", "I;16B", "I;16L", "I"):
-            indices = np.asarray(image).astype(np.int64)
-            if indices.max(initial=0) >= len(labels):
-                raise DataError(f"{path}: a 1-channel mask holds label indices, but it has value {indices.max()} and "
-                                f"{labelmap} declares {len(labels)} labels (0..{len(labels) - 1}).")
-            return indices
-        rgb = np.asarray(image.convert("RGB"))
+def _read_mask(path: Path, name: str) -> np.ndarray:
+    """The pixels of a mask file, or one DataError naming it (a truncated or garbled PNG of a damaged export)."""
+    try:
+        with Image.open(path) as image:
+            grey = image.mode in ("L", "I;16", "I;16B", "I;16L", "I")
+            return np.asarray(image if grey else image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, zlib.error) as err:
+        raise DataError(f"{name}: cannot be read as a mask ({type(err).__name__}: {err}); the export is damaged or "
+                        "cut short: export or download it again.") from err
+
+
+def decode_class_mask(path: Path, labels: list[tuple[str, tuple[int, int, int]]], labelmap: str,
+                      name: str | None = None) -> np.ndarray:
+    """A SegmentationClass PNG → label indices (positions in labelmap.txt); `name` is how messages call it (the
+    member of the user's zip rather than the temporary file)."""
+    name = name or str(path)
+    pixels = _read_mask(path, name)
+    if pixels.ndim == 2:
+        indices = pixels.astype(np.int64)
+        if indices.max(initial=0) >= len(labels):
+            raise DataError(f"{name}: a 1-channel mask holds label indices, but it has value {indices.max()} and "
+                            f"{labelmap} declares {len(labels)} labels (0..{len(labels) - 1}).")
+        return indices
+    rgb = pixels
     declared = _colour_keys(np.array([colour for _, colour in labels], dtype=np.uint8))
     order = np.argsort(declared)
     keys = _colour_keys(rgb)
@@ -135,7 +150,7 @@ def decode_class_mask(path: Path, labels: list[tuple[str, tuple[int, int, int]]]
         unknown = np.unique(keys[~known])
         shown = ", ".join(f"#{int(k):06X}" for k in unknown[:5])
         shown += f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise DataError(f"{path}: colour(s) {shown} are not declared in {labelmap}; every colour of a mask must be a "
+        raise DataError(f"{name}: colour(s) {shown} are not declared in {labelmap}; every colour of a mask must be a "
                         "label's colour there (export the labelmap of the same task).")
     return order[position]
 
@@ -188,7 +203,8 @@ def read_export(folder: Path, images_dir: Path | None = None, split: str | None 
             continue
         planned.append(PlannedImage(image, PurePosixPath(item + image.suffix), split_name(subset, split),
                                     f"item {item}", _renderer(masks.get(item), image, labels, lookup, fill,
-                                                               labelmap_name), 1 if item in masks else 0))
+                                                               labelmap_name, f"{source_name}: member {CLASS_DIR}/"
+                                                               f"{item}.png"), 1 if item in masks else 0))
     if problems:
         raise DataError(problems_message(f"{source_name}: images of the export not found", problems,
                                          "Give --images, the folder the task's images came from (or export with "
@@ -205,12 +221,13 @@ def read_export(folder: Path, images_dir: Path | None = None, split: str | None 
     return ImportPlan("cvat-mask", [source_name], classes, planned, unannotated, notes, rules)
 
 
-def _renderer(mask_path: Path | None, image: Path, labels, lookup: np.ndarray, fill: int, labelmap: str):
+def _renderer(mask_path: Path | None, image: Path, labels, lookup: np.ndarray, fill: int, labelmap: str,
+              name: str):
     def render() -> np.ndarray:
         if mask_path is None:
             width, height = upright_size(image)
             return np.full((height, width), fill, dtype=np.int64)
-        return lookup[decode_class_mask(mask_path, labels, labelmap)]
+        return lookup[decode_class_mask(mask_path, labels, labelmap, name)]
 
     return render
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -51,7 +52,8 @@ def export_folder(source: str | os.PathLike) -> Iterator[Path]:
     if not source.is_file():
         raise DataError(f"{source}: no such export (give the folder or the .zip the tool downloaded).")
     if not zipfile.is_zipfile(source):
-        raise DataError(f"{source}: not a folder nor a zip archive.")
+        raise DataError(f"{source}: not a folder nor a zip archive (a download cut short has no zip directory at its "
+                        "end): download the export again.")
     with tempfile.TemporaryDirectory(prefix="hf-segformer-export-") as temporary:
         root = Path(temporary).resolve()
         with zipfile.ZipFile(source) as archive:
@@ -59,7 +61,13 @@ def export_folder(source: str | os.PathLike) -> Iterator[Path]:
                 target = (root / member).resolve()
                 if root not in target.parents and target != root:
                     raise DataError(f"{source}: member {member!r} would be unpacked outside the export folder.")
-            archive.extractall(root)
+            for member in archive.namelist():
+                try:
+                    archive.extract(member, root)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+                    kind = "zlib.error" if isinstance(err, zlib.error) else type(err).__name__
+                    raise DataError(f"{source}: member {member} cannot be unpacked ({kind}: {err}); "
+                                    "the archive is damaged or cut short: download the export again.") from err
         entries = [p for p in root.iterdir() if not p.name.startswith(("__MACOSX", "."))]
         # an archive holding a single folder (zipped from its parent) is that folder
         yield entries[0] if len(entries) == 1 and entries[0].is_dir() else root
