@@ -112,13 +112,23 @@ def _launches_or_trains(code, module_globals: dict, depth: int = 3) -> bool:
                if hasattr(const, "co_names"))
 
 
+def _own_fixtures(item):
+    """The functions of the project's fixtures a test uses (its module's and conftest's, not pytest's own)."""
+    for name in item.fixturenames:
+        for fixturedef in item._fixtureinfo.name2fixturedefs.get(name, ()):
+            func = getattr(fixturedef, "func", None)
+            if getattr(func, "__code__", None) is not None and not func.__module__.startswith(("_pytest", "pytest")):
+                yield func
+
+
 def pytest_collection_modifyitems(config, items):
     """`slow` by rule: a test that starts a process (training, evaluation, a launcher, a server) or runs a whole
-    training (`train_tiny`, `training.run.main`), directly or through a helper of its module. `pytest -m "not
-    slow"` is the fast tier."""
+    training (`train_tiny`, `training.run.main`), directly, through a helper of its module or through a fixture it
+    uses. `pytest -m "not slow"` is the fast tier."""
     for item in items:
         function = getattr(item, "function", None)
         if function is None or item.get_closest_marker("slow"):
             continue
-        if "train_tiny" in item.fixturenames or _launches_or_trains(function.__code__, item.module.__dict__):
+        if "train_tiny" in item.fixturenames or _launches_or_trains(function.__code__, item.module.__dict__) or any(
+                _launches_or_trains(fixture.__code__, fixture.__globals__) for fixture in _own_fixtures(item)):
             item.add_marker(pytest.mark.slow)

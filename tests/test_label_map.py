@@ -245,6 +245,7 @@ def test_evaluate_refuses_a_contradiction_before_reading_the_data(model_with_map
     assert not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
 def test_deploy_report_reads_the_raw_masks_with_the_saved_map(model_with_map: Path, raw_data: Path,
                                                              tmp_path: Path) -> None:
     """deploy-report's mIoU on raw masks with only --data_dir is evaluate's (both read the model's saved map)."""

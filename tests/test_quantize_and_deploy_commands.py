@@ -78,6 +78,7 @@ def test_static_without_data_is_refused_before_work(project, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
+@pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
 def test_calibrating_on_the_evaluation_split_holds_those_images_out(project, tmp_path):
     model_dir, recipe, _ = project
     out = tmp_path / "report"
@@ -88,6 +89,7 @@ def test_calibrating_on_the_evaluation_split_holds_those_images_out(project, tmp
     assert facts["images"] == 3 and facts["calibration_images"] == 1 and facts["split"] == "val"
 
 
+@pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
 def test_deploy_report_command_writes_beside_the_model(project, capsys):
     model_dir, recipe, _ = project
     code = deploy_report_command([str(model_dir), "--config", str(recipe), "--rows", "pytorch-fp32", "onnx-fp32",
