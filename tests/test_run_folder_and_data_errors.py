@@ -37,7 +37,7 @@ def last_error(capsys) -> str:
 # --- the output folder --------------------------------------------------------------------------------------------
 
 def test_check_data_then_train_into_the_same_output_dir_as_the_readme_does(data_root, tmp_path):
-    from hf_segformer.outputs import claim_output_dir, run_files
+    from hf_segformer.training.run_folder import claim_output_dir, run_files
 
     write_pairs(data_root, ["a", "b"], split="train", mask=stripes_mask(values=(0, 1)))
     out = tmp_path / "run"
@@ -52,7 +52,7 @@ def test_check_data_then_train_into_the_same_output_dir_as_the_readme_does(data_
 @pytest.mark.slow
 def test_check_data_then_a_real_run_writes_only_files_the_run_knows(tmp_path, train_tiny):
     from hf_segformer.data.synthetic import write_synthetic_dataset
-    from hf_segformer.outputs import RUN_PREFIXES, claim_output_dir, run_files
+    from hf_segformer.training.run_folder import RUN_PREFIXES, claim_output_dir, run_files
 
     data_dir = write_synthetic_dataset(tmp_path / "data", num_train=8, num_validation=4, size=32)
     run = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_check_data_then_a_real_run_writes_only_files_the_run_knows(tmp_path, tr
 
 
 def test_a_finished_run_is_named_as_such_and_one_with_checkpoints_is_offered_resume(tmp_path):
-    from hf_segformer.outputs import OWN_MOVED_MARKER, claim_output_dir
+    from hf_segformer.training.run_folder import OWN_MOVED_MARKER, claim_output_dir
     from hf_segformer.training.checkpoints import resolve_checkpoint
 
     out = tmp_path / "run"
@@ -93,7 +93,7 @@ def test_a_finished_run_is_named_as_such_and_one_with_checkpoints_is_offered_res
 
 
 def test_an_earlier_run_with_a_users_notes_is_named_with_the_notes(tmp_path):
-    from hf_segformer.outputs import OWN_MOVED_MARKER, claim_output_dir
+    from hf_segformer.training.run_folder import OWN_MOVED_MARKER, claim_output_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -122,7 +122,7 @@ def test_overwrite_never_moves_the_run_s_own_data_or_recipe(tmp_path, train_tiny
 
 
 def test_the_recipe_file_counts_as_an_input(tmp_path):
-    from hf_segformer.outputs import claim_output_dir
+    from hf_segformer.training.run_folder import claim_output_dir
     from hf_segformer.training.checkpoints import run_inputs
 
     recipe = tmp_path / "project" / "recipe.yaml"

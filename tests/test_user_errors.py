@@ -110,7 +110,7 @@ def test_class_zero_named_unlabelled_without_reduce_labels_gets_a_hint(data_root
 # --- safe output folders ----------------------------------------------------------------------------------------
 
 def test_a_folder_with_a_users_files_is_refused_and_overwrite_moves_them_aside_intact(tmp_path):
-    from hf_segformer.outputs import claim_output_dir
+    from hf_segformer.training.run_folder import claim_output_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -130,7 +130,8 @@ def test_a_folder_with_a_users_files_is_refused_and_overwrite_moves_them_aside_i
 def test_another_process_s_write_probe_does_not_make_a_fresh_folder_a_users(tmp_path):
     """Under DDP every process probes output_dir (check_run) while the main one claims it; a multi-node run into a
     fresh folder on a shared file system was refused when the main process listed another process's probe."""
-    from hf_segformer.outputs import PROBE_PREFIX, claim_output_dir
+    from hf_segformer.outputs import PROBE_PREFIX
+    from hf_segformer.training.run_folder import claim_output_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -142,7 +143,7 @@ def test_another_process_s_write_probe_does_not_make_a_fresh_folder_a_users(tmp_
 
 
 def test_a_finished_run_is_refused_and_only_our_own_moved_aside_runs_are_pruned(tmp_path):
-    from hf_segformer.outputs import claim_output_dir
+    from hf_segformer.training.run_folder import claim_output_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -160,7 +161,7 @@ def test_a_finished_run_is_refused_and_only_our_own_moved_aside_runs_are_pruned(
 
 
 def test_a_run_with_checkpoints_or_resuming_is_left_to_resolve_checkpoint(tmp_path):
-    from hf_segformer.outputs import claim_output_dir
+    from hf_segformer.training.run_folder import claim_output_dir
 
     out = tmp_path / "run"
     (out / "checkpoint-2").mkdir(parents=True)

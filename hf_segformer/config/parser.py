@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None, dataclass_types: tuple, default_config: s
         recipe = load_recipe(config, dataclass_types)
         parser.set_defaults(**recipe)
     parsed = _parse_checked(parser, argv, dataclass_types)
-    for instance in parsed:  # where the recipe came from: a run must never move it aside (outputs.claim_output_dir)
+    for instance in parsed:  # where the recipe came from: a run must never move it aside (training.run_folder.claim_output_dir)
         instance.recipe_file = None if config is None else str(config)
     return parsed
 

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_segformer.errors import RecipeError
-from hf_segformer.outputs import claim_output_dir, mark_run_folder
+from hf_segformer.training.run_folder import claim_output_dir, mark_run_folder
 from hf_segformer.training.arguments import SegformerTrainingArguments
 
 logger = logging.getLogger("hf_segformer")
