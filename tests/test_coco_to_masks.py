@@ -129,6 +129,7 @@ def _write_split(root: Path, name: str, annotations: list[dict]) -> tuple[Path, 
 
 def test_converted_folder_is_a_data_dir_that_loads_and_passes_the_data_check(tmp_path):
     from hf_segformer.config.data import DataArguments
+    from hf_segformer.config.values import normalise_id2label
     from hf_segformer.data.labels import LabelDecoder, find_id2label_file
     from hf_segformer.data.loading import load_data
     from hf_segformer.data.preflight import check_data
@@ -151,7 +152,7 @@ def test_converted_folder_is_a_data_dir_that_loads_and_passes_the_data_check(tmp
     assert set(mapping["rules"]) == {"coverage", "overlaps", "crowd"}
 
     data = load_data(DataArguments(data_dir=str(out)))
-    id2label = find_id2label_file(out)
+    id2label = normalise_id2label(find_id2label_file(out))
     assert id2label == {0: "background", 1: "table", 2: "cup"}
     report = check_data(data, LabelDecoder(), len(id2label), id2label, num_proc=1)
     assert report.splits["train"].pixel_counts == [44, 0, 4, 0]

@@ -68,8 +68,8 @@ def test_check_data_then_a_real_run_writes_only_files_the_run_knows(tmp_path, tr
 
 
 def test_a_finished_run_is_named_as_such_and_one_with_checkpoints_is_offered_resume(tmp_path):
-    from hf_segformer.training.run_folder import OWN_MOVED_MARKER, claim_output_dir
     from hf_segformer.training.checkpoints import resolve_checkpoint
+    from hf_segformer.training.run_folder import OWN_MOVED_MARKER, claim_output_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -122,8 +122,8 @@ def test_overwrite_never_moves_the_run_s_own_data_or_recipe(tmp_path, train_tiny
 
 
 def test_the_recipe_file_counts_as_an_input(tmp_path):
-    from hf_segformer.training.run_folder import claim_output_dir
     from hf_segformer.training.checkpoints import run_inputs
+    from hf_segformer.training.run_folder import claim_output_dir
 
     recipe = tmp_path / "project" / "recipe.yaml"
     recipe.parent.mkdir()

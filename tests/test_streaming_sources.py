@@ -22,7 +22,7 @@ from support.streams import write_pairs
 
 import hf_segformer.data.streaming
 from hf_segformer.config.data import DataArguments
-from hf_segformer.config.values import parse_data_files
+from hf_segformer.config.values import normalise_id2label, parse_data_files
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.shards import write_parquet_shards, write_webdataset_shards
 from hf_segformer.data.streaming import (
@@ -232,7 +232,7 @@ def test_the_pre_flight_check_reads_the_first_pairs_with_the_errors_of_the_folde
 def test_class_names_are_found_next_to_the_shards(tmp_path):
     files = parquet_set(tmp_path)
     (tmp_path / "id2label.json").write_text(json.dumps({"0": "sea", "1": "land"}))
-    assert find_id2label_near_shards(parse_data_files(files)) == {0: "sea", 1: "land"}
+    assert normalise_id2label(find_id2label_near_shards(parse_data_files(files))) == {0: "sea", 1: "land"}
     assert find_id2label_near_shards({"train": ["hf://datasets/x/y/*.parquet"]}) is None
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hf_segformer.config.values import normalise_id2label
 from hf_segformer.errors import DataError
 
 ID2LABEL_FILE = "id2label.json"
@@ -173,12 +172,13 @@ def numbered_classes(num_labels: int) -> dict[int, str]:
     return {i: f"class_{i}" for i in range(num_labels)}
 
 
-def find_id2label_file(*folders: str | os.PathLike | None) -> dict[int, str] | None:
-    """Look for an `id2label.json` next to the data (the folder itself or its parent)."""
+def find_id2label_file(*folders: str | os.PathLike | None) -> str | None:
+    """The path of an `id2label.json` next to the data (the folder itself or its parent), unread: the caller
+    reads it with `normalise_id2label` once the class names' source is settled."""
     for folder in folders:
         if folder is None:
             continue
         for candidate in (Path(folder) / ID2LABEL_FILE, Path(folder).parent / ID2LABEL_FILE):
             if candidate.is_file():
-                return normalise_id2label(str(candidate))
+                return str(candidate)
     return None

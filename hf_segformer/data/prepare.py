@@ -38,18 +38,23 @@ def prepare_data(data_args: DataArguments, seed: int,
         write_synthetic_dataset(data_args.data_dir, data_args.synthetic_num_train,
                                 data_args.synthetic_num_validation, data_args.synthetic_image_size)
     data = load_streaming_data(data_args, training_args) if data_args.streaming else load_data(data_args, seed)
-    near_data = find_id2label_file(data_args.data_dir, data_args.image_dir)
-    if data_args.id2label_map and near_data and near_data != data_args.id2label_map:
+    # Every source is found first and read once, at the end: the recipe's names, an id2label.json next to the
+    # folders or the shards, the Hub dataset's, or numbered classes.
+    near_file = find_id2label_file(data_args.data_dir, data_args.image_dir)
+    source: dict | str | None = (data_args.id2label_map or near_file
+                                 or find_id2label_near_shards(data_args.data_files_map))
+    if source is None and data_args.dataset_name:
+        source = hub_id2label_file(data_args.dataset_name)
+    if source is None and data_args.num_labels:
+        source = numbered_classes(data_args.num_labels)
+    id2label = normalise_id2label(source)
+    near_data = normalise_id2label(near_file) if data_args.id2label_map and near_file else None
+    if near_data and near_data != data_args.id2label_map:
         # The recipe's names win (renaming classes is a recipe's right), but a different count or order usually
         # means the recipe was written for other data: say so before training on it.
         logger.warning("The recipe's id2label %s differs from the id2label.json next to the data %s: the recipe's "
                        "is used. If the masks were made with the data's, remove id2label from the recipe.",
                        data_args.id2label_map, near_data)
-    id2label = (data_args.id2label_map or near_data or find_id2label_near_shards(data_args.data_files_map))
-    if id2label is None and data_args.dataset_name:
-        id2label = hub_id2label(data_args.dataset_name)
-    if id2label is None and data_args.num_labels:
-        id2label = numbered_classes(data_args.num_labels)
     if id2label is None:
         raise DataError("The class names are unknown: set id2label (or num_labels) in the recipe, "
                         "or put an id2label.json next to the data.")
@@ -72,15 +77,16 @@ def _unlabelled(name: str) -> bool:
     return name.strip().lower() in UNLABELLED_NAMES
 
 
-def hub_id2label(dataset_name: str) -> dict[int, str] | None:
-    """`id2label.json` from a Hub dataset repository, as transformers' example script reads it."""
+def hub_id2label_file(dataset_name: str) -> str | None:
+    """The local path of `id2label.json` from a Hub dataset repository (as transformers' example script reads it),
+    or next to a dataset saved on disk."""
     if os.path.isdir(dataset_name):
         return find_id2label_file(dataset_name)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return normalise_id2label(hf_hub_download(dataset_name, "id2label.json", repo_type="dataset"))
+        return hf_hub_download(dataset_name, "id2label.json", repo_type="dataset")
     except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError):
         return None
 

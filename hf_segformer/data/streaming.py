@@ -259,8 +259,8 @@ def check_streaming_data(data: StreamingData, decoder: LabelDecoder, num_labels:
     return data_report(decoder, num_labels, id2label, splits)
 
 
-def find_id2label_near_shards(data_files: dict[str, list[str]] | None) -> dict[int, str] | None:
-    """`id2label.json` in the folder of the local shards, or in its parent (e.g. next to `data/`)."""
+def find_id2label_near_shards(data_files: dict[str, list[str]] | None) -> str | None:
+    """The path of an `id2label.json` in the folder of the local shards, or in its parent (e.g. next to `data/`)."""
     for files in (data_files or {}).values():
         for pattern in files:
             if is_remote(pattern):

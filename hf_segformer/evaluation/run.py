@@ -30,7 +30,7 @@ from datasets import Dataset
 from PIL import Image as PILImage
 
 from hf_segformer.config.data import DataArguments
-from hf_segformer.config.values import canonical_split
+from hf_segformer.config.values import canonical_split, normalise_id2label
 from hf_segformer.data.images import as_rgb, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.loading import load_split
@@ -124,7 +124,8 @@ def write_results(output_dir: Path, confusion: np.ndarray, id2label: dict[int, s
 def check_model_matches_data(model: str, model_id2label: dict[int, str], data_args: DataArguments) -> None:
     """The model's classes are the data's: a 4-class model scored on 3-class masks would average over a class
     the data never has, and a renamed class would report its IoU under the wrong name."""
-    data_id2label = data_args.id2label_map or find_id2label_file(data_args.data_dir, data_args.image_dir)
+    data_id2label = data_args.id2label_map or normalise_id2label(find_id2label_file(data_args.data_dir,
+                                                                                    data_args.image_dir))
     data_count = len(data_id2label) if data_id2label else data_args.num_labels
     source = ("the recipe's id2label" if data_args.id2label_map else
               "the data's id2label.json" if data_id2label else "the recipe's num_labels")
