@@ -85,6 +85,29 @@ def saved_model(tmp_path: Path):
     return save
 
 
+@pytest.fixture
+def row_workers_in_process(monkeypatch):
+    """The deploy report's row workers run in this process (`worker_main` on the spec the report writes), for
+    tests of what the report makes of a row's mIoU, files and flags: a fresh worker costs a Python start with
+    torch per row. Memory isolation is test_deploy_report.py::test_every_row_is_measured's, with real workers."""
+    import json
+
+    import torch
+
+    from hf_segformer.evaluation.deploy import report, worker
+
+    def run_here(spec: dict, folder: Path, threads: int) -> dict:
+        spec_path = folder / f"worker-{spec['row']['key']}.json"
+        spec_path.write_text(json.dumps(spec))
+        before = torch.get_num_threads()
+        try:
+            return json.loads(json.dumps(worker.worker_main(str(spec_path))))  # as read back from its RESULT line
+        finally:
+            torch.set_num_threads(before)
+
+    monkeypatch.setattr(report, "run_row_worker", run_here)
+
+
 def _launches_or_trains(code, module_globals: dict, depth: int = 3) -> bool:
     """Whether a test's code (its nested functions, and the helpers of its module it calls, `depth` calls deep)
     starts a process or a whole training run: the names it uses, resolved in its module."""

@@ -8,6 +8,7 @@ Trainer's `gather_for_metrics` must drop it, so that every validation pixel is c
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +28,29 @@ def evaluate_with(config: str, model_dir: Path, data_dir: Path, output_dir: Path
                "--model_dir", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(output_dir)]
     result = run_offline(command, output_dir.parent)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return read_run(output_dir)
+
+
+def evaluate_here(monkeypatch, model_dir: Path, data_dir: Path, output_dir: Path) -> dict:
+    """The one-process reference: the same script's `main` in this process (a launch of one process would add
+    two Python starts with torch and test nothing the two-process launch does not)."""
+    from scripts.ddp_eval_script import main
+
+    monkeypatch.setattr(sys, "argv", ["ddp_eval_script.py", "--model_dir", str(model_dir), "--data_dir",
+                                      str(data_dir), "--output_dir", str(output_dir)])
+    main()
+    return read_run(output_dir)
+
+
+def read_run(output_dir: Path) -> dict:
+    """What the script wrote: the main process's result and every process's count of samples."""
     run = json.loads((output_dir / "result.json").read_text())
     run["seen"] = [json.loads(p.read_text())["seen"] for p in sorted(output_dir.glob("samples_rank*.json"))]
     return run
 
 
 @pytest.mark.slow
-def test_two_processes_evaluate_like_one(tmp_path, write_image, write_mask, tiny_segformer):
+def test_two_processes_evaluate_like_one(tmp_path, write_image, write_mask, tiny_segformer, monkeypatch):
     rng = np.random.default_rng(0)
     valid_pixels = 0
     for i, (height, width) in enumerate(MASK_SIZES):
@@ -46,7 +63,7 @@ def test_two_processes_evaluate_like_one(tmp_path, write_image, write_mask, tiny
     write_mask(tmp_path / "data/masks/train/000.png", np.zeros((32, 32), dtype=np.int64))
     tiny_segformer(ID2LABEL).save_pretrained(tmp_path / "model")
 
-    one = evaluate_with("cpu.yaml", tmp_path / "model", tmp_path / "data", tmp_path / "one")
+    one = evaluate_here(monkeypatch, tmp_path / "model", tmp_path / "data", tmp_path / "one")
     two = evaluate_with("cpu_2proc.yaml", tmp_path / "model", tmp_path / "data", tmp_path / "two")
 
     assert one["world_size"] == 1 and one["seen"] == [5]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support.commands import train_here
 from support.processes import ACCELERATE, run_offline
 
 from hf_segformer.data.synthetic import write_synthetic_dataset
@@ -98,9 +99,10 @@ def test_bad_data_fails_before_training(tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_unknown_recipe_key_is_an_error(tmp_path):
+def test_unknown_recipe_key_is_an_error(tmp_path, capfd):
+    """The train command in this process: an error through the launch is test_bad_data_fails_before_training's."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data_dir: x\nlearnig_rate: 0.1\n")
-    result = launch(recipe, cwd=tmp_path)
-    assert result.returncode != 0
-    assert "learnig_rate" in result.stderr and "learning_rate" in result.stderr
+    train_here("--config", recipe, expect_code=2)
+    stderr = capfd.readouterr().err
+    assert "learnig_rate" in stderr and "learning_rate" in stderr

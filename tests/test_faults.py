@@ -10,6 +10,9 @@ and what to change instead of training on NaNs or dumping a CUDA trace.
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +20,7 @@ import pytest
 import torch
 import transformers.modeling_utils
 import yaml
-from support.processes import ACCELERATE, RUNTIME, eval_metrics, finetune, run, step_losses
+from support.processes import ACCELERATE, RUNTIME, eval_metrics, finetune, offline_env, run, step_losses
 
 import hf_segformer.modeling.prepare
 from hf_segformer.data.synthetic import write_synthetic_dataset
@@ -122,6 +125,42 @@ def test_two_process_training_matches_one_process(tmp_path):
     assert [two[s] for s in two] == pytest.approx([one[s] for s in one], rel=1e-3)
     assert eval_metrics(tmp_path / "two") == pytest.approx(eval_metrics(tmp_path / "one"), rel=1e-3, abs=1e-3,
                                                            nan_ok=True)
+
+
+@pytest.mark.slow
+def test_a_terminated_two_process_run_saves_exits_143_and_resumes_past_a_cut_short_checkpoint(tmp_path):
+    """SIGTERM to `hf-segformer train --num_processes 2` (a pre-emption signals the launcher, which passes it on):
+    both processes save one complete checkpoint at the next step end and the run exits 143 saying how to resume;
+    the resumed 2-process run passes over a checkpoint cut short (a partial folder, one without trainer_state.json)
+    and finishes."""
+    recipe = tiny_recipe(tmp_path, max_steps=30, num_train_epochs=100, save_strategy="steps", save_steps=1000)
+    run_dir = tmp_path / "run"
+    train = [str(Path(sys.executable).with_name("hf-segformer")), "train", "--num_processes", "2", "--config",
+             str(recipe), "--output_dir", str(run_dir)]
+    process = subprocess.Popen(train, cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:  # the first logged loss: both processes are training
+        lines.append(line)
+        if "'loss'" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    log = "".join(lines) + process.communicate(timeout=300)[0]
+    assert process.returncode == 143, log[-3000:]
+    assert "Stopped on SIGTERM at step" in log and "--resume_from_checkpoint last" in log, log[-3000:]
+    (saved,) = run_dir.glob("checkpoint-*")
+    step = int(saved.name.split("-")[1])
+    assert 1 <= step < 30 and not (run_dir / "model.safetensors").exists()
+    for name in ("optimizer.pt", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"):
+        assert (saved / name).is_file(), name  # every process's files
+
+    (run_dir / f"checkpoint-partial-{step + 1}").mkdir()  # a save killed mid-way
+    (run_dir / f"checkpoint-{step + 2}").mkdir()  # copied in part: no trainer_state.json
+    (run_dir / f"checkpoint-{step + 2}" / "config.json").write_text("{}")
+    result = run([*train, "--resume_from_checkpoint", "last"], tmp_path)
+    log = result.stdout + result.stderr
+    assert f"checkpoint-{step + 2} has no trainer_state.json" in log, log[-3000:]
+    assert sorted(step_losses(run_dir)) == list(range(1, 31)) and (run_dir / "model.safetensors").is_file()
 
 
 def test_diverging_run_stops_naming_the_step(tmp_path, train_tiny):

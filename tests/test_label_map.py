@@ -246,8 +246,8 @@ def test_evaluate_refuses_a_contradiction_before_reading_the_data(model_with_map
 
 
 @pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
-def test_deploy_report_reads_the_raw_masks_with_the_saved_map(model_with_map: Path, raw_data: Path,
-                                                             tmp_path: Path) -> None:
+def test_deploy_report_reads_the_raw_masks_with_the_saved_map(model_with_map: Path, raw_data: Path, tmp_path: Path,
+                                                             row_workers_in_process) -> None:
     """deploy-report's mIoU on raw masks with only --data_dir is evaluate's (both read the model's saved map)."""
     from hf_segformer.cli import main
     from hf_segformer.commands.deploy_report import main as deploy_report_command

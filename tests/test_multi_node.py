@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.processes import ACCELERATE, REPO, eval_metrics, free_port, offline_env, run, step_losses
+from support.commands import train_here
+from support.processes import ACCELERATE, REPO, eval_metrics, free_port, offline_env, step_losses
 from support.streams import tiny_streaming_recipe
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
@@ -68,8 +69,7 @@ def test_quickstart_on_two_machines_trains_like_one_process_with_the_whole_batch
     # the process of machine 1 is global rank 1: it wrote its own RNG state into the shared checkpoint folder
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoint-4").glob("rng_state*")) == \
            ["rng_state_0.pth", "rng_state_1.pth"]
-    run([sys.executable, str(REPO / "recipes/finetune.py"), *common, "--output_dir", str(tmp_path / "one"),
-         "--per_device_train_batch_size", "4"], tmp_path)
+    train_here(*common, "--output_dir", tmp_path / "one", "--per_device_train_batch_size", "4")  # the reference
 
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == [1, 2, 3, 4]
@@ -88,8 +88,7 @@ def test_a_stream_split_by_examples_over_two_machines_trains_like_one_process(tm
     logs = two_machines(["--config", str(recipe), "--output_dir", str(tmp_path / "two"),
                          "--per_device_train_batch_size", "2"], tmp_path)
     assert "Training stream: process 0 of 2 reads all shards, keeping 1 example in 2" in logs[0]
-    run([sys.executable, str(REPO / "recipes/finetune.py"), "--config", str(recipe), "--output_dir",
-         str(tmp_path / "one"), "--per_device_train_batch_size", "4"], tmp_path)
+    train_here("--config", recipe, "--output_dir", tmp_path / "one", "--per_device_train_batch_size", "4")
 
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(two) == [1, 2, 3, 4]

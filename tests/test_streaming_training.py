@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from support.commands import train_here
 from support.processes import eval_metrics, finetune, step_losses
 from support.streams import synthetic_pairs, tiny_streaming_recipe
 
@@ -65,22 +66,29 @@ def test_webdataset_run_checks_the_first_pairs_and_evaluates_on_the_bounded_set(
     assert 0.0 <= eval_metrics(tmp_path / "run")["eval_mean_iou"] <= 1.0
 
 
-@pytest.mark.slow
-def test_bad_input_stops_the_run_before_any_step(tmp_path):
+def refused_here(recipe, output_dir, capfd, *extra: str) -> str:
+    """The run in this process, refused before any step: exit code 2; the error it printed (the launch through
+    the script is the other tests')."""
+    capfd.readouterr()
+    train_here("--config", recipe, "--output_dir", output_dir, *extra, expect_code=2)
+    return capfd.readouterr().err
+
+
+def test_bad_input_stops_the_run_before_any_step(tmp_path, capfd):
     recipe = tiny_streaming_recipe(tmp_path, check_data=True, streaming_check_samples=4)
-    refused = finetune(recipe, tmp_path / "no-steps", "--max_steps", "-1", expect_code=2)
-    assert "error: streaming: true trains by steps" in refused.stderr
+    refused = refused_here(recipe, tmp_path / "no-steps", capfd, "--max_steps", "-1")
+    assert "error: streaming: true trains by steps" in refused
 
     (tmp_path / "shards" / "train-00004-of-00005.parquet").write_bytes(b"not parquet")
-    corrupt = finetune(recipe, tmp_path / "corrupt", expect_code=2)
-    assert "error: Some shards cannot be read (1 problem):" in corrupt.stderr
-    assert "train-00004-of-00005.parquet (split 'train'): not a readable Parquet file" in corrupt.stderr
+    corrupt = refused_here(recipe, tmp_path / "corrupt", capfd)
+    assert "error: Some shards cannot be read (1 problem):" in corrupt
+    assert "train-00004-of-00005.parquet (split 'train'): not a readable Parquet file" in corrupt
     (tmp_path / "shards" / "train-00004-of-00005.parquet").unlink()
 
     mask = tmp_path / "data" / "masks" / "train" / "00002.png"  # the third pair in file order: checked
     Image.fromarray(np.full((32, 32), 9, dtype=np.uint8)).save(mask)
     write_parquet_shards(synthetic_pairs(tmp_path / "data", "train"), tmp_path / "shards", "train", 4, overwrite=True)
-    checked = finetune(recipe, tmp_path / "checked", expect_code=2)
-    assert "error: The 'train (first 4 of the stream)' data failed the pre-flight check (1 problem):" in checked.stderr
-    assert "00002.png: values 9 are outside the 4 classes" in checked.stderr
+    checked = refused_here(recipe, tmp_path / "checked", capfd)
+    assert "error: The 'train (first 4 of the stream)' data failed the pre-flight check (1 problem):" in checked
+    assert "00002.png: values 9 are outside the 4 classes" in checked
     assert not (tmp_path / "checked" / "model.safetensors").exists()

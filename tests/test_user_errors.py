@@ -378,7 +378,7 @@ def test_train_scale_64_in_a_recipe_is_named(tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("output_dir: out\ntrain_scale: 64\n")
-    with pytest.raises(RecipeError, match="got train_scale: 64"):
+    with pytest.raises(RecipeError, match=r"got train_scale: \[64\]"):
         parse_recipe(["--config", str(recipe)])
 
 
@@ -450,3 +450,13 @@ def test_a_hub_id_offline_or_without_network_is_one_line_before_the_data(tmp_pat
     with pytest.raises(RecipeError, match=r"nvidia/mit-b0 is not a local folder and the Hugging Face Hub cannot be "
                                           r"reached \(no network: ConnectionError\)"):
         train_tiny(tmp_path, "--model_name_or_path", "nvidia/mit-b0", *no_data)
+
+
+def test_a_hub_id_is_checked_once_per_run(tmp_path, train_tiny, monkeypatch):
+    from hf_segformer.modeling import build
+
+    checked = []
+    monkeypatch.setattr(build, "check_hub_model", lambda model_id, *args: checked.append(model_id))  # "reachable"
+    with pytest.raises(RecipeError, match=r"nvidia/mit-b0 is not a local folder and could not be fetched"):
+        train_tiny(tmp_path, "--model_name_or_path", "nvidia/mit-b0")  # offline: the load itself fails
+    assert checked == ["nvidia/mit-b0"]

@@ -4,6 +4,7 @@ when the recipe (or the command line) names an output_dir."""
 from __future__ import annotations
 
 from hf_segformer.config.parser import load_recipe
+from hf_segformer.data.images import image_pixel_limit
 from hf_segformer.data.prepare import prepare_data, run_data_check
 from hf_segformer.training.arguments import RECIPE_DATACLASSES, parse_recipe
 
@@ -18,8 +19,9 @@ def _asked_output_dir(argv: list[str], recipe_file: str | None) -> bool:
 
 def main(argv: list[str]) -> int:
     data_args, _, training_args = parse_recipe(argv)
-    data, id2label = prepare_data(data_args, training_args.seed)
-    report = run_data_check(data, data_args, id2label)
+    with image_pixel_limit(data_args.max_image_pixels):
+        data, id2label = prepare_data(data_args, training_args.seed)
+        report = run_data_check(data, data_args, id2label)
     if _asked_output_dir(argv, getattr(training_args, "recipe_file", None)):
         report.save(training_args.output_dir)
         print(f"Saved class_histogram.json/.md to {training_args.output_dir}")

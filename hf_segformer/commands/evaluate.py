@@ -15,6 +15,7 @@ from hf_segformer.commands.inference_options import InferenceArguments
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.parser import parse_command
 from hf_segformer.config.values import canonical_split
+from hf_segformer.data.images import image_pixel_limit
 from hf_segformer.evaluation.run import default_output_dir, run_evaluation
 from hf_segformer.outputs import writable_folder
 from hf_segformer.training.arguments import RECIPE_DATACLASSES
@@ -41,9 +42,11 @@ def main(argv: list[str]) -> int:
     writable_folder(output_dir, "eval_output_dir")  # before any work
     options = {f.name: getattr(inference_args, f.name) for f in dataclasses.fields(inference_args)}
     try:
-        run_evaluation(lambda device: inference_args.load(recipe, device=device, for_metrics=True), model, data_args, output_dir,
-                       options, device=inference_args.device, batch_size=inference_args.batch_size,
-                       grid_samples=eval_args.grid_samples, seed=int(recipe.get("seed", 42)))
+        with image_pixel_limit(data_args.max_image_pixels):
+            run_evaluation(lambda device: inference_args.load(recipe, device=device, for_metrics=True), model,
+                           data_args, output_dir, options, device=inference_args.device,
+                           batch_size=inference_args.batch_size,
+                           grid_samples=eval_args.grid_samples, seed=int(recipe.get("seed", 42)))
     except BaseException:  # a missing split, a bad model: no empty results folder is left behind
         if created and output_dir.is_dir() and not any(output_dir.iterdir()):
             output_dir.rmdir()

@@ -119,8 +119,9 @@ def launch_threads(request: LaunchRequest) -> int:
 
 def launch(request: LaunchRequest) -> int:
     """Start the processes and wait for them; the exit code is the first failing process's (2 for a user error),
-    whose own `error:` line is already printed."""
+    whose own `error:` line is already printed, or 128 + the signal that stopped the launcher (143: SIGTERM)."""
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
@@ -135,4 +136,7 @@ def launch(request: LaunchRequest) -> int:
     except ChildFailedError as err:
         codes = [failure.exitcode for failure in err.failures.values()]
         return next((code for code in codes if code > 0), 1)
+    except SignalException as err:  # SIGTERM (a pre-emption) reached the launcher: it was passed on to the
+        # processes, which saved a checkpoint and said how to resume before they ended
+        return 128 + int(err.sigval)
     return 0

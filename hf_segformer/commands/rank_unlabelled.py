@@ -7,7 +7,10 @@ import argparse
 from pathlib import Path
 
 from hf_segformer.commands.option_style import add_flag, leading_positionals
+from hf_segformer.config.data import MAX_IMAGE_PIXELS_HELP
+from hf_segformer.config.values import check_max_image_pixels
 from hf_segformer.data.annotations.preannotations import FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions
+from hf_segformer.data.images import image_pixel_limit
 from hf_segformer.inference.ranking import METHODS, rank_unlabelled
 
 
@@ -36,14 +39,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--ls_to_name", default="image")
     parser.add_argument("--ls_image_key", default="image")
     parser.add_argument("--image_url_prefix", default=LOCAL_FILES_PREFIX)
+    parser.add_argument("--max_image_pixels", type=int, help=MAX_IMAGE_PIXELS_HELP)
     add_flag(parser, "--overwrite", help="write into an --out folder that holds a previous ranking")
     args = parser.parse_args(leading_positionals(argv, "rank-unlabelled", ("--model",), rest="--inputs"))
-    ranked = rank_unlabelled(
-        args.model, args.images, args.top, out_dir=args.out, method=args.method, rarity_weight=args.rarity_weight,
-        class_frequencies=args.class_frequencies, batch_size=args.batch_size, export=args.export,
-        export_path=args.export_path, model_version=args.model_version or Path(args.model).name,
-        label_studio=LabelStudioOptions(args.ls_from_name, args.ls_to_name, args.ls_image_key, args.image_url_prefix),
-        device=args.device, overwrite=args.overwrite)
+    check_max_image_pixels(args.max_image_pixels)
+    with image_pixel_limit(args.max_image_pixels):
+        ranked = rank_unlabelled(
+            args.model, args.images, args.top, out_dir=args.out, method=args.method, rarity_weight=args.rarity_weight,
+            class_frequencies=args.class_frequencies, batch_size=args.batch_size, export=args.export,
+            export_path=args.export_path, model_version=args.model_version or Path(args.model).name,
+            label_studio=LabelStudioOptions(args.ls_from_name, args.ls_to_name, args.ls_image_key,
+                                            args.image_url_prefix),
+            device=args.device, overwrite=args.overwrite)
     for rank, item in enumerate(ranked[: args.top], 1):
         print(f"{rank:4d}. {item.score:.4f}  {item.image}  ({item.predicted})")
     print(f"Ranked {len(ranked)} images; ranking.csv, ranking.json and top.png in {args.out}")

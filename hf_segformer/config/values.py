@@ -53,6 +53,12 @@ def check_ignore_index(ignore_index: int) -> None:
         raise RecipeError(f"ignore_index={LABEL_PAD} is reserved for padding labels in a batch; use 255 or -1.")
 
 
+def check_max_image_pixels(max_image_pixels: int | None) -> None:
+    """None keeps PIL's limit, 0 lifts it, a positive number of pixels replaces it."""
+    if max_image_pixels is not None and max_image_pixels < 0:
+        raise RecipeError(f"max_image_pixels must be 0 (no limit) or a number of pixels; got {max_image_pixels}.")
+
+
 def parse_colour(colour: Any) -> tuple[int, int, int]:
     """Accept '#RRGGBB', 'r,g,b' or [r, g, b]."""
     unreadable = DataError(f"colour_map: cannot read colour {colour!r}; write it as '#RRGGBB' (hex digits 0-9, "

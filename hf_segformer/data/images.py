@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,39 +19,62 @@ from hf_segformer.errors import DataError, RecipeError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".npy"}  # .npy: band stacks
 
 
 MASK_EXTENSIONS = {".png", ".npy", ".tif", ".tiff", ".bmp"}
 
 
+PIXEL_LIMIT_VARIABLE = "HF_SEGFORMER_MAX_IMAGE_PIXELS"  # a command's limit, read by the processes it starts
+
+
+class ImageTooLarge(DataError):
+    """An image past PIL's decompression-bomb limit: not broken, refused until the user allows it."""
+
+
 @contextlib.contextmanager
 def image_pixel_limit(max_image_pixels: int | None) -> Iterator[None]:
-    """PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) for the duration: None keeps PIL's, 0 lifts it."""
+    """PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) for the duration: None keeps PIL's, 0 lifts it.
+    Also set in the environment, so the processes the command starts (loader and check workers, the deploy
+    report's rows) read images under the same limit."""
     if max_image_pixels is None:
         yield
         return
-    before = Image.MAX_IMAGE_PIXELS
+    before, before_variable = Image.MAX_IMAGE_PIXELS, os.environ.get(PIXEL_LIMIT_VARIABLE)
     Image.MAX_IMAGE_PIXELS = max_image_pixels or None
+    os.environ[PIXEL_LIMIT_VARIABLE] = str(max_image_pixels)
     try:
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = before
+        if before_variable is None:
+            os.environ.pop(PIXEL_LIMIT_VARIABLE, None)
+        else:
+            os.environ[PIXEL_LIMIT_VARIABLE] = before_variable
 
 
-def too_large(name: str, err: Image.DecompressionBombError) -> DataError:
-    """The one message for an image past PIL's limit: which file, and the option that allows it."""
-    return DataError(f"{name}: {err} If you trust this file, allow it with --max_image_pixels N (a number of pixels "
-                     "at least half its size) or --max_image_pixels 0 (no limit).")
+if os.environ.get(PIXEL_LIMIT_VARIABLE, "").isdigit():  # a process started under a command's limit
+    Image.MAX_IMAGE_PIXELS = int(os.environ[PIXEL_LIMIT_VARIABLE]) or None
+
+
+def too_large(name: str, err: Image.DecompressionBombError) -> ImageTooLarge:
+    """The one message for an image past PIL's limit: which file, its size, and the option that allows it."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = found.group(1) if found else "N"
+    return ImageTooLarge(f"{name}: {err} If you trust this file, allow it with --max_image_pixels {pixels} "
+                         f"(max_image_pixels: {pixels} in a recipe; 0: no limit).")
 
 
 def open_image(entry: Any) -> Image.Image:
     """Open an entry of an undecoded `datasets.Image` column ({'path', 'bytes'}) or a PIL image, lazily."""
     if isinstance(entry, Image.Image):
         return entry
-    if isinstance(entry, dict):
-        return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
-    return Image.open(entry)
+    try:
+        if isinstance(entry, dict):
+            return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
+        return Image.open(entry)
+    except Image.DecompressionBombError as err:
+        raise too_large(str(entry) if isinstance(entry, (str, os.PathLike)) else entry_name(entry), err) from err
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -3,19 +3,16 @@ deleted) and the checkpoint `resume_from_checkpoint` names, checked before any w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import zipfile
-from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_segformer.errors import RecipeError
-from hf_segformer.training.run_folder import claim_output_dir, mark_run_folder
+from hf_segformer.modeling.build import file_damage
 from hf_segformer.training.arguments import SegformerTrainingArguments
+from hf_segformer.training.run_folder import claim_output_dir, mark_run_folder
 
 logger = logging.getLogger("hf_segformer")
 CHECKPOINT = f"{PREFIX_CHECKPOINT_DIR}-"
@@ -92,18 +89,7 @@ def check_checkpoint_files(folder: str) -> None:
     torch_files = sorted(name for name in os.listdir(folder) if name.endswith((".pt", ".pth")))
     for name in ("model.safetensors", "trainer_state.json", *torch_files):
         path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            continue
-        try:
-            if name.endswith(".json"):
-                json.loads(Path(path).read_text())
-            elif name.endswith(".safetensors"):
-                with safe_open(path, "pt"):
-                    pass
-            else:  # torch.save's zip archive: a truncated one has no central directory at its end
-                with zipfile.ZipFile(path):
-                    pass
-        except Exception as err:  # safetensors' SafetensorError derives from Exception alone
-            raise RecipeError(f"resume_from_checkpoint: {path} is damaged ({type(err).__name__}: {err}); resume "
-                              "from an earlier checkpoint-* folder, or start again with --overwrite_output_dir."
-                              ) from err
+        damage = file_damage(path) if os.path.isfile(path) else None
+        if damage:
+            raise RecipeError(f"resume_from_checkpoint: {path} is damaged ({damage}); resume from an earlier "
+                              "checkpoint-* folder, or start again with --overwrite_output_dir.")

@@ -58,3 +58,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+ISOLATED_TEST = "HF_SEGFORMER_ISOLATED_TEST"
+
+
+def ran_in_own_process(nodeid: str) -> bool:
+    """Run the test `nodeid` again in a fresh pytest process and assert it passed there; True in the suite's
+    process, False inside that fresh process (where the test body runs). For tests that load OpenVINO/NNCF: their
+    runtime threads and torch patches must not live on in the suite's process."""
+    if os.environ.get(ISOLATED_TEST) == nodeid:
+        return False
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid], cwd=REPO,
+                            env={**offline_env(), ISOLATED_TEST: nodeid}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-6000:] + result.stderr[-3000:]
+    return True
