@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hf_segformer.data.images import to_rgb
+from hf_segformer.data.bands import display_image
 from hf_segformer.data.palettes import IGNORED_COLOUR, colourise, pixels_per_class
 
 WRONG_COLOUR = (230, 25, 45)
@@ -31,7 +31,7 @@ def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, id2label:
             alpha: float = 0.5) -> Image.Image:
     """The image blended with its coloured mask, and a legend (colour, class name, share of the image) to the
     right, listing the classes present, largest first."""
-    image = to_rgb(image)
+    image = display_image(image)
     blended = Image.blend(image, Image.fromarray(colourise(mask, palette)), alpha)
     present = pixels_per_class(mask, len(palette))
     font_size = max(10, min(24, image.height // 30))
@@ -55,7 +55,7 @@ def overlay(image: Image.Image, mask: np.ndarray, palette: np.ndarray, id2label:
 
 def error_map(image: Image.Image, label: np.ndarray, prediction: np.ndarray, ignore_index: int) -> np.ndarray:
     """The image dimmed to grey, wrong pixels red, unlabelled (ignored) pixels white."""
-    grey = np.asarray(to_rgb(image).convert("L"), dtype=np.float32) * 0.45
+    grey = np.asarray(display_image(image).convert("L"), dtype=np.float32) * 0.45
     out = np.repeat(grey[..., None], 3, axis=2).astype(np.uint8)
     ignored = label == ignore_index
     out[(label != prediction) & ~ignored] = WRONG_COLOUR
@@ -69,7 +69,7 @@ def sample_grid(samples: Sequence[tuple[Image.Image, np.ndarray, np.ndarray]], p
     scaled to `tile_height` (aspect kept; masks with nearest-neighbour), column titles on top."""
     rows = []
     for image, label, prediction in samples:
-        image = to_rgb(image)
+        image = display_image(image)
         tiles = [image, Image.fromarray(colourise(label, palette, ignore_index)),
                  Image.fromarray(colourise(prediction, palette)),
                  Image.fromarray(error_map(image, label, prediction, ignore_index))]

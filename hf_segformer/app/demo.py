@@ -38,6 +38,7 @@ try:
 except ImportError as err:  # the CLI prints this instead of a traceback
     raise RecipeError("hf-segformer demo needs Gradio: pip install 'hf-segformer[demo]'.") from err
 
+from hf_segformer.data.bands import BandImage
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, list_images
 from hf_segformer.data.palettes import default_palette, pixels_per_class
 from hf_segformer.hub.redaction import hub_repo_id
@@ -64,7 +65,7 @@ ModelSource = str | Path | Segmenter | Callable[[], Segmenter]
 class Prediction:
     """One visitor's current image (as segmented), its mask, and what the page says about the upload."""
 
-    image: Image.Image
+    image: Image.Image | BandImage  # a band-stack model's upload: its bands (overlays draw its display bands)
     mask: np.ndarray
     notes: list[str] = field(default_factory=list)
 
@@ -95,6 +96,27 @@ def read_upload(path: str | Path, name: str, max_pixels: int = MAX_PIXELS,
     if width * height > max_pixels:
         if image.width * image.height > max_pixels:  # not (fully) reduced by the JPEG draft
             image = image.resize(fitted_size(image.width, image.height, max_pixels), Image.BILINEAR)
+        notes.append(f"{name} is {width}×{height} pixels, above this demo's limit of {max_pixels:,}: downscaled to "
+                     f"{image.width}×{image.height} for the segmentation.")
+    return image, notes
+
+
+def read_band_upload(segmenter: Segmenter, path: str | Path, name: str, max_pixels: int = MAX_PIXELS
+                     ) -> tuple[BandImage, list[str]]:
+    """An uploaded band stack (.npy, TIFF, 16-bit PNG) read as the band-stack model reads it, downscaled above
+    `max_pixels`; a file of another band count, or not a stack, is the reader's DataError, named as uploaded."""
+    try:
+        image = segmenter.read(path, name)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a decoder raises on a bad file, the page says it plainly
+        detail = str(err).replace(str(path), name)
+        raise DataError(f"{name} is not a band stack this demo can read ({type(err).__name__}: {detail}). Upload "
+                        f"a .npy or TIFF file of {segmenter.num_channels} bands.") from err
+    notes = []
+    width, height = image.size
+    if width * height > max_pixels:
+        image = image.resize(fitted_size(width, height, max_pixels), Image.BILINEAR)
         notes.append(f"{name} is {width}×{height} pixels, above this demo's limit of {max_pixels:,}: downscaled to "
                      f"{image.width}×{image.height} for the segmentation.")
     return image, notes
@@ -183,7 +205,9 @@ class DemoModel:
             self.palette = resolve_palette(self._palette, segmenter.num_labels)
             height, width = segmenter.input_size or (512, 512)
             start = time.perf_counter()
-            segmenter(Image.new("RGB", (width, height), (124, 116, 104)))
+            bands = segmenter.num_channels  # a band-stack model warms up on a stack of its band count
+            segmenter(np.zeros((height, width, bands), np.float32) if bands else
+                      Image.new("RGB", (width, height), (124, 116, 104)))
             self.warmup_seconds = time.perf_counter() - start
             self.segmenter = segmenter
         except Exception as err:  # noqa: BLE001 - shown in the page; the server goes on running
@@ -213,8 +237,10 @@ class DemoModel:
         return (f"Model **{self.name}** is ready: {self.segmenter.num_labels} classes, on "
                 f"{self.segmenter.device.type}; warm-up forward pass {self.warmup_seconds:.2f} s.")
 
-    def segment(self, image: Image.Image, mode: str = "whole", token_merging: str = "none") -> np.ndarray:
-        """Class ids [H, W] of an RGB image with the given inference mode and token-merging preset."""
+    def segment(self, image: Image.Image | BandImage, mode: str = "whole", token_merging: str = "none"
+                ) -> np.ndarray:
+        """Class ids [H, W] of an RGB image (a band-stack model: its bands) with the given inference mode and
+        token-merging preset."""
         segmenter = self.wait()
         if mode not in MODES:
             raise RecipeError(f"Inference mode must be one of {', '.join(MODES)}; got '{mode}'.")
@@ -226,7 +252,9 @@ class DemoModel:
             return segmenter(image)
 
     def predict_upload(self, path: str | Path, name: str, mode: str, token_merging: str) -> Prediction:
-        image, notes = read_upload(path, name, self.max_pixels, self._said)
+        segmenter = self.wait()
+        image, notes = (read_band_upload(segmenter, path, name, self.max_pixels) if segmenter.num_channels else
+                        read_upload(path, name, self.max_pixels, self._said))
         return Prediction(image, self.segment(image, mode, token_merging), notes)
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_segformer.commands.inference_options import InferenceArguments
-from hf_segformer.config.data import recipe_data_args
+from hf_segformer.config.data import MAX_IMAGE_PIXELS_HELP, recipe_data_args
 from hf_segformer.config.parser import parse_command
+from hf_segformer.config.values import check_max_image_pixels
 from hf_segformer.data.annotations.exporter import default_output
 from hf_segformer.data.annotations.preannotations import FORMATS, LOCAL_FILES_PREFIX, LabelStudioOptions
 from hf_segformer.data.images import image_pixel_limit
@@ -41,14 +42,10 @@ class PredictArguments:
     colour_map: str | None = field(default=None, metadata={
         "help": "Class colours as the recipe's colour_map ({'#RRGGBB': class_id}); default: the recipe's data."})
     overwrite: bool = field(default=False, metadata={"help": "Redo images whose outputs exist (default: skip them)."})
-    max_image_pixels: int | None = field(default=None, metadata={
-        "help": "Allow images this large (width × height): PIL refuses one over twice its limit (about 179 million "
-                "pixels) as a possible decompression bomb. 0 = no limit. Default: PIL's limit."})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_IMAGE_PIXELS_HELP})
 
     def __post_init__(self) -> None:
-        if self.max_image_pixels is not None and self.max_image_pixels < 0:
-            raise RecipeError(f"--max_image_pixels must be 0 (no limit) or a number of pixels; got "
-                              f"{self.max_image_pixels}.")
+        check_max_image_pixels(self.max_image_pixels)
 
 
 @dataclass

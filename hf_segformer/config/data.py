@@ -13,6 +13,7 @@ from hf_segformer.config.values import (
     check_choice,
     check_ignore_index,
     check_label_map_targets,
+    check_max_image_pixels,
     check_num_labels,
     normalise_id2label,
     parse_colour_map,
@@ -22,6 +23,7 @@ from hf_segformer.config.values import (
 from hf_segformer.errors import RecipeError
 
 SPLIT_STRATEGIES = ("auto", "shards", "examples")  # how processes divide a stream (datasets' split_dataset_by_node)
+AUTO = "auto"  # crop_size, train_scale, eval_scale: chosen from the data (`data.scale_choice`)
 FORMAT_BY_EXTENSION = {".parquet": "parquet", ".tar": "webdataset"}
 DATA_FORMATS = tuple(FORMAT_BY_EXTENSION.values())
 
@@ -31,9 +33,13 @@ DATA_FORMATS = tuple(FORMAT_BY_EXTENSION.values())
 TRAINING_ONLY_DATA_FIELDS = frozenset({
     "crop_size", "train_scale", "ratio_range", "cat_max_ratio", "hflip_prob", "photometric_distortion",
     "synthetic_data", "synthetic_num_train", "synthetic_num_validation", "synthetic_image_size",
-    "train_split", "max_train_samples", "check_data", "check_num_proc", "hub_dataset_id",
+    "train_split", "max_train_samples", "check_data", "check_num_proc", "hub_dataset_id", "num_channels",
+    "display_bands", "eval_subset_size",
 })
 
+MAX_IMAGE_PIXELS_HELP = ("PIL's image size limit in pixels (width × height): an image over twice it is refused as a "
+                         "possible decompression bomb (by default, over about 179 million pixels). An image's error "
+                         "gives the value that allows it. 0 = no limit. Default: PIL's limit.")
 
 
 @dataclass
@@ -99,6 +105,7 @@ class DataArguments:
     )
     image_column: str = field(default="image", metadata={"help": "Column with the images (Hub/disk datasets)."})
     label_column: str = field(default="label", metadata={"help": "Column with the masks (Hub/disk datasets)."})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_IMAGE_PIXELS_HELP})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="validation", metadata={"help": "Split used for evaluation ('val' also matches)."})
     validation_split: float = field(
@@ -143,10 +150,16 @@ class DataArguments:
         default=False,
         metadata={"help": "Accept a class with no training pixels (the data check refuses one by default)."},
     )
-    crop_size: int = field(default=512, metadata={"help": "Training crop side (pixels)."})
-    train_scale: list[int] = field(
+    crop_size: str = field(
+        default="512",
+        metadata={"help": "Training crop side (pixels), or auto: chosen from the data with train_scale (256, smaller "
+                          "only for small images; docs/training.md, \"Scale from the data\")."},
+    )
+    train_scale: list[str] = field(
         default_factory=lambda: [2048, 512],
-        metadata={"help": "Random-resize base scale (long side, short side), before ratio_range, as MMSegmentation."},
+        metadata={"help": "Random-resize base scale (long side, short side), before ratio_range, as MMSegmentation; "
+                          "or auto: chosen from the data check's measure of the thinnest class and the image sizes "
+                          "(docs/training.md, \"Scale from the data\")."},
     )
     ratio_range: list[float] = field(
         default_factory=lambda: [0.5, 2.0], metadata={"help": "Random-resize ratio range."}
@@ -168,6 +181,19 @@ class DataArguments:
         metadata={"help": "Share of training crops centred on a random pixel of the image's rarest class (rarity: the "
                           "data check's training histogram); these crops skip the cat_max_ratio retries. 0: off."},
     )
+    num_channels: int | None = field(
+        default=None,
+        metadata={"help": "Bands per image (e.g. 4 for RGB + NIR): images are read as they are stored (.npy, TIFF "
+                          "stacks, 16-bit grey PNG) without conversion to 8-bit RGB, normalised by the per-band "
+                          "mean/std the data check measures on the training split. Unset: 8-bit RGB, unless the "
+                          "check finds .npy or TIFF stacks (more than three bands or more than 8 bits) and infers it. "
+                          "See docs/data.md."},
+    )
+    display_bands: list[int] | None = field(
+        default=None,
+        metadata={"help": "With num_channels: the three bands (0-based) overlays and sample grids draw as red, green, "
+                          "blue, each stretched from its 2nd to 98th percentile. Default: the first three."},
+    )
     hflip_prob: float = field(default=0.5, metadata={"help": "Horizontal flip probability."})
     photometric_distortion: bool = field(
         default=True, metadata={"help": "Random brightness/contrast/saturation/hue (MMSegmentation's)."}
@@ -183,13 +209,21 @@ class DataArguments:
     eval_size: int = field(
         default=512, metadata={"help": "Evaluation: images are resized to eval_size², labels stay at native size."}
     )
-    eval_scale: list[int] | None = field(
+    eval_scale: list[str] | None = field(
         default=None,
         metadata={"help": "Evaluation: resize keeping the aspect ratio to fit (long side, short side), as "
                           "MMSegmentation's test pipeline: train_scale evaluates at the scale the model trained at; "
                           "which scale reads best depends on the data (benchmarks/bench_eval_scale.py measures it "
                           "for a trained model; docs/evaluation.md). eval_size² squashes other shapes. Saved with "
-                          "the model: `hf-segformer evaluate/predict` resize the same way. Unset: eval_size²."},
+                          "the model: `hf-segformer evaluate/predict` resize the same way. auto: chosen from the data "
+                          "with train_scale (docs/training.md). Unset: eval_size²."},
+    )
+    eval_subset_size: str = field(
+        default="auto",
+        metadata={"help": "Evaluations during training read this many validation images, the same ones each time "
+                          "(spread evenly over the split); the evaluation after training reads the whole split. "
+                          "auto: 64 under a max_time budget (evaluating is time not spent learning), else the whole "
+                          "split; 0: the whole split."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(
@@ -208,6 +242,7 @@ class DataArguments:
         if self.data_format is not None:
             check_choice("data_format", self.data_format, DATA_FORMATS)
         check_choice("streaming_split", self.streaming_split, SPLIT_STRATEGIES)
+        check_max_image_pixels(self.max_image_pixels)
         if self.shuffle_buffer_size < 0:
             raise RecipeError(f"shuffle_buffer_size must be ≥ 0; got {self.shuffle_buffer_size}.")
         if self.streaming_check_samples < 1:
@@ -229,16 +264,51 @@ class DataArguments:
             raise RecipeError("rare_class_crop_prob ranks classes by the data check's histogram: keep check_data: true.")
         if not self.rare_class_temperature > 0:
             raise RecipeError(f"rare_class_temperature must be > 0; got {self.rare_class_temperature}.")
-        if not isinstance(self.train_scale, (list, tuple)) or not isinstance(self.ratio_range, (list, tuple)) \
-                or len(self.train_scale) != 2 or len(self.ratio_range) != 2:
+        self._read_scale_fields()
+        if str(self.eval_subset_size).strip().lower() == AUTO:
+            self.eval_subset_size = AUTO
+        elif not str(self.eval_subset_size).isdigit():
+            raise RecipeError(f"eval_subset_size takes a number of images ≥ 0 (0: the whole split) or auto; got "
+                              f"{self.eval_subset_size!r}.")
+        else:
+            self.eval_subset_size = int(self.eval_subset_size)
+        if not isinstance(self.ratio_range, (list, tuple)) or len(self.ratio_range) != 2 or (
+                self.train_scale != AUTO and len(self.train_scale) != 2):
             raise RecipeError(f"train_scale and ratio_range take two numbers each (e.g. train_scale: [2048, 512]); "
                               f"got train_scale: {self.train_scale}, ratio_range: {self.ratio_range}.")
-        if self.eval_scale is not None and (not isinstance(self.eval_scale, (list, tuple)) or len(self.eval_scale) != 2
-                                            or min(self.eval_scale) <= 0):
+        if self.eval_scale not in (None, AUTO) and (len(self.eval_scale) != 2 or min(self.eval_scale) <= 0):
             raise RecipeError(f"eval_scale takes two positive numbers (long side, short side), e.g. the train_scale "
                               f"{list(self.train_scale)}; got {self.eval_scale}.")
         check_ignore_index(self.ignore_index)
         self._check_label_map()
+        self._check_bands()
+
+    def _check_bands(self) -> None:
+        """num_channels needs the data check (it measures the per-band mean/std the model is normalised with)."""
+        if self.num_channels is not None:
+            if not isinstance(self.num_channels, int) or self.num_channels < 1:
+                raise RecipeError(f"num_channels must be a positive number of bands; got {self.num_channels}.")
+            if not self.check_data:
+                raise RecipeError("num_channels: the data check measures the per-band mean/std the model is "
+                                  "normalised with: keep check_data: true.")
+            if self.streaming:
+                raise RecipeError("num_channels is not supported with streaming: true yet; write the images to an "
+                                  "image/mask folder (.npy or TIFF stacks) instead.")
+        if self.display_bands is not None:
+            bands = [int(b) for b in self.display_bands]
+            if len(bands) != 3 or min(bands) < 0 or (self.num_channels is not None and max(bands) >= self.num_channels):
+                raise RecipeError(f"display_bands takes three band numbers from 0 to num_channels - 1 (red, green, "
+                                  f"blue); got {self.display_bands}.")
+            self.display_bands = bands
+
+    def _read_scale_fields(self) -> None:
+        """crop_size, train_scale and eval_scale are numbers, or `auto` (chosen from the data at the start of the
+        run: `data.scale_choice`); `auto_scale_fields` names those left to the data."""
+        self.crop_size = _number_or_auto("crop_size", self.crop_size)
+        self.train_scale = _numbers_or_auto("train_scale", self.train_scale)
+        self.eval_scale = None if self.eval_scale is None else _numbers_or_auto("eval_scale", self.eval_scale)
+        self.auto_scale_fields = tuple(name for name in ("crop_size", "train_scale", "eval_scale")
+                                       if getattr(self, name) == AUTO)
 
     def _check_label_map(self) -> None:
         """label_map decides each raw value's class by itself: the other mask decodings would re-map its result."""
@@ -256,6 +326,30 @@ class DataArguments:
                 raise RecipeError(f"label_map and {name} both re-map mask values; use label_map alone: {how}.")
         check_label_map_targets(self.label_map_ids, self.num_labels or (len(self.id2label_map) if self.id2label_map
                                                                         else None), self.ignore_index)
+
+
+def _number_or_auto(name: str, value: object) -> int | str:
+    if str(value).strip().lower() == AUTO:
+        return AUTO
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise RecipeError(f"{name} takes a whole number of pixels or auto; got {value!r}.") from None
+    if number <= 0:
+        raise RecipeError(f"{name} must be > 0 pixels (or auto); got {number}.")
+    return number
+
+
+def _numbers_or_auto(name: str, value: object) -> list[int] | str:
+    """A scale: [long, short] (from YAML, or two command-line words), or auto (one word)."""
+    words = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(words) == 1 and str(words[0]).strip().lower() == AUTO:
+        return AUTO
+    try:
+        return [int(str(word)) for word in words]
+    except ValueError:
+        raise RecipeError(f"{name} takes two numbers (long side, short side), e.g. [2048, 512], or auto; "
+                          f"got {value!r}.") from None
 
 
 PALETTE_KEYS = ("data_dir", "mask_dir", "colour_map")  # recipe fields that say what the dataset's colours are

@@ -12,10 +12,13 @@ from datasets import DatasetDict
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import canonical_split, check_label_map_targets, check_num_labels, normalise_id2label
+from hf_segformer.data.bands import stack_file_bands
 from hf_segformer.data.doctor import UNLABELLED_NAMES, empty_class_problems, unlabelled_hint
+from hf_segformer.data.images import entry_name
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file, numbered_classes
-from hf_segformer.data.loading import load_data
+from hf_segformer.data.loading import load_data, undecoded
 from hf_segformer.data.preflight import DataReport, check_data
+from hf_segformer.data.scale_choice import choose_scale, scale_line
 from hf_segformer.data.streaming import (
     StreamingData,
     check_streaming_data,
@@ -23,6 +26,7 @@ from hf_segformer.data.streaming import (
     load_streaming_data,
 )
 from hf_segformer.data.synthetic import write_synthetic_dataset
+from hf_segformer.data.thinness import measure_thinness
 from hf_segformer.errors import DataError, problems_message
 
 logger = logging.getLogger("hf_segformer")
@@ -99,13 +103,33 @@ def build_label_decoder(data_args: DataArguments, num_labels: int | None = None)
                         label_map_default=data_args.label_map_default, num_labels=num_labels)
 
 
+def settle_num_channels(data: DatasetDict, data_args: DataArguments) -> tuple[int | None, str]:
+    """(bands per image, where that comes from): the recipe's num_channels, else inferred from the first training
+    image when it is a stack the RGB path would squash (.npy; TIFF with more than three bands or 8 bits), else
+    (None, ""): 8-bit RGB."""
+    if data_args.num_channels is not None:
+        return data_args.num_channels, "the recipe's num_channels"
+    split = canonical_split(data_args.train_split)
+    if split not in data or len(data[split]) == 0:
+        return None, ""
+    entry = undecoded(data[split])[0]["image"]
+    bands = stack_file_bands(entry)
+    if bands is None:
+        return None, ""
+    logger.info("num_channels: %d, inferred from %s (set num_channels in the recipe to state it).", bands,
+                entry_name(entry))
+    return bands, f"inferred from the data: {entry_name(entry)} has {bands} band{'s' if bands != 1 else ''}"
+
+
 def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, id2label: dict[int, str]) -> DataReport:
     streaming = isinstance(data, StreamingData)
     if streaming:  # the first streaming_check_samples training pairs + the bounded validation set
         report = check_streaming_data(data, build_label_decoder(data_args), len(id2label), id2label,
                                       data_args.streaming_check_samples, data_args.check_num_proc)
     else:
-        report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc)
+        num_channels, source = settle_num_channels(data, data_args)
+        report = check_data(data, build_label_decoder(data_args), len(id2label), id2label, data_args.check_num_proc,
+                            num_channels, source)
     train = report.splits.get(canonical_split(data_args.train_split))
     if train is not None and not data_args.allow_empty_classes:
         empty = empty_class_problems(train.pixel_counts, id2label, data_args.ignore_index, data_args.binary_masks,
@@ -115,6 +139,11 @@ def run_data_check(data: DatasetDict | StreamingData, data_args: DataArguments, 
                                             empty))
         elif empty:
             raise DataError(problems_message("The training data cannot teach every class", empty))
+    if train is not None and not streaming:  # how thin each class is, on a bounded sample of training masks
+        report.thinness = measure_thinness(undecoded(data[canonical_split(data_args.train_split)]),
+                                           build_label_decoder(data_args), len(id2label))
+    report.scale_choice = scale_line(data_args, choose_scale(report.thinness, train.image_sizes if train else [],
+                                                             id2label))
     hint = unlabelled_hint(id2label, data_args.reduce_labels)
     if hint:
         logger.warning(hint)

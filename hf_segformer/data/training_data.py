@@ -18,6 +18,7 @@ from hf_segformer.data.loading import undecoded
 from hf_segformer.data.preflight import DataReport
 from hf_segformer.data.prepare import build_label_decoder, prepare_data, run_data_check
 from hf_segformer.data.rare_classes import rarest_first
+from hf_segformer.data.scale_choice import scale_line, settle_scale
 from hf_segformer.data.streaming import StreamingData
 from hf_segformer.data.train_stream import TrainStream
 from hf_segformer.data.transforms import EvalTransform, TrainTransform
@@ -38,6 +39,11 @@ def load_checked_data(data_args: DataArguments, training_args: TrainingArguments
             run_data_check(data, data_args, id2label).save(training_args.output_dir)
     path = Path(training_args.output_dir) / "class_histogram.json"
     report = DataReport.load(path) if data_args.check_data and path.is_file() else None
+    if data_args.auto_scale_fields:  # every process fills them from the same report
+        train = report.splits.get(canonical_split(data_args.train_split)) if report is not None else None
+        choice = settle_scale(data_args, report.thinness if report is not None else None,
+                              train.image_sizes if train is not None else [], id2label)
+        logger.info(scale_line(data_args, choice))
     return data, id2label, report
 
 
@@ -58,11 +64,12 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
                         "Set validation_split: 0.1 to carve one from train (streaming: data_files: {validation: ...}), "
                         "or eval_strategy: 'no'.")
     decoder = build_label_decoder(data_args, num_labels)
+    num_channels = report.num_channels if report is not None else None  # settled by the check (recipe or data)
     rarest = rarest_first(report.splits[train_split].class_counts) if data_args.rare_class_crop_prob > 0 else ()
     train_transform = TrainTransform(
         decoder, data_args.crop_size, tuple(data_args.train_scale), tuple(data_args.ratio_range),
         data_args.cat_max_ratio, data_args.hflip_prob, data_args.photometric_distortion, data_args.ignore_index,
-        data_args.rare_class_crop_prob, rarest,
+        data_args.rare_class_crop_prob, rarest, num_channels=num_channels,
     )
     if stream_source is not None:  # decoded in dataloader_num_workers processes of the stream's own
         train_dataset = TrainStream(stream_source, train_transform, seed=training_args.data_seed or training_args.seed,
@@ -71,14 +78,17 @@ def build_datasets(data: DatasetDict | StreamingData, data_args: DataArguments,
                                     split=data_args.streaming_split, num_workers=training_args.dataloader_num_workers,
                                     mp_context=training_args.dataloader_multiprocessing_context)
     else:
-        train_transform.cache = image_cache(data_args, training_args, train_split, report)
+        # band stacks are read as they are stored; the cache keeps decoded 8-bit RGB pairs
+        train_transform.cache = image_cache(data_args, training_args, train_split, report) if num_channels is None \
+            else None
         train_dataset = AugmentedPairs(undecoded(data[train_split]), train_transform,
                                        seed=training_args.data_seed or training_args.seed)
     if eval_split not in data:
         return train_dataset, None, None
     raw_eval = undecoded(data[eval_split])
-    return train_dataset, raw_eval.with_transform(EvalTransform(
-        decoder, data_args.eval_size, tuple(data_args.eval_scale) if data_args.eval_scale else None)), raw_eval
+    eval_transform = EvalTransform(decoder, data_args.eval_size,
+                                   tuple(data_args.eval_scale) if data_args.eval_scale else None, num_channels)
+    return train_dataset, raw_eval.with_transform(eval_transform), raw_eval
 
 
 def image_cache(data_args: DataArguments, training_args: TrainingArguments, split: str,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hf_segformer.data.bands import BandImage, read_bands
 from hf_segformer.data.image_cache import DecodedImageCache
 from hf_segformer.data.images import entry_name, keep_ratio_size, open_image, rescale_factor, to_rgb, upright
 from hf_segformer.data.labels import LabelDecoder
@@ -43,6 +44,8 @@ class TrainTransform:
     rare_class_crop_prob: float = 0.0  # this share of crops is centred on a pixel of the image's rarest class
     rare_classes: tuple[int, ...] = ()  # class ids from the rarest (training-pixel share) to the most common
     cache: DecodedImageCache | None = field(default=None, repr=False)  # decoded pairs kept in memory (cache_images)
+    # set: images read as this many bands in the data's units (data.bands); geometric steps only, no photometric
+    num_channels: int | None = None
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
@@ -55,11 +58,15 @@ class TrainTransform:
     def pair(self, image_entry: Any, mask_entry: Any, rng: random.Random | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One (image, mask) entry pair read (or taken from the cache) and augmented with `rng`'s draws."""
-        image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
-                       else (open_image(image_entry), open_image(mask_entry)))
+        if self.num_channels is not None:
+            image, mask = read_bands(image_entry, self.num_channels), open_image(mask_entry)
+        else:
+            image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
+                           else (open_image(image_entry), open_image(mask_entry)))
         return self.transform(image, mask, entry_name(mask_entry), rng)
 
-    def transform(self, image: Image.Image, mask: Image.Image, name: str = "mask", rng: random.Random | None = None
+    def transform(self, image: Image.Image | BandImage, mask: Image.Image, name: str = "mask",
+                  rng: random.Random | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """`rng`: where the random draws come from (None: one seeded from the global `random`, which set_seed
         seeds); data.augmented_pairs gives each sample its own, so that a resumed run draws the same crops."""
@@ -92,15 +99,16 @@ class TrainTransform:
             drafted = image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
             if drafted is not None:
                 decode_scale = drafted[1][2] / stored_width
-        image = to_rgb(upright(image))
+        bands = isinstance(image, BandImage)
+        image = image if bands else to_rgb(upright(image))
         image = image.resize((crop_w, crop_h), Image.BILINEAR, box=tuple(b * decode_scale for b in box))
-        if self.photometric:
+        if self.photometric and not bands:  # colour jitter is defined on RGB: band stacks get the geometric steps
             image = photometric_distortion(image, rng)
-        pixels = np.asarray(image)
+        pixels = image.array if bands else np.asarray(image)
 
         if rng.random() < self.hflip_prob:
             pixels, label = pixels[:, ::-1], label[:, ::-1]
-        out_pixels = np.zeros((self.crop_size, self.crop_size, 3), dtype=np.uint8)
+        out_pixels = np.zeros((self.crop_size, self.crop_size, pixels.shape[2]), dtype=pixels.dtype)
         out_label = np.full((self.crop_size, self.crop_size), self.ignore_index, dtype=np.int64)
         out_pixels[:crop_h, :crop_w] = pixels
         out_label[:crop_h, :crop_w] = label
@@ -179,6 +187,7 @@ class EvalTransform:
     decoder: LabelDecoder
     size: int = 512
     scale: tuple[float, float] | None = None
+    num_channels: int | None = None  # set: images read as bands (data.bands), float32 in the data's units
 
     def input_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the model sees for an image of this size."""
@@ -187,9 +196,11 @@ class EvalTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image = to_rgb(upright(open_image(image_entry)))
+            image = (to_rgb(upright(open_image(image_entry))) if self.num_channels is None
+                     else read_bands(image_entry, self.num_channels))
             image = image.resize(self.input_size(*image.size), Image.BILINEAR)
-            pixel_values.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            pixels = image.array if isinstance(image, BandImage) else np.asarray(image)
+            pixel_values.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
             label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
             labels.append(torch.from_numpy(label.astype(np.int64)))
         return {"pixel_values": pixel_values, "labels": labels}
@@ -197,7 +208,8 @@ class EvalTransform:
 
 @dataclass
 class SegmentationCollator:
-    """Stack uint8 images, normalise once per batch, pad labels of different sizes with LABEL_PAD.
+    """Stack uint8 images, normalise once per batch, pad labels of different sizes with LABEL_PAD. Band stacks
+    (float32, in the data's units) are normalised by their per-band mean/std without the 1/255 rescale.
 
     Images of different sizes (keep-ratio evaluation) are padded bottom/right to a common size, and
     `pixel_sizes` [B, 2] (height, width) says how much of each is the image, so that the model can be run on
@@ -218,7 +230,7 @@ class SegmentationCollator:
             batch["pixel_sizes"] = torch.tensor(sizes, dtype=torch.long)
         else:
             stacked = torch.stack(images)
-        pixels = stacked.float().div_(255.0)
+        pixels = stacked.float().div_(255.0) if stacked.dtype == torch.uint8 else stacked.float()
         mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
         std = torch.tensor(self.image_std).view(1, -1, 1, 1)
         batch = {"pixel_values": pixels.sub_(mean).div_(std), **batch}

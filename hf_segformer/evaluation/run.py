@@ -31,7 +31,7 @@ from PIL import Image as PILImage
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import canonical_split, normalise_id2label
-from hf_segformer.data.images import as_rgb, entry_name, open_image
+from hf_segformer.data.images import entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.loading import load_split
 from hf_segformer.data.palettes import dataset_palette
@@ -49,10 +49,10 @@ logger = logging.getLogger(__name__)
 Sample = tuple[PILImage.Image, np.ndarray, np.ndarray]  # image, label, prediction: a row of the sample grid
 
 
-def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, said: set[str]) -> tuple:
+def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, segmenter: Segmenter) -> tuple:
     image_name, label_name = entry_name(image_entry), entry_name(label_entry)
     try:
-        image = as_rgb(open_image(image_entry), image_name, said)
+        image = segmenter.read(image_entry, image_name)  # 8-bit RGB, or the bands of a band-stack model
         image.load()
         label = decoder(open_image(label_entry), label_name)
     except OSError as err:
@@ -73,11 +73,10 @@ def evaluate_shard(segmenter: Segmenter, dataset: Dataset, decoder: LabelDecoder
     confusion = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=segmenter.device)
     kept: dict[int, Sample] = {}
     indices = list(range(process_index, len(dataset), num_processes))
-    said: set[str] = set()  # image modes whose conversion to RGB was logged
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         rows = dataset[chunk]
-        pairs = [_decode_pair(i, m, decoder, said) for i, m in zip(rows["image"], rows["label"])]
+        pairs = [_decode_pair(i, m, decoder, segmenter) for i, m in zip(rows["image"], rows["label"])]
         images = [image for image, _, _ in pairs]
         for index, (image, label, name), logits in zip(chunk, pairs, segmenter.logits(images)):
             target = torch.from_numpy(label.astype(np.int64))[None]

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, is_image_file, too_large
+from hf_segformer.data.images import IMAGE_EXTENSIONS, ImageTooLarge, as_rgb, is_image_file, open_image
 from hf_segformer.data.palettes import mask_image
 from hf_segformer.errors import DataError, problems_message
 from hf_segformer.inference.segmenter import Segmenter
@@ -83,32 +84,45 @@ def find_jobs(inputs: list[str], predictions_dir: str | os.PathLike, overlays: b
             for stem, image in sources.items()]
 
 
-def _decode(jobs: list[Job], said: set[str]) -> tuple[list[Job], list[Image.Image], list[str]]:
-    """Decoded RGB images of a batch, and one message per image that could not be decoded."""
+def _decode(jobs: list[Job], said: set[str], read: Callable[[Any], Any] | None = None
+            ) -> tuple[list[Job], list[Image.Image], list[str]]:
+    """Decoded RGB images of a batch (`read`: a band-stack model's reader, `Segmenter.read`), and one message per
+    image that could not be decoded."""
     decoded, images, failures = [], [], []
     for job in jobs:
         try:
-            image = Image.open(job.source)
+            if read is not None:
+                images.append(read(job.source))
+                decoded.append(job)
+                continue
+            image = open_image(job.source)
             image.load()
             images.append(as_rgb(image, str(job.source), said))
             decoded.append(job)
-        except Image.DecompressionBombError as err:  # not broken: refused until the user allows it
-            raise too_large(str(job.source), err) from err
+        except (ImageTooLarge, DataError):  # not broken: refused until allowed, or another band count than the model's
+            raise
         except Exception as err:  # noqa: BLE001 - whatever PIL raises for one file, the others go on
             failures.append(f"{job.source}: {type(err).__name__}: {err}")
     return decoded, images, failures
 
 
-def decoded_batches(jobs: list[Job], batch_size: int) -> Iterator[tuple[list[Job], list[Image.Image], list[str]]]:
+def band_reader(segmenter: Any) -> Callable[[Any], Any] | None:
+    """`Segmenter.read` for a model trained on band stacks (`decoded_batches` reads its images with it), else None:
+    the RGB path, which says once per image mode what it converted."""
+    return segmenter.read if getattr(segmenter, "num_channels", None) is not None else None
+
+
+def decoded_batches(jobs: list[Job], batch_size: int, read: Callable[[Any], Any] | None = None
+                    ) -> Iterator[tuple[list[Job], list[Image.Image], list[str]]]:
     """`_decode` of consecutive batches, each decoded in a background thread while the previous one is predicted."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     said: set[str] = set()  # image modes whose conversion to RGB was logged
     with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(_decode, batches[0], said) if batches else None
+        upcoming = pool.submit(_decode, batches[0], said, read) if batches else None
         for i in range(len(batches)):
             current = upcoming.result()
             if i + 1 < len(batches):
-                upcoming = pool.submit(_decode, batches[i + 1], said)
+                upcoming = pool.submit(_decode, batches[i + 1], said, read)
             yield current
 
 
@@ -125,7 +139,7 @@ def predict_files(segmenter: Segmenter, jobs: list[Job], palette: np.ndarray, ba
     """Predict and write every job; returns the messages of the images that could not be decoded."""
     failures: list[str] = []
     with tqdm(total=len(jobs), unit="image", disable=not progress or None) as bar:
-        for batch, images, failed in decoded_batches(jobs, batch_size):
+        for batch, images, failed in decoded_batches(jobs, batch_size, band_reader(segmenter)):
             failures += failed
             for job, image, mask in zip(batch, images, segmenter.masks(images)):
                 mask = mask.cpu().numpy()

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from hf_segformer.data.images import load_image
 from hf_segformer.inference.onnx_export import check_parity, load_onnx_session
 from hf_segformer.inference.quantize import QuantizationResult, QuantizationSettings, quantize_onnx
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
@@ -53,7 +52,7 @@ def mask_agreement(reference: Segmenter, candidate: Segmenter, images: list[Any]
     """Share of pixels, over `images` at their own sizes, where the two segmenters predict the same class."""
     same = total = 0
     for item in images:
-        image = load_image(item)
+        image = reference.read(item)
         expected, actual = reference(image), candidate(image)
         same += int((expected == actual).sum())
         total += expected.size

@@ -40,10 +40,11 @@ from hf_segformer.data.annotations.preannotations import (
     LabelStudioOptions,
     MaskToExport,
 )
+from hf_segformer.data.bands import BandImage, display_image
 from hf_segformer.data.images import load_image
 from hf_segformer.data.palettes import colourise, default_palette, pixels_per_class
 from hf_segformer.errors import DataError, RecipeError
-from hf_segformer.inference.predict import decoded_batches, find_jobs
+from hf_segformer.inference.predict import band_reader, decoded_batches, find_jobs
 from hf_segformer.inference.predict_export import image_name
 from hf_segformer.inference.segmenter import Segmenter, class_map
 
@@ -157,15 +158,16 @@ def _heat(uncertainty: np.ndarray) -> np.ndarray:
     return (np.stack([np.minimum(1, 2 * u), np.clip(2 * u - 1, 0, 1), np.zeros_like(u)], -1) * 255).astype(np.uint8)
 
 
-def top_grid(rows: list[tuple[str, Image.Image, np.ndarray, np.ndarray]], palette: np.ndarray,
+def top_grid(rows: list[tuple[str, Image.Image | BandImage, np.ndarray, np.ndarray]], palette: np.ndarray,
              tile_height: int = TILE_HEIGHT) -> Image.Image:
-    """One row per (title, image, class-id mask, uncertainty map): image | prediction | uncertainty, titled."""
+    """One row per (title, image, class-id mask, uncertainty map): image (a band stack: its display bands) |
+    prediction | uncertainty, titled."""
     font = ImageFont.load_default()
     title, gap = 16, 4
     tiles = []
     for caption, image, mask, uncertainty in rows:
         width = max(1, round(image.width * tile_height / image.height))
-        tiles.append((caption, [image.resize((width, tile_height), Image.BILINEAR),
+        tiles.append((caption, [display_image(image).resize((width, tile_height), Image.BILINEAR),
                                 Image.fromarray(colourise(mask, palette)).resize((width, tile_height), Image.NEAREST),
                                 Image.fromarray(_heat(uncertainty)).resize((width, tile_height), Image.BILINEAR)]))
     column = max((row[0].width for _, row in tiles), default=tile_height)
@@ -204,7 +206,8 @@ def rank_unlabelled(model: Segmenter | str | os.PathLike | torch.nn.Module, imag
     id2label = segmenter.id2label
 
     measured, failures = [], []
-    for batch, pictures, failed in decoded_batches(jobs, batch_size):
+    read = band_reader(segmenter)  # None: 8-bit RGB images
+    for batch, pictures, failed in decoded_batches(jobs, batch_size, read):
         failures += failed
         for job, logits in zip(batch, segmenter.logits(pictures)):
             probabilities = logits.float().softmax(0)
@@ -235,7 +238,7 @@ def rank_unlabelled(model: Segmenter | str | os.PathLike | torch.nn.Module, imag
     top = ranked[:top_k]
     rows, exports = [], []
     for rank, item in enumerate(top, 1):
-        image = load_image(item.source)
+        image = read(item.source) if read is not None else load_image(item.source)
         logits = next(iter(segmenter.logits([image])))
         mask = class_map(logits, (image.height, image.width)).cpu().numpy()
         uncertainty = pixel_uncertainty(logits.float().softmax(0), method)

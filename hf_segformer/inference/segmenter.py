@@ -34,13 +34,15 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from hf_segformer.data.images import keep_ratio_size, load_image
+from hf_segformer.data.bands import BandImage, read_image
+from hf_segformer.data.images import keep_ratio_size
 from hf_segformer.data.labels import numbered_classes
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import load_onnx_session, onnx_logits
+from hf_segformer.inference.openvino_backend import OpenVINOSession, is_openvino_file
 from hf_segformer.logits import upsample_logits, upsampled_argmax
-from hf_segformer.modeling.build import KEEP_RATIO_SCALE, load_saved_model
+from hf_segformer.modeling.build import DISPLAY_BANDS, KEEP_RATIO_SCALE, NUM_CHANNELS, load_saved_model
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import apply_token_merging
 
@@ -137,6 +139,28 @@ def normalisation_table(image_processor: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32))
 
 
+def input_bands(model: torch.nn.Module, image_processor: Any) -> tuple[int | None, list[int] | None]:
+    """(num_channels, display_bands) of a model trained on band stacks (saved in its preprocessor_config.json),
+    (None, None) for an RGB model; a model whose config and processor disagree is one error."""
+    saved = getattr(image_processor, NUM_CHANNELS, None)
+    expected = getattr(model.config, "num_channels", 3)
+    if (saved or 3) != expected:
+        raise RecipeError(f"The model takes {expected} input bands but its preprocessor_config.json says "
+                          f"num_channels {saved or 'unset (3, 8-bit RGB)'}: save the model with the image processor of "
+                          "the run that trained it.")
+    return (int(saved), list(getattr(image_processor, DISPLAY_BANDS, None) or range(min(saved, 3)))) \
+        if saved is not None else (None, None)
+
+
+def band_normalisation(image_processor: Any, num_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and std (float32) the processor normalises band stacks with (0 and 1 when it does not)."""
+    if not getattr(image_processor, "do_normalize", True):
+        return torch.zeros(num_channels), torch.ones(num_channels)
+    mean = np.broadcast_to(np.asarray(image_processor.image_mean, np.float32), (num_channels,))
+    std = np.broadcast_to(np.asarray(image_processor.image_std, np.float32), (num_channels,))
+    return torch.from_numpy(mean.copy()), torch.from_numpy(std.copy())
+
+
 def class_map(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Class ids [H, W] from logits [C, h, w]: bilinear upsampling to `size`, then arg-max (chunked over classes)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -168,8 +192,11 @@ class Segmenter:
                  onnx_session: Any = None):
         if precision not in PRECISIONS:
             raise RecipeError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'.")
-        if onnx_session is not None and (precision != "fp32" or compile):
-            raise RecipeError("An ONNX model runs in ONNX Runtime in float32: leave precision fp32 and compile off.")
+        # an ONNX Runtime session runs float32; an OpenVINO one says which precisions it can be compiled for
+        exported_precisions = getattr(onnx_session, "precisions", ("fp32",))
+        if onnx_session is not None and (precision not in exported_precisions or compile):
+            raise RecipeError(f"This exported model runs in {' or '.join(exported_precisions)}: choose that "
+                              "precision and leave compile off.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.settings = settings or InferenceSettings()
@@ -180,7 +207,13 @@ class Segmenter:
             image_processor, KEEP_RATIO_SCALE, None)  # the training evaluation's keep-ratio resize
         self.precision = precision  # what the results say evaluated the model
         self.autocast = PRECISIONS[precision]
-        self._table = normalisation_table(image_processor).to(self.device).view(-1)
+        self.num_channels, self.display_bands = input_bands(model, image_processor)  # None: 8-bit RGB images
+        self._table = (normalisation_table(image_processor) if self.num_channels is None
+                       else torch.zeros(3 * 256)).to(self.device).view(-1)
+        if self.num_channels is not None:  # band stacks in the data's units: (x - mean) / std per band
+            mean, std = band_normalisation(image_processor, self.num_channels)
+            self._band_mean = mean.to(self.device).view(1, -1, 1, 1)
+            self._band_std = std.to(self.device).view(1, -1, 1, 1)
         self._channel_offset = (torch.arange(3, device=self.device, dtype=torch.int32) * 256).view(1, 3, 1, 1)
         self._onnx = onnx_session  # set: the forward pass runs in ONNX Runtime (`hf-segformer export-onnx`)
         fold = self.settings.fold_head and onnx_session is None and can_fold(self.model)
@@ -195,7 +228,8 @@ class Segmenter:
                         **load_kwargs: Any) -> Segmenter:
         """A saved model folder (ours, a LoRA run's adapter, or any `save_pretrained` one) or a Hub id, with its image
         processor;
-        `onnx`: the model exported by `hf-segformer export-onnx`, run by ONNX Runtime instead of PyTorch."""
+        `onnx`: the model exported by `hf-segformer export-onnx`, run by ONNX Runtime instead of PyTorch, or an
+        OpenVINO IR (.xml) made from it, run by OpenVINO (in `precision` fp32 or bf16)."""
         if onnx and token_merging:
             raise RecipeError("token_merging cannot be applied to an exported ONNX model; export without it.")
         model = load_saved_model(model_name_or_path, **load_kwargs)
@@ -208,7 +242,9 @@ class Segmenter:
         if token_merging:
             apply_token_merging(model, token_merging)  # patches the encoder's attention in place
         session = None
-        if onnx:
+        if is_openvino_file(onnx):
+            session = OpenVINOSession(onnx, torch.get_num_threads(), precision)
+        elif onnx:
             session = load_onnx_session(onnx, torch.get_num_threads())
         return cls(model, image_processor, settings, device, precision, compile, session)
 
@@ -220,7 +256,7 @@ class Segmenter:
         dtype = np.uint8 if self.num_labels <= 256 else np.int32
         masks = []
         for start in range(0, len(items), batch_size):
-            batch = [load_image(item, said=self._converted_modes) for item in items[start : start + batch_size]]
+            batch = [self.read(item) for item in items[start : start + batch_size]]
             masks += [mask.cpu().numpy().astype(dtype) for mask in self.masks(batch)]
         return masks[0] if single else masks
 
@@ -276,8 +312,17 @@ class Segmenter:
                 count += 1
         return total / count if count > 1 else total
 
+    def read(self, item: Any, name: str | None = None) -> Image.Image | BandImage:
+        """A path, PIL image, array or {path, bytes} entry as this model reads it: 8-bit RGB, or a model trained on
+        band stacks its `num_channels` bands (another band count is one error naming the file)."""
+        return read_image(item, self.num_channels, name, self._converted_modes, self.display_bands,
+                          field="the model's num_channels")
+
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         """Same-size RGB images → normalised model input [B, 3, H, W] on the device."""
+        if isinstance(images[0], BandImage):
+            stack = torch.from_numpy(np.stack([image.array for image in images])).to(self.device)
+            return (stack.permute(0, 3, 1, 2) - self._band_mean) / self._band_std
         array = torch.from_numpy(np.stack([np.asarray(image) for image in images])).to(self.device)
         index = array.permute(0, 3, 1, 2).int() + self._channel_offset  # value + 256 × channel
         return self._table.index_select(0, index.reshape(-1)).view(index.shape)

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import zipfile
 from pathlib import Path
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode, try_to_load_from_cache
@@ -18,7 +19,8 @@ from transformers.utils import is_torchvision_available
 from hf_segformer.config.model import ModelArguments
 from hf_segformer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_segformer.errors import RecipeError
-from hf_segformer.modeling.lora import is_adapter_folder, load_merged_adapter
+from hf_segformer.modeling.input_bands import widen_patch_embedding
+from hf_segformer.modeling.lora import adapter_config_file, is_adapter_folder, load_merged_adapter
 
 if is_torchvision_available():
     from transformers import SegformerImageProcessor as _ImageProcessor
@@ -88,6 +90,25 @@ def check_hub_model(model_id: str, field: str = "model_name_or_path", revision: 
                           f"({why}): download it first (hf download {model_id}) or give a local folder.")
 
 
+def file_damage(path: str | os.PathLike) -> str | None:
+    """Why a saved file cannot be read, or None: a copy cut short or a full disk leaves a safetensors file without
+    its header, a JSON file unparsable, a torch.save archive (.pt, .pth) without its central directory. Other
+    kinds are not checked."""
+    name = str(path)
+    try:
+        if name.endswith(".json"):
+            json.loads(Path(path).read_text())
+        elif name.endswith(".safetensors"):
+            with safe_open(name, "pt"):
+                pass
+        elif name.endswith((".pt", ".pth")):
+            with zipfile.ZipFile(name):
+                pass
+    except Exception as err:  # noqa: BLE001 - safetensors' SafetensorError derives from Exception alone
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def check_model_folder(model_name_or_path: str | None, field: str = "model_name_or_path", revision: str | None = None,
                        cache_dir: str | None = None) -> None:
     """A local folder given as the model must be a saved model, whole and readable (else transformers' traceback
@@ -123,25 +144,25 @@ def check_model_folder(model_name_or_path: str | None, field: str = "model_name_
     if not weights:
         raise RecipeError(f"{field}: {model_name_or_path} has a config.json but no weights ({WEIGHT_FILES[0]}): "
                           "was the run's final save cut short? Use one of its checkpoint-* folders, or train again.")
-    if weights[0] == "model.safetensors":
-        try:
-            with safe_open(os.path.join(path, weights[0]), "pt"):
-                pass
-        except Exception as err:  # safetensors' SafetensorError derives from Exception alone
-            raise RecipeError(f"{field}: {os.path.join(path, weights[0])} is damaged ({err}): copy it again, or use "
-                              "one of the run's checkpoint-* folders.") from err
+    damage = file_damage(os.path.join(path, weights[0]))
+    if damage:
+        raise RecipeError(f"{field}: {os.path.join(path, weights[0])} is damaged ({damage}): copy it again, or use "
+                          "one of the run's checkpoint-* folders.")
 
 
 def load_saved_model(model_name_or_path: str | os.PathLike, **load_kwargs) -> nn.Module:
-    """The one loader of "a saved model": a folder written by `save_pretrained` or a Hub id, or a run folder holding
-    a LoRA adapter (its base model with the adapter merged in)."""
-    if is_adapter_folder(model_name_or_path):
-        return load_merged_adapter(model_name_or_path, **load_kwargs)
+    """The one loader of "a saved model": a folder written by `save_pretrained` or a Hub id, or a run folder or Hub
+    repository holding a LoRA adapter (its base model with the adapter merged in)."""
+    config_file = adapter_config_file(model_name_or_path, **load_kwargs)
+    if config_file is not None:
+        return load_merged_adapter(model_name_or_path, config_file, **load_kwargs)
     return AutoModelForSemanticSegmentation.from_pretrained(model_name_or_path, **load_kwargs)
 
 
-def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: int) -> SegformerForSemanticSegmentation:
-    """Pretrained checkpoint (Hub id or folder) with a head for our classes, or a from-config variant."""
+def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: int,
+                num_channels: int = 3) -> SegformerForSemanticSegmentation:
+    """Pretrained checkpoint (Hub id or folder) with a head for our classes, or a from-config variant; for
+    `num_channels` other than the checkpoint's 3, its first patch embedding widened (modeling.input_bands)."""
     label_kwargs = {
         "num_labels": len(id2label),
         "id2label": {int(k): v for k, v in id2label.items()},
@@ -150,10 +171,10 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
     }
     label_kwargs.update({name: value for name in ("drop_path_rate", "classifier_dropout_prob")
                          if (value := getattr(args, name)) is not None})
-    check_model_folder(args.model_name_or_path, revision=args.model_revision, cache_dir=args.cache_dir)
-    if args.model_name_or_path is None:
+    if args.model_name_or_path is None:  # a given folder or Hub id: checked once, before the data (check_recipe)
         logger.info("Building SegFormer-%s from config with random weights.", args.model_variant)
-        model = SegformerForSemanticSegmentation(variant_config(args.model_variant, **label_kwargs))
+        model = SegformerForSemanticSegmentation(variant_config(args.model_variant, num_channels=num_channels,
+                                                                **label_kwargs))
         init_encoder_like_mit(model)
         return model
     try:
@@ -167,7 +188,7 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
                           "(HF_HUB_OFFLINE=1) only models already in the cache load, or give a local model "
                           "folder.") from err
     try:
-        return SegformerForSemanticSegmentation.from_pretrained(
+        model = SegformerForSemanticSegmentation.from_pretrained(
             args.model_name_or_path, config=config, revision=args.model_revision, cache_dir=args.cache_dir,
             ignore_mismatched_sizes=args.ignore_mismatched_sizes,
         )
@@ -178,19 +199,31 @@ def build_model(args: ModelArguments, id2label: dict[int, str], ignore_index: in
                           f"{AutoConfig.from_pretrained(args.model_name_or_path).num_labels} classes, the data "
                           f"{len(id2label)}: set ignore_mismatched_sizes: true to train a new head for these "
                           "classes.") from err
+    if widen_patch_embedding(model, num_channels):
+        logger.info("%s takes 3 bands, the data %d: first patch embedding widened (RGB filters kept, extra bands = "
+                    "their mean, all scaled by 3/%d).", args.model_name_or_path, num_channels, num_channels)
+    return model
 
 
 # The processor's attribute (saved in preprocessor_config.json) holding a keep-ratio evaluation scale; transformers'
 # own processors resize to `size` and ignore it, `Segmenter` (evaluate, predict, demo) honours it.
 KEEP_RATIO_SCALE = "keep_ratio_scale"
+# Set on a model trained on band stacks: how many bands Segmenter reads (data.bands) and which three overlays draw.
+NUM_CHANNELS, DISPLAY_BANDS = "num_channels", "display_bands"
 
 
 def build_image_processor(eval_size: int, eval_scale: list[int] | None = None, image_mean=IMAGENET_MEAN,
-                          image_std=IMAGENET_STD):
+                          image_std=IMAGENET_STD, num_channels: int | None = None,
+                          display_bands: list[int] | None = None):
     """The processor saved with the model: exactly the evaluation preprocessing (resize to eval_size², or keeping
-    the aspect ratio to fit eval_scale; normalise)."""
+    the aspect ratio to fit eval_scale; normalise). With `num_channels`: band stacks normalised in the data's units
+    (N-long image_mean/image_std, no 1/255 rescale), and the bands overlays draw (`display_bands`)."""
     processor = _ImageProcessor(size={"height": eval_size, "width": eval_size}, image_mean=list(image_mean),
-                                image_std=list(image_std), do_reduce_labels=False)
+                                image_std=list(image_std), do_reduce_labels=False,
+                                do_rescale=num_channels is None)
+    if num_channels is not None:  # Segmenter reads images as bands when the saved processor says so
+        setattr(processor, NUM_CHANNELS, num_channels)
+        setattr(processor, DISPLAY_BANDS, list(display_bands or range(min(num_channels, 3))))
     if eval_scale:
         setattr(processor, KEEP_RATIO_SCALE, [int(side) for side in eval_scale])
     return processor

@@ -19,11 +19,11 @@ logger = logging.getLogger("hf_segformer")
 
 
 def prepare_model(model_args: ModelArguments, training_args: TrainingArguments, id2label: dict[int, str],
-                  ignore_index: int) -> torch.nn.Module:
+                  ignore_index: int, num_channels: int = 3) -> torch.nn.Module:
     """The SegFormer of the recipe, set up for training: reordered head, memory format, token merging, LoRA
     adapters (`lora`), SyncBN (`sync_batchnorm` of SegformerTrainingArguments, under DDP only). Logs the run's batch
-    per optimizer step."""
-    model = build_model(model_args, id2label, ignore_index)
+    per optimizer step. `num_channels`: the bands of the data (modeling.input_bands)."""
+    model = build_model(model_args, id2label, ignore_index, num_channels)
     if model_args.fuse_decode_head and not fuse_decode_head_for_training(model):
         logger.info("The decode head cannot be reordered (not transformers' SegformerDecodeHead): trained as it is.")
     if model_args.channels_last:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from transformers import Trainer, TrainerCallback
 
-from hf_segformer.data.images import as_rgb, entry_name, open_image
+from hf_segformer.data.images import entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.palettes import default_palette
 from hf_segformer.inference.segmenter import Segmenter
@@ -46,21 +46,22 @@ class SampleGridCallback(TrainerBound):
         self.palette = palette
         self._samples: list[tuple[Image.Image, np.ndarray]] | None = None
 
-    def _load_samples(self) -> list[tuple[Image.Image, np.ndarray]]:
+    def _load_samples(self, segmenter: Segmenter) -> list[tuple[Image.Image, np.ndarray]]:
+        """The grid's images read as the model reads them (8-bit RGB or its bands), and their masks."""
         if self._samples is None:
             self._samples = []
             for index in self.indices:
                 row = self.dataset[index]
-                image = as_rgb(open_image(row["image"]), entry_name(row["image"]))
+                image = segmenter.read(row["image"], entry_name(row["image"]))
                 self._samples.append((image, self.decoder(open_image(row["label"]), entry_name(row["label"]))))
         return self._samples
 
     def on_evaluate(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero or model is None or processing_class is None or not self.indices:
             return
-        samples = self._load_samples()
         was_training = model.training
         segmenter = Segmenter(model, processing_class, device=model.device, precision=args.precision)
+        samples = self._load_samples(segmenter)
         predictions = [mask.cpu().numpy() for mask in segmenter.masks([image for image, _ in samples])]
         model.train(was_training)
         palette = self.palette if self.palette is not None else default_palette(model.config.num_labels)

@@ -13,6 +13,7 @@ from transformers import set_seed
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.model import ModelArguments
 from hf_segformer.config.values import canonical_split
+from hf_segformer.data.images import image_pixel_limit
 from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.data.rare_classes import rare_class_sampler
@@ -26,7 +27,7 @@ from hf_segformer.modeling.prepare import prepare_model
 from hf_segformer.modeling.saved_label_map import save_label_map
 from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.arguments import SegformerTrainingArguments
-from hf_segformer.training.budget import TimeBudgetCallback, add_budget_metrics, save_budget_spent
+from hf_segformer.training.budget import TimeBudgetCallback, add_budget_metrics, eval_subset, save_budget_spent
 from hf_segformer.training.callbacks import LastEvaluation, SampleGridCallback
 from hf_segformer.training.checkpoints import claim_run_folder, run_inputs
 from hf_segformer.training.early_stopping import add_early_stopping_metrics, early_stopping_callback
@@ -70,6 +71,11 @@ def set_up_runtime(training_args: SegformerTrainingArguments) -> None:
 
 def main(data_args: DataArguments, model_args: ModelArguments, training_args: SegformerTrainingArguments) -> dict:
     """One fine-tuning run, top to bottom: set-up and checks, data, model, Trainer, train, save, evaluate, push."""
+    with image_pixel_limit(data_args.max_image_pixels):  # PIL's limit as the recipe sets it, for this run only
+        return _run(data_args, model_args, training_args)
+
+
+def _run(data_args: DataArguments, model_args: ModelArguments, training_args: SegformerTrainingArguments) -> dict:
     setup_logging(training_args)
     set_up_runtime(training_args)
     check_recipe(data_args, model_args, training_args)  # everything that can fail before the data work
@@ -92,8 +98,12 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     loss_fn = build_loss(training_args, data_args.ignore_index, len(id2label), train_split, report)
     metrics = (LogitsMeanIoU(hub_mean_iou, id2label, data_args.ignore_index) if hub_mean_iou is not None
                else SegmentationMetrics(len(id2label), id2label))
-    model = prepare_model(model_args, training_args, id2label, data_args.ignore_index)
-    image_processor = build_image_processor(data_args.eval_size, data_args.eval_scale)
+    bands = report.input_bands(train_split) if report is not None else None  # N-band data: (N, mean, std)
+    model = prepare_model(model_args, training_args, id2label, data_args.ignore_index,
+                          bands[0] if bands is not None else 3)
+    image_processor = (build_image_processor(data_args.eval_size, data_args.eval_scale) if bands is None else
+                       build_image_processor(data_args.eval_size, data_args.eval_scale, bands[1], bands[2], bands[0],
+                                             data_args.display_bands))
     save_label_map(image_processor, data_args)  # evaluate reads raw masks without the recipe
 
     # The Trainer, built with its sampler, weight average and callbacks.
@@ -102,12 +112,15 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
                    if raw_eval is not None else None)  # image | ground truth | prediction | errors, at every evaluation
     last_evaluation = LastEvaluation()
     preemption = StopOnSignal()  # SIGTERM: save a checkpoint at the next step boundary and stop
+    # evaluations during training on a fixed subset (eval_subset_size), the evaluation after it on the whole split
+    loop_eval = eval_subset(eval_dataset, data_args.eval_subset_size, training_args.max_time_s is not None)
     budget = (TimeBudgetCallback(training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
-                                 final_eval=eval_dataset is not None)
+                                 final_eval=eval_dataset is not None,
+                                 final_eval_scale=len(eval_dataset) / len(loop_eval) if loop_eval else 1.0)
               if training_args.max_time_s is not None else None)  # max_time: fixes max_steps after the first steps
     early_stopping = early_stopping_callback(training_args)  # early_stopping_patience: transformers' callback
     trainer = SegformerTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=loop_eval,
         data_collator=SegmentationCollator(tuple(image_processor.image_mean), tuple(image_processor.image_std)),
         processing_class=image_processor, compute_metrics=metrics, ignore_index=data_args.ignore_index, loss_fn=loss_fn,
         eval_confusion=hub_mean_iou is None, train_sampler=sampler,
@@ -138,9 +151,10 @@ def main(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     # saved weights unless load_best_model_at_end swapped them.
     if eval_dataset is not None:
         final_step = trainer.state.global_step
-        eval_metrics = None if training_args.load_best_model_at_end else last_evaluation.of_step(final_step)
+        reuse = not training_args.load_best_model_at_end and loop_eval is eval_dataset
+        eval_metrics = last_evaluation.of_step(final_step) if reuse else None
         with out_of_memory_explained(training_args, data_args.crop_size, "evaluation"):
-            eval_metrics = eval_metrics or trainer.evaluate()
+            eval_metrics = eval_metrics or trainer.evaluate(eval_dataset=eval_dataset)
         # The training's evaluations run in its precision: say which (bf16 figures differ from machine to machine;
         # `hf-segformer evaluate` scores in fp32 by default).
         eval_metrics = {**eval_metrics, "eval_precision": training_args.precision}

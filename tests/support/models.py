@@ -29,3 +29,20 @@ def save_tiny_model(folder: Path, id2label: dict[int, str] = TINY_ID2LABEL, eval
     build_tiny_segformer(id2label, seed).save_pretrained(folder)
     build_image_processor(eval_size).save_pretrained(folder)
     return folder
+
+
+def save_tiny_band_model(folder: Path, num_channels: int = 4, id2label: dict[int, str] = TINY_ID2LABEL,
+                         eval_size: int = 32, mean: float = 1000.0, std: float = 500.0, seed: int = 0,
+                         display_bands: list[int] | None = None) -> Path:
+    """A tiny SegFormer widened to `num_channels` input bands, saved as a band-stack run saves it (its processor
+    holding num_channels, display_bands and per-band mean/std in the data's units): what `Segmenter` reads
+    .npy/TIFF stacks with."""
+    from hf_segformer.modeling.build import build_image_processor
+    from hf_segformer.modeling.input_bands import widen_patch_embedding
+
+    model = build_tiny_segformer(id2label, seed)
+    widen_patch_embedding(model, num_channels)
+    model.save_pretrained(folder)
+    build_image_processor(eval_size, image_mean=[mean] * num_channels, image_std=[std] * num_channels,
+                          num_channels=num_channels, display_bands=display_bands).save_pretrained(folder)
+    return folder
