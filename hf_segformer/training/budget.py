@@ -106,10 +106,14 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
     """
 
     def __init__(self, budget_s: float, max_steps_cap: int | None = None, final_eval: bool = True,
-                 skip_steps: int = 2, measure_steps: int = 3, margin: float = 0.03):
+                 skip_steps: int = 2, measure_steps: int = 3, margin: float = 0.03, final_eval_scale: float = 1.0):
         self.budget_s = float(budget_s)
         self.max_steps_cap = max_steps_cap
         self.final_eval = final_eval
+        # the final evaluation's images over the in-loop evaluations' (`eval_subset`): its cost, from theirs
+        self.final_eval_scale = float(final_eval_scale)
+        self.timings: list[tuple[str, float]] = []  # ("evaluation" | "final evaluation" | "save", seconds)
+        self._training_ended = False
         self.skip_steps = skip_steps
         self.measure_steps = measure_steps
         self.margin = margin
@@ -137,6 +141,21 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         `train()` counts, the run's data and model preparation before it does not."""
         super().bind(trainer)
         self._start = self._last_end = time.monotonic()
+        trainer.evaluate = self._timed(trainer.evaluate, "evaluation")
+        for name in ("_save_checkpoint", "save_model_atomically"):  # checkpoints, and the model saved at the end
+            if hasattr(trainer, name):
+                setattr(trainer, name, self._timed(getattr(trainer, name), "save"))
+
+    def _timed(self, method: Any, kind: str) -> Any:
+        """`method`, its seconds recorded for the budget's report (an evaluation after training is the final one)."""
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                final = kind == "evaluation" and self._training_ended
+                self.timings.append(("final evaluation" if final else kind, time.monotonic() - start))
+        return timed
 
     # ExportableState: written into trainer_state.json with every checkpoint.
     def state(self) -> dict:
@@ -193,8 +212,9 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         """Reserved for the end: the last in-loop evaluation and checkpoint, then run.py's save and evaluation (which
         reuses the in-loop one unless load_best_model_at_end reloads other weights)."""
         in_loop = getattr(args.eval_strategy, "value", args.eval_strategy) != "no"
-        evals = int(in_loop) + int(self.final_eval and (not in_loop or args.load_best_model_at_end))
-        return evals * self.eval_s + 2 * self.save_s + self.report_s
+        on_subset = self.final_eval_scale != 1.0  # the final evaluation reads the whole split: never reused
+        final = self.final_eval and (not in_loop or args.load_best_model_at_end or on_subset)
+        return (int(in_loop) + self.final_eval_scale * int(final)) * self.eval_s + 2 * self.save_s + self.report_s
 
     def _decide(self, args: Any, state: Any, control: Any) -> None:
         step_s = self._steady_step_s()
@@ -316,6 +336,24 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.spent_train_s = self.spent_s()
+        self._training_ended = True
+        self.steps_run = state.global_step - self.first_step
+
+    def time_spent(self) -> dict[str, Any]:
+        """How the budget went: steps, evaluations and saves, each with its count and seconds; the rest is the
+        Trainer's set-up, logging and the sample grid."""
+        spent: dict[str, Any] = {}
+        for kind in ("evaluation", "final evaluation", "save"):
+            seconds = [s for k, s in self.timings if k == kind]
+            key = kind.replace(" ", "_")
+            spent[f"budget_{key}s"], spent[f"budget_{key}_s"] = len(seconds), round(sum(seconds), 1)
+        steps = getattr(self, "steps_run", 0)
+        spent["budget_steps_run"] = steps
+        spent["budget_steps_s"] = round(steps * (self.step_s or 0.0), 1)
+        spent["budget_spent_s"] = round(self.spent_s(), 1)
+        spent["budget_other_s"] = round(spent["budget_spent_s"] - spent["budget_steps_s"] - spent["budget_evaluation_s"]
+                                        - spent["budget_final_evaluation_s"] - spent["budget_save_s"], 1)
+        return spent
 
     def results(self) -> dict[str, Any]:
         """What train_results.json records: how the budget decided the run's length, or that it never did (the run
@@ -362,5 +400,25 @@ def save_budget_spent(trainer: Trainer, budget: TimeBudgetCallback | None, train
     into the run's results and train_results.json."""
     if budget is None:
         return
-    results["budget_spent_s"] = round(budget.spent_s(), 1)
-    trainer.save_metrics("train", {**train_metrics, "budget_spent_s": results["budget_spent_s"]})
+    spent = budget.time_spent()
+    results.update(spent)
+    trainer.save_metrics("train", {**train_metrics, **spent})
+    logger.info("Time budget %.0f s spent %.0f s: %d steps (%.0f s), %d evaluations (%.0f s), %d saves (%.0f s), "
+                "%d final evaluation (%.0f s), other %.0f s.", budget.budget_s, spent["budget_spent_s"],
+                spent["budget_steps_run"], spent["budget_steps_s"], spent["budget_evaluations"],
+                spent["budget_evaluation_s"], spent["budget_saves"], spent["budget_save_s"],
+                spent["budget_final_evaluations"], spent["budget_final_evaluation_s"], spent["budget_other_s"])
+
+
+EVAL_SUBSET_AUTO = 64  # images per in-loop evaluation under a budget (eval_subset_size: auto)
+
+
+def eval_subset(dataset: Any, size: int | str, budgeted: bool) -> Any:
+    """The evaluation split the training loop reads (eval_subset_size): a fixed subset spread evenly over it, or
+    the whole split; the evaluation after training reads the whole split."""
+    if dataset is None:
+        return None
+    count = (EVAL_SUBSET_AUTO if budgeted else 0) if size == "auto" else int(size)
+    if count <= 0 or count >= len(dataset):
+        return dataset
+    return dataset.select(sorted({int(i) for i in np.linspace(0, len(dataset) - 1, count).round()}))

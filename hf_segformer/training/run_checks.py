@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hf_segformer.config.data import DataArguments
+from hf_segformer.config.data import AUTO, DataArguments
 from hf_segformer.config.model import ModelArguments
+from hf_segformer.data.scale_choice import CROP_SIZE
 from hf_segformer.errors import RecipeError
 from hf_segformer.modeling.build import check_model_folder
 from hf_segformer.modeling.token_merging import resolve_token_merging
@@ -63,10 +64,11 @@ def check_field_combinations(data_args: Any, training_args: Any) -> None:
     if training_args.metric_backend == "evaluate_hub" and data_args.eval_scale:
         raise RecipeError("eval_scale evaluates images at their own shapes, which evaluate_hub cannot concatenate: "
                           "use metric_backend: confusion (the same mean_iou results, offline) or eval_size.")
-    crop_pixels = data_args.crop_size ** 2
+    crop_size = CROP_SIZE if data_args.crop_size == AUTO else data_args.crop_size  # auto: at most CROP_SIZE
+    crop_pixels = crop_size ** 2
     if training_args.loss_terms.get("ohem") and training_args.ohem_min_kept >= crop_pixels:
         raise RecipeError(f"ohem_min_kept {training_args.ohem_min_kept} is not below the {crop_pixels} pixels of a "
-                          f"{data_args.crop_size}² crop: OHEM would keep every pixel and train plain cross-entropy. "
+                          f"{crop_size}² crop: OHEM would keep every pixel and train plain cross-entropy. "
                           f"Lower ohem_min_kept (e.g. {crop_pixels // 4}, a quarter of the crop) or drop the ohem "
                           "term.")
 

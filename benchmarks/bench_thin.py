@@ -1,0 +1,143 @@
+r"""Thin structures at equal wall-clock budget: today's scale, the scale chosen from the data, and that scale with a
+thin-structure loss, side by side with per-class IoU, on the shared sets.
+
+Every arm trains `recipes/custom/segformer-b0-scratch.yaml` (SegFormer-B0 from random init) for the same
+`max_time`, one arm at a time on the whole machine, changed only by the arm's overrides:
+  today       the scale the recipe had before it chose one from the data (crop 256, train_scale [1536, 384],
+              eval_scale [2048, 512]), every in-loop evaluation on the whole validation split
+  data        the recipe as it is: crop, train_scale and eval_scale chosen by the data check (`auto`), in-loop
+              evaluations on a fixed subset under the budget
+  data+dice   `data` with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
+  data+ohem   `data` with OHEM cross-entropy (min kept: a quarter of a 256² crop)
+After training, each model is evaluated on the test split where the set has one (no setting was chosen on it).
+
+    python benchmarks/bench_thin.py --max_time 4m                                   # both sets, three arms
+    python benchmarks/bench_thin.py --max_time 4m --arms today data data+ohem --sets isbi_membrane
+    python benchmarks/bench_thin.py --table                                         # the table of runs so far
+
+Rows append to `<output_dir>/runs.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_budget import evaluate_test  # the held-out evaluation, as the budget benchmark runs it
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes/custom/segformer-b0-scratch.yaml"
+SETS = {  # the recipe fields each shared set needs (the scratch recipe names no classes)
+    "isbi_membrane": ["--id2label", '{"0": "membrane", "1": "cell"}'],
+    "dubai_aerial": ["--id2label", ('{"0": "building", "1": "land", "2": "road", "3": "vegetation", "4": "water", '
+                                    '"5": "unlabeled"}')],
+}
+ARMS: dict[str, list[str]] = {
+    "today": ["--crop_size", "256", "--train_scale", "1536", "384", "--eval_scale", "2048", "512",
+              "--eval_subset_size", "0"],
+    "data": [],
+    "data+dice": ["--loss", "{ce: 1.0, dice: 0.5}"],
+    "data+ohem": ["--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
+}
+BASELINE = "today"
+
+
+def train_arm(arm: str, data_set: str, cli: argparse.Namespace) -> dict:
+    """One arm on one set: train, then the held-out evaluation; the run's results (or its error)."""
+    data_dir = cli.datasets / data_set
+    output_dir = cli.output_dir / f"{data_set}-{arm}-seed{cli.seed}-{cli.max_time}"
+    command = [sys.executable, str(ROOT / "recipes/finetune.py"), "--config", str(RECIPE), "--data_dir",
+               str(data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
+               "--max_time", cli.max_time, "--seed", str(cli.seed), "--report_to", "none", "--push_to_hub", "false",
+               *SETS[data_set], *shlex.split(cli.extra), *ARMS[arm]]
+    started = time.time()
+    with open(f"{output_dir}.log", "w") as log:
+        code = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log,
+                              stderr=subprocess.STDOUT, cwd=ROOT, check=False).returncode
+    row = {"set": data_set, "arm": arm, "seed": cli.seed, "max_time": cli.max_time, "output_dir": str(output_dir),
+           "wall_s": round(time.time() - started)}
+    results_file = output_dir / "all_results.json"
+    if code != 0 or not results_file.is_file():
+        return {**row, "error": f"exit {code} (see {output_dir}.log)"}
+    histogram = json.loads((output_dir / "class_histogram.json").read_text())
+    row["scale_choice"] = histogram.get("scale_choice", "")
+    has_test = (data_dir / "images" / cli.test_split).is_dir()
+    held_out = evaluate_test(output_dir, argparse.Namespace(recipe=RECIPE, data_dir=data_dir,
+                                                           test_split=cli.test_split)) if has_test else {}
+    return {**row, **json.loads(results_file.read_text()), **held_out}
+
+
+def print_tables(rows: list[dict], test_split: str) -> None:
+    """Per set: one column per arm (the baseline first), per-class IoU on validation (and test), mIoU, steps."""
+    for data_set in dict.fromkeys(r["set"] for r in rows):
+        runs = [r for r in rows if r["set"] == data_set]
+        runs.sort(key=lambda r: (r["arm"] != BASELINE, list(ARMS).index(r["arm"]) if r["arm"] in ARMS else 99))
+        print(f"\n{data_set}: " + ", ".join(f"{r['arm']} ({r['max_time']}, seed {r['seed']})" for r in runs))
+        print("| | " + " | ".join(r["arm"] for r in runs) + " |")
+        print("|---|" + "---:|" * len(runs))
+        keys = ["budget_steps", "budget_evaluations", "budget_evaluation_s"]
+        for prefix in ("eval", test_split):
+            classes = dict.fromkeys(k for r in runs for k in r if k.startswith(f"{prefix}_iou_"))
+            keys += [f"{prefix}_mean_iou", *classes]
+        base = next((r for r in runs if r["arm"] == BASELINE), None)
+        for key in keys:
+            cells = []
+            for r in runs:
+                value = r.get(key)
+                if "error" in r:
+                    cells.append(r["error"] if key == keys[0] else "")
+                elif value is None:
+                    cells.append("—")
+                elif isinstance(value, float) and "iou" in key:
+                    delta = "" if base is None or r is base or base.get(key) is None else \
+                        f" ({value - base[key]:+.3f})"
+                    cells.append(f"{value:.3f}{delta}")
+                else:
+                    cells.append(str(value))
+            print(f"| {key} | " + " | ".join(cells) + " |")
+        for r in runs:
+            if r.get("scale_choice"):
+                print(f"- {r['arm']}: {r['scale_choice']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared/datasets")
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--arms", nargs="*", default=["today", "data", "data+dice"], choices=list(ARMS))
+    parser.add_argument("--max_time", default="4m", help="the budget of every arm")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--extra", default="", help="recipe fields for every arm, as on the command line")
+    parser.add_argument("--test_split", default="test")
+    parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs/bench-thin")
+    parser.add_argument("--table", action="store_true", help="print the tables of runs.jsonl and stop")
+    cli = parser.parse_args()
+    runs = cli.output_dir / "runs.jsonl"
+    if cli.table:
+        print_tables([json.loads(line) for line in runs.read_text().splitlines() if line.strip()], cli.test_split)
+        return
+    missing = [name for name in cli.sets if not (cli.datasets / name / "images").is_dir()]
+    if missing:
+        sys.exit(f"{', '.join(missing)} not found under {cli.datasets}: pass --datasets (the shared sets' folder).")
+    cli.output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for data_set in cli.sets:
+        for arm in cli.arms:
+            row = train_arm(arm, data_set, cli)
+            rows.append(row)
+            with runs.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+            print(f"{data_set} {arm}: {row.get('error') or 'done'} in {row['wall_s']} s", flush=True)
+    print(f"\nB0 random init, {RECIPE.name}, max_time {cli.max_time} per arm, one arm at a time")
+    print_tables(rows, cli.test_split)
+
+
+if __name__ == "__main__":
+    main()
