@@ -3,6 +3,7 @@ answer on masks it predicted itself, and a row whose INT8 model collapses is fla
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -13,15 +14,19 @@ from PIL import Image
 from support.images import smooth_image
 from support.images import write_smooth_images as write_images
 from support.models import save_tiny_model
+from support.processes import ran_in_own_process
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.deploy.render import model_card_section
 from hf_segformer.evaluation.deploy.report import deploy_report
-from hf_segformer.evaluation.deploy.rows import DEFAULT_ROWS, ROWS
+from hf_segformer.evaluation.deploy.rows import DEFAULT_ROWS, OPENVINO_ROWS, ROWS
 from hf_segformer.inference.segmenter import Segmenter
 
 DECODER = LabelDecoder(None, False, 255)
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+# the module fixture measures the rows every install has; the OpenVINO rows get their own, smaller report
+CORE_ROWS = tuple(key for key in DEFAULT_ROWS if ROWS[key].runtime != "openvino")
 
 
 def self_labelled_pairs(model_dir, folder, seeds, size=(56, 48)):
@@ -42,13 +47,18 @@ def full_report(tmp_path_factory):
     pairs = self_labelled_pairs(model_dir, folder / "val", [0, 1, 2, 3])
     calibration = write_images(folder / "calib", [50, 51])
     report = deploy_report(model_dir, pairs, DECODER, folder / "report", calibration_images=calibration,
-                           threads=1, repeats=3, timing_images=2, agreement_images=4)
+                           rows=CORE_ROWS, threads=1, repeats=3, timing_images=2, agreement_images=4)
     return report, folder / "report", model_dir
+
+
+def test_the_default_rows_are_every_row_this_install_can_run():
+    """A user's report measures every row by default: the OpenVINO ones too where the openvino extra is installed."""
+    assert set(DEFAULT_ROWS) == set(ROWS) - (set() if HAS_OPENVINO else set(OPENVINO_ROWS))
 
 
 def test_every_row_is_measured(full_report):
     report, folder, model_dir = full_report
-    assert [r.key for r in report.rows] == list(DEFAULT_ROWS) and not any(r.error for r in report.rows)
+    assert [r.key for r in report.rows] == list(CORE_ROWS) and not any(r.error for r in report.rows)
     for row in report.rows:
         assert row.ms_per_image > 0 and len(row.ms_rounds) == 3 and row.ms_per_image == pytest.approx(
             float(np.median(row.ms_rounds)), abs=0.01)
@@ -107,6 +117,88 @@ def test_files_are_written_and_agree(full_report):
     assert "goal" not in data and "Goal" not in markdown + card  # a user's report holds measurements, no dev goals
 
 
+def test_the_report_recommends_the_fastest_row_within_the_budget(full_report):
+    report, folder, _ = full_report
+    data = json.loads((folder / "deploy_report.json").read_text())
+    choice = data["recommendation"]
+    within = [r for r in report.rows if not r.error and r.miou_change_points >= -0.5]
+    assert choice["key"] == min(within, key=lambda r: r.ms_per_image).key
+    assert choice["accuracy_budget_points"] == 0.5
+    assert choice["pixel_agreement"] == report.row(choice["key"]).pixel_agreement
+    # every other row is named with its reason: slower here (× the recommended one's time), or over the budget
+    reasons = {entry["key"]: entry["why"] for entry in choice["not_chosen"]}
+    assert set(reasons) == {r.key for r in report.rows} - {choice["key"]}
+    for row in report.rows:
+        if row.key in reasons and row.miou_change_points < -0.5:
+            assert "over the 0.5-point budget" in reasons[row.key]
+        elif row.key in reasons:
+            slower = f"{row.ms_per_image / choice['ms_per_image']:.2f}× the time of {choice['label']}"
+            assert slower in reasons[row.key]
+    slower_int8 = [why for key, why in reasons.items() if "int8" in key and "budget" not in why]
+    if not data["facts"]["machine"]["int8_features"]["vnni"]:  # the CPU flags say why INT8 did not win here
+        assert all("this CPU has no VNNI/AMX" in why for why in slower_int8)
+    markdown = (folder / "deploy_report.md").read_text()
+    card = model_card_section(data)
+    for text in (markdown, card):
+        assert f"Recommended here: {choice['label']}" in text and reasons[next(iter(reasons))] in text
+
+
+@pytest.mark.slow  # an OpenVINO conversion and an NNCF quantization
+@pytest.mark.skipif(not HAS_OPENVINO,
+                    reason="OpenVINO rows need the openvino extra (pip install 'hf-segformer[openvino]')")
+def test_openvino_rows_are_measured_and_agree_with_pytorch(tmp_path, row_workers_in_process, request):
+    if ran_in_own_process(request.node.nodeid):  # OpenVINO and NNCF stay out of the suite's process
+        return
+    from hf_segformer.inference.openvino_backend import OpenVINOSession
+
+    model_dir = save_tiny_model(tmp_path / "model")
+    pairs = self_labelled_pairs(model_dir, tmp_path / "val", [0, 1])
+    report = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", rows=["pytorch-fp32", "openvino-fp32",
+                                                                            "openvino-int8"],
+                           calibration_images=write_images(tmp_path / "calib", [50]), threads=1, repeats=1,
+                           agreement_images=2)
+    rows = {r.key: r for r in report.rows if r.runtime == "openvino"}
+    assert set(rows) == {"openvino-fp32", "openvino-int8"} and not any(r.error for r in rows.values())
+    assert rows["openvino-fp32"].pixel_agreement > 0.999  # the same folded graph, float rounding only
+    assert rows["openvino-fp32"].miou_change_points == pytest.approx(0, abs=0.5)
+    assert rows["openvino-int8"].ms_per_image > 0 and rows["openvino-int8"].miou is not None
+    for row in rows.values():  # an IR is its .xml and its .bin
+        assert row.file_bytes == sum(os.path.getsize(tmp_path / "r" / row.file.replace(".xml", ext))
+                                     for ext in (".xml", ".bin"))
+    exports = json.loads((tmp_path / "r" / "deploy_report.json").read_text())["facts"]["exports"]
+    assert exports["model.openvino-int8.xml"]["quantization"] == "nncf"
+    assert exports["model.openvino-int8.xml"]["calibration_images"] == 1
+    assert exports["model.openvino.xml"]["decode_head"] == "folded"
+    # the INT8 IR runs at the size it was quantized at (the image processor's), and says so at any other
+    session = OpenVINOSession(tmp_path / "r" / "model.openvino-int8.xml")
+    assert session.input_size == (64, 64)
+    with pytest.raises(RecipeError, match="runs 64×64 inputs only"):
+        session.run([], {"pixel_values": np.zeros((1, 3, 32, 48), np.float32)})
+
+
+def test_push_model_finds_the_recommended_file(full_report, tmp_path):
+    """push_model uploads the report's recommended exported file (an IR with its .bin), nothing for PyTorch."""
+    from hf_segformer.hub.publish import recommended_files
+
+    _, folder, _ = full_report
+    run = tmp_path / "run"
+    (run / "deploy_report").mkdir(parents=True)
+    data = json.loads((folder / "deploy_report.json").read_text())
+    for runtime, file, expected in (("openvino", "model.openvino-int8.xml", ["model.openvino-int8.xml",
+                                                                              "model.openvino-int8.bin"]),
+                                    ("onnx", "model.onnx", ["model.onnx"]), ("pytorch", "model.safetensors", [])):
+        data["recommendation"] = {**(data["recommendation"] or {}), "runtime": runtime, "file": file}
+        (run / "deploy_report" / "deploy_report.json").write_text(json.dumps(data))
+        for name in expected:
+            (run / "deploy_report" / name).write_bytes(b"x")
+        assert [p.name for p in recommended_files(run)] == expected
+    (run / "deploy_report" / "model.onnx").unlink()
+    data["recommendation"].update(runtime="onnx", file="model.onnx")
+    (run / "deploy_report" / "deploy_report.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match="recommends model.onnx"):
+        recommended_files(run)
+
+
 def test_existing_report_is_not_overwritten(full_report, tmp_path):
     report, folder, model_dir = full_report
     before = (folder / "deploy_report.md").read_text()
@@ -144,7 +236,7 @@ def _zero_classifier_scales(path) -> None:
     onnx.save(model, str(path))
 
 
-def test_a_collapsed_int8_model_is_flagged(tmp_path):
+def test_a_collapsed_int8_model_is_flagged(tmp_path, row_workers_in_process):
     model_dir = save_tiny_model(tmp_path / "model")
     pairs = self_labelled_pairs(model_dir, tmp_path / "val", [0, 1, 2])
     calibration = write_images(tmp_path / "calib", [60])
@@ -196,7 +288,7 @@ def test_reuse_refuses_a_file_holding_the_other_head(full_report, tmp_path):
 
 
 
-def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path):
+def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path, row_workers_in_process):
     import shutil
 
     from hf_segformer.hub.model_card import RunFacts, build_model_card

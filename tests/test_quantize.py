@@ -21,6 +21,7 @@ from hf_segformer.inference.quantize import (
     QuantizationSettings,
     calibration_reader,
     iterate_pixels,
+    nodes_to_exclude,
     quantization_info,
     quantize_onnx,
     weight_matmuls,
@@ -124,6 +125,18 @@ def test_weight_matmuls_are_told_from_attention_products(exported):
     # per block: q, k, v, o projections and two MLP layers are weights; Q·Kᵀ and P·V are activation products
     assert len(other) == 2 * 4 and all("attention/MatMul" in name for name in other)
     assert any("q_proj" in name for name in weight) and not weight & other
+
+
+def test_data_movement_feeding_no_int8_op_stays_float(exported):
+    """The folded head's upsampling feeds a float Add: Q/DQ around it would only convert, so it stays float; the
+    encoder's Transposes/Reshapes that feed INT8 Convs and MatMuls stay quantized."""
+    _, fp32 = exported
+    nodes = onnx.load(str(fp32)).graph.node
+    resizes = {n.name for n in nodes if n.op_type == "Resize" and "/decode_head/" in n.name}
+    movement = {n.name for n in nodes if n.op_type in ("Transpose", "Reshape")}
+    excluded = set(nodes_to_exclude(fp32, QuantizationSettings()))
+    assert resizes and resizes <= excluded and movement - excluded
+    assert not resizes & set(nodes_to_exclude(fp32, QuantizationSettings(movement_feeding_int8_only=False)))
 
 
 def test_bad_requests_fail_before_work(exported, tmp_path):

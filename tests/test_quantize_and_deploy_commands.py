@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import onnxruntime
@@ -11,7 +12,9 @@ from PIL import Image
 from support.images import write_smooth_images as write_images
 from support.models import TINY_ID2LABEL as ID2LABEL
 from support.models import save_tiny_model
+from support.processes import ran_in_own_process
 
+from hf_segformer.cli import main as cli_main
 from hf_segformer.commands.deploy_report import main as deploy_report_command
 from hf_segformer.commands.export_onnx import main as export_onnx_command
 from hf_segformer.errors import RecipeError
@@ -61,6 +64,31 @@ def test_export_without_quantize_is_todays_command(project, tmp_path, capsys):
     assert "2×3×48×80: max |logit difference|" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # an export, its conversion and two parity checks
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                    reason="the openvino extra is not installed (pip install 'hf-segformer[openvino]')")
+def test_export_openvino_writes_an_ir_that_predicts_pytorchs_masks(project, tmp_path, capsys, request):
+    if ran_in_own_process(request.node.nodeid):  # OpenVINO stays out of the suite's process
+        return
+    model_dir, _, root = project
+    out = tmp_path / "m.onnx"
+    assert export_onnx_command(["--model", str(model_dir), "--output_path", str(out), "--openvino",
+                                "--check_size", "48", "80"]) == 0
+    printed = capsys.readouterr().out
+    assert "Converted to OpenVINO" in printed and printed.count("2×3×48×80: max |logit difference|") == 2
+    assert "FAILED" not in printed and (tmp_path / "m.xml").is_file() and (tmp_path / "m.bin").is_file()
+    images = sorted(str(p) for p in (root / "data" / "images" / "val").iterdir())[:2]
+    ir = Segmenter.from_pretrained(model_dir, device="cpu", onnx=tmp_path / "m.xml")
+    for got, want in zip(ir(images), Segmenter.from_pretrained(model_dir, device="cpu")(images)):
+        assert got.shape == want.shape and (got == want).mean() > 0.999
+    assert ir._onnx.metadata["decode_head"] == "folded"  # the ONNX metadata travels in the IR
+
+    (tmp_path / "m.onnx").unlink()  # the IR is the user's: refused before the ONNX file is written again
+    with pytest.raises(RecipeError, match="m.xml.*--overwrite"):
+        export_onnx_command(["--model", str(model_dir), "--output_path", str(out), "--openvino"])
+    assert not out.exists()
+
+
 def test_quantize_with_fold_head_false_quantizes_the_graph_as_saved(project, tmp_path, capsys):
     model_dir, _, _ = project
     out = tmp_path / "saved.int8.onnx"
@@ -79,7 +107,7 @@ def test_static_without_data_is_refused_before_work(project, tmp_path):
 
 
 @pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
-def test_calibrating_on_the_evaluation_split_holds_those_images_out(project, tmp_path):
+def test_calibrating_on_the_evaluation_split_holds_those_images_out(project, tmp_path, row_workers_in_process):
     model_dir, recipe, _ = project
     out = tmp_path / "report"
     deploy_report_command([str(model_dir), "--config", str(recipe), "--output_dir", str(out), "--rows",
@@ -90,7 +118,7 @@ def test_calibrating_on_the_evaluation_split_holds_those_images_out(project, tmp
 
 
 @pytest.mark.slow  # the deploy report's row workers / a quantized export, through the command
-def test_deploy_report_command_writes_beside_the_model(project, capsys):
+def test_deploy_report_command_writes_beside_the_model(project, capsys, row_workers_in_process):
     model_dir, recipe, _ = project
     code = deploy_report_command([str(model_dir), "--config", str(recipe), "--rows", "pytorch-fp32", "onnx-fp32",
                                   "onnx-int8-dynamic", "--threads", "1", "--repeats", "2"])
@@ -109,3 +137,12 @@ def test_deploy_report_needs_data(project):
     model_dir, _, _ = project
     with pytest.raises(RecipeError, match="--config recipe.yaml"):
         deploy_report_command([str(model_dir)])
+
+
+def test_a_bad_accuracy_budget_exits_2_naming_the_option_before_work(project, tmp_path, capsys):
+    model_dir, recipe, _ = project
+    for value in ("-1", "nan"):
+        assert cli_main(["deploy-report", "--model", str(model_dir), "--config", str(recipe), "--output_dir",
+                         str(tmp_path / "r"), "--accuracy_budget", value]) == 2
+        assert "--accuracy_budget" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "r").exists()

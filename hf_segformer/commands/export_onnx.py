@@ -22,7 +22,8 @@ from hf_segformer.commands.inference_options import has_data, recipe_data_and_se
 from hf_segformer.commands.option_style import add_flag, leading_positionals, parse_bool
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.calibration_images import DEFAULT_CALIBRATION_IMAGES, calibration_and_check_images
-from hf_segformer.inference.onnx_export import DEFAULT_OPSET, export_onnx
+from hf_segformer.inference.onnx_export import DEFAULT_OPSET, ParityCheck, check_parity, export_onnx
+from hf_segformer.inference.openvino_backend import OpenVINOSession, convert_onnx, ir_files
 from hf_segformer.inference.quantize import MODES
 from hf_segformer.inference.quantize_check import export_quantized
 
@@ -87,6 +88,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--check_size", type=int, nargs=2, action="append", metavar=("H", "W"),
                         help="input size compared with PyTorch; repeatable (default: two sizes)")
     add_flag(parser, "--dynamo", help="use the torch.export-based exporter (needs onnxscript)")
+    add_flag(parser, "--openvino", help="also convert the export to an OpenVINO model (OUT.xml beside OUT.bin, pip "
+             "install 'hf-segformer[openvino]'), compared with PyTorch as the ONNX file is")
     # spelled as evaluate/predict's fold_head (HfArgumentParser): --fold_head [true|false], --no_fold_head
     parser.add_argument("--fold_head", type=parse_bool, nargs="?", const=True, default=True, metavar="true|false",
                         help="export the decode head folded into per-stage 1×1 maps (default true: the same logits "
@@ -107,6 +110,24 @@ def main(argv: list[str]) -> int:
 
     if not is_adapter_folder(args.model_dir):  # an adapter folder is exported merged into its base model
         check_model_folder(args.model_dir, "--model")
+    if args.openvino:
+        taken = [str(p) for p in ir_files(Path(args.output_path).with_suffix(".xml")) if p.exists()]
+        if taken and not args.overwrite:
+            raise RecipeError(f"{', '.join(taken)} exist(s); pass --overwrite to replace, or pick another output_path.")
     checks = export_onnx(args.model_dir, args.output_path, args.opset, args.sample_size, args.check_size, args.dynamo,
                          overwrite=args.overwrite, fold_head=args.fold_head)
+    if args.openvino and all(check.passed for check in checks):
+        checks = openvino_export(args.model_dir, Path(args.output_path), [check.size for check in checks])
     return 0 if all(check.passed for check in checks) else 1
+
+
+def openvino_export(model_dir: str, onnx_path: Path, sizes: list[tuple[int, int]]) -> list[ParityCheck]:
+    """The ONNX export converted to OpenVINO IR beside it, and OpenVINO compared with PyTorch on the same sizes."""
+    from hf_segformer.modeling.build import load_saved_model
+
+    xml_path = convert_onnx(onnx_path, onnx_path.with_suffix(".xml"))
+    checks = check_parity(load_saved_model(model_dir).eval(), OpenVINOSession(xml_path), sizes)
+    print(f"Converted to OpenVINO: {xml_path} (+ {xml_path.with_suffix('.bin').name}). OpenVINO vs PyTorch (float32):")
+    for check in checks:
+        print(f"  {check}")
+    return checks

@@ -46,7 +46,9 @@ class InferenceArguments(InferenceSettings):
     onnx: str | None = field(default=None, metadata={
         "help": "An .onnx file written by `hf-segformer export-onnx` from this model: the forward pass runs in ONNX "
                 "Runtime (pip install 'hf-segformer[onnx]'; 2.3–2.6× faster than PyTorch fp32 on the development "
-                "CPU, benchmarks/README.md). --model still gives the class names and the image processor."})
+                "CPU, benchmarks/README.md), or an OpenVINO .xml made from it (export-onnx --openvino, the deploy "
+                "report; pip install 'hf-segformer[openvino]'), run by OpenVINO in fp32 or --precision bf16. --model "
+                "still gives the class names and the image processor."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,7 +70,7 @@ class InferenceArguments(InferenceSettings):
         if self.precision != "auto":
             return Choice(self.precision, "--precision")
         if self.onnx:
-            return Choice("fp32", "auto: ONNX Runtime runs the model in float32")
+            return Choice("fp32", "auto: an exported model runs in float32 (OpenVINO: --precision bf16 on AMX CPUs)")
         if for_metrics:
             return Choice("fp32", "auto for evaluation: the same metrics on every machine; --precision bf16 is faster")
         return choose_precision("auto", False, False, on_cpu=device.type == "cpu")

@@ -1,6 +1,7 @@
 """ONNX export of a saved SegFormer (dynamic batch, height and width), checked against PyTorch with onnxruntime.
 
-The exported graph maps normalised `pixel_values` [B, 3, H, W] to `logits` [B, C, H/4, W/4], as the model's
+The exported graph maps normalised `pixel_values` [B, 3, H, W] ([B, N, H, W] for a model
+trained on N bands) to `logits` [B, C, H/4, W/4], as the model's
 forward does; the class names and the saved image processor's settings travel in the file's metadata, so that
 an ONNX file alone is enough to predict. The decode head is exported folded (`modeling.head_folding`: the same logits
 up to float rounding, faster) unless asked otherwise; the metadata says which head the file holds. Needs the `onnx`
@@ -71,9 +72,10 @@ def export_model(model: nn.Module, output_path: str | Path, opset: int = DEFAULT
     output_path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
     folded = fold_head and can_fold(model)
-    wrapped = _Logits(FoldedSegformer(model) if folded else model)
+    # the folded maps as 1×1 Conv nodes, which ONNX Runtime's INT8 quantizer handles (an Einsum it leaves float)
+    wrapped = _Logits(FoldedSegformer(model, as_conv=True) if folded else model)
     # batch 2: torch.export specialises a dimension whose sample size is 1
-    sample = torch.zeros(2, 3, *sample_size)
+    sample = torch.zeros(2, getattr(model.config, "num_channels", 3), *sample_size)  # N bands for band-stack models
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -147,13 +149,15 @@ class ParityCheck:
     batch: int
     max_abs_difference: float
     argmax_agreement: float
+    channels: int = 3
 
     @property
     def passed(self) -> bool:
         return self.max_abs_difference <= MAX_ABS_DIFFERENCE and self.argmax_agreement >= MIN_ARGMAX_AGREEMENT
 
     def __str__(self) -> str:
-        return (f"{self.batch}×3×{self.size[0]}×{self.size[1]}: max |logit difference| {self.max_abs_difference:.2e}, "
+        return (f"{self.batch}×{self.channels}×{self.size[0]}×{self.size[1]}: "
+                f"max |logit difference| {self.max_abs_difference:.2e}, "
                 f"argmax agreement {100 * self.argmax_agreement:.3f} %{'' if self.passed else '  <-- FAILED'}")
 
 
@@ -164,7 +168,7 @@ def check_parity(model: nn.Module, session, sizes: list[tuple[int, int]], batch:
     checks = []
     model = model.eval().float()
     for size in sizes:
-        pixel_values = torch.randn(batch, 3, *size, generator=generator)
+        pixel_values = torch.randn(batch, getattr(model.config, "num_channels", 3), *size, generator=generator)
         with torch.no_grad():
             expected = model(pixel_values=pixel_values).logits
         actual = onnx_logits(session, pixel_values)
@@ -172,7 +176,8 @@ def check_parity(model: nn.Module, session, sizes: list[tuple[int, int]], batch:
             raise RuntimeError(f"ONNX logits have shape {tuple(actual.shape)} for input {tuple(pixel_values.shape)}; "
                                f"PyTorch gives {tuple(expected.shape)}: the export froze a dimension.")
         agreement = (actual.argmax(1) == expected.argmax(1)).float().mean().item()
-        checks.append(ParityCheck(size, batch, (actual - expected).abs().max().item(), agreement))
+        checks.append(ParityCheck(size, batch, (actual - expected).abs().max().item(), agreement,
+                                  pixel_values.shape[1]))
     return checks
 
 

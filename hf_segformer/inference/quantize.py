@@ -12,15 +12,16 @@ processor), plus a `quantization` entry recording how it was made.
 
 How an INT8 file is checked against PyTorch fp32 after quantizing is `inference.quantize_check`.
 
-The static defaults are the settings measured fastest, at no measurable mIoU cost, on the development CPU (AMD
-EPYC, AVX2, no VNNI; explore/ and benchmarks/bench_deploy.py): Conv, the MatMuls with a constant weight (the
-Linear layers) and the data movement between them (Resize, Concat, Transpose, Reshape, so that the decode head's
-upsampling and concatenation move 8-bit tensors) in INT8; attention's activation × activation products and its
-Softmax, LayerNorm, GELU and Add stay float (INT8 Softmax ran 4× slower than float, and QDQ around GELU and
-LayerNorm broke ONNX Runtime's fusions); uint8 activations × int8 per-channel weights (int8 activations and
-per-tensor weights were slower, reduce_range no faster); MinMax calibration (Percentile was no more accurate and
-slower to calibrate; Entropy was not measured). Dynamic quantizes only the weight MatMuls (ConvInteger, what
-dynamic makes of a Conv, ran at 0.6× float speed). Without VNNI, 8-bit products gain little over float FMA, so
+The static defaults are the settings measured fastest, at no measurable mIoU cost, on the development CPU (AMD EPYC,
+AVX2, no VNNI; explore/ and benchmarks/bench_deploy.py): Conv, the MatMuls with a constant weight (the Linear
+layers) and the data movement between them (Resize, Concat, Transpose, Reshape, so that the decode head's upsampling
+and concatenation move 8-bit tensors; only where its output reaches an INT8 Conv/MatMul, so the folded head's
+upsampling, which feeds a float Add, gets no Q/DQ pair that would only convert) in INT8; attention's activation ×
+activation products and its Softmax, LayerNorm, GELU and Add stay float (INT8 Softmax ran 4× slower than float, and
+QDQ around GELU and LayerNorm broke ONNX Runtime's fusions); uint8 activations × int8 per-channel weights (int8
+activations and per-tensor weights were slower, reduce_range no faster); MinMax calibration (Percentile was no more
+accurate and slower to calibrate; Entropy was not measured). Dynamic quantizes only the weight MatMuls (ConvInteger,
+what dynamic makes of a Conv, ran at 0.6× float speed). Without VNNI, 8-bit products gain little over float FMA, so
 on this CPU nearly all of the gain is the decode head's 1×1 fusion convolution; see the issue 19 report.
 """
 
@@ -38,7 +39,6 @@ from typing import Any
 import numpy as np
 from transformers import AutoImageProcessor
 
-from hf_segformer.data.images import load_image
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import INPUT_NAME, load_onnx_session, onnx_metadata
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
@@ -66,6 +66,9 @@ class QuantizationSettings:
     percentile: float = 99.999
     # nodes kept float: "pattern" (any node whose name contains it) or "OpType@pattern" (only nodes of that type)
     exclude: tuple[str, ...] = ()
+    # data movement (Resize, Concat, Transpose, Reshape) kept float where its output reaches no INT8 Conv/MatMul:
+    # there QDQ around it only converts (the folded head's upsampling feeds a float Add)
+    movement_feeding_int8_only: bool = True
     preprocess: bool = True  # onnxruntime's quant_pre_process (shape inference + graph clean-up) first
 
     def __post_init__(self) -> None:
@@ -125,7 +128,7 @@ def _calibration_reader_class():
 
         def _refill(self) -> bool:
             for item in self.images:
-                image = load_image(item, name=str(item) if isinstance(item, (str, Path)) else None)
+                image = self.segmenter.read(item)  # as inference reads it: 8-bit RGB or the model's bands
                 for _ in self.segmenter.logits([image]):
                     pass
                 self.count += 1
@@ -196,7 +199,35 @@ def nodes_to_exclude(model_path: str | Path, settings: QuantizationSettings) -> 
                 if any((op is None or node.op_type == op) and pattern in node.name for op, pattern in rules)}
     if settings.constant_weight_matmul_only and "MatMul" in settings.op_types:
         excluded |= weight_matmuls(model_path)[1]
+    if settings.movement_feeding_int8_only:
+        excluded |= _movement_feeding_no_int8(graph, settings, excluded)
     return sorted(excluded)
+
+
+DATA_MOVEMENT = ("Resize", "Concat", "Transpose", "Reshape")
+INT8_COMPUTE = ("Conv", "MatMul")
+
+
+def _movement_feeding_no_int8(graph: Any, settings: QuantizationSettings, excluded: set[str]) -> set[str]:
+    """The data-movement nodes to be quantized whose output reaches no INT8 Conv/MatMul, directly or through other
+    such nodes: their Q/DQ would only convert into 8 bits and back."""
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    moving = {node.name for node in graph.node if node.op_type in DATA_MOVEMENT and node.op_type in settings.op_types
+              and node.name not in excluded}
+    feeds: dict[str, bool] = {}
+
+    def feeds_int8(node: Any) -> bool:
+        if node.name not in feeds:
+            feeds[node.name] = False  # a cycle cannot occur in an ONNX graph; this only guards the recursion
+            feeds[node.name] = any(
+                (c.op_type in INT8_COMPUTE and c.op_type in settings.op_types and c.name not in excluded)
+                or (c.name in moving and feeds_int8(c)) for out in node.output for c in consumers.get(out, []))
+        return feeds[node.name]
+
+    return {node.name for node in graph.node if node.name in moving and not feeds_int8(node)}
 
 
 @dataclass

@@ -40,8 +40,9 @@ def upsampled(mapped: torch.Tensor, size: torch.Size) -> torch.Tensor:
 class FoldedDecodeHead(nn.Module):
     """The eval-mode `SegformerDecodeHead` with fusion and BatchNorm folded into per-stage 1×1 maps."""
 
-    def __init__(self, head: SegformerDecodeHead):
+    def __init__(self, head: SegformerDecodeHead, as_conv: bool = False):
         super().__init__()
+        self.as_conv = as_conv  # 1×1 Conv instead of einsum: the op ONNX Runtime's quantizer makes INT8 (an export)
         if head.training:
             raise ValueError("fold_decode_head needs the model in eval mode (BatchNorm is folded with running stats).")
         bn, fuse = head.batch_norm, head.linear_fuse.weight[:, :, 0, 0].double()  # [D, 4·D]
@@ -62,7 +63,10 @@ class FoldedDecodeHead(nn.Module):
         size = encoder_hidden_states[0].shape[2:]
         fused = None
         for hidden, weight in zip(encoder_hidden_states, self.stage_weights):
-            mapped = upsampled(torch.einsum("oc,bchw->bohw", weight.to(hidden.dtype), hidden), size)
+            weight = weight.to(hidden.dtype)
+            mapped = F.conv2d(hidden, weight[:, :, None, None]) if self.as_conv else torch.einsum(
+                "oc,bchw->bohw", weight, hidden)
+            mapped = upsampled(mapped, size)
             fused = mapped if fused is None else fused + mapped
         logits = self.classifier(torch.relu(fused + self.bias.to(fused.dtype)[None, :, None, None]))
         return logits.contiguous()
@@ -72,12 +76,12 @@ class FoldedSegformer(nn.Module):
     """`SegformerForSemanticSegmentation` for inference with a folded head, sharing (not copying or changing) the
     model's encoder: the model itself keeps its head, so it can go on training."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, as_conv: bool = False):
         super().__init__()
         if not can_fold(model):
             raise ValueError("Head folding expects transformers' SegformerDecodeHead with 4-D stage outputs.")
         self.segformer = model.segformer
-        self.decode_head = FoldedDecodeHead(model.decode_head).to(next(model.decode_head.parameters()).device)
+        self.decode_head = FoldedDecodeHead(model.decode_head, as_conv).to(next(model.decode_head.parameters()).device)
 
     def forward(self, pixel_values: torch.Tensor) -> SemanticSegmenterOutput:
         hidden_states = self.segformer(pixel_values, output_hidden_states=True, return_dict=True).hidden_states

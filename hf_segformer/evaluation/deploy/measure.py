@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hf_segformer.data.images import load_image, open_image
+from hf_segformer.data.bands import BandImage
 from hf_segformer.evaluation.deploy.rows import REFERENCE_ROW, Row, RowResult
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 
@@ -24,12 +24,12 @@ def load_row(model_dir: str | Path, row: Row, settings: InferenceSettings, folde
                                      token_merging=row.token_merging, onnx=onnx)
 
 
-def timing_inputs(entries: list[Any], segmenter: Segmenter) -> list[Image.Image]:
-    """The images to time on, already resized to the model's input size, so that a row's time is normalisation +
-    forward only."""
+def timing_inputs(entries: list[Any], segmenter: Segmenter) -> list[Image.Image | BandImage]:
+    """The images to time on, read as the model reads them (8-bit RGB or its bands) and already resized to its input
+    size, so that a row's time is normalisation + forward only."""
     images = []
     for entry in entries:
-        image = load_image(open_image(entry))
+        image = segmenter.read(entry)
         height, width = segmenter.input_size_of(image)
         images.append(image if image.size == (width, height) else image.resize((width, height), Image.BILINEAR))
     return images

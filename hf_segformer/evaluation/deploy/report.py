@@ -19,6 +19,7 @@ A row whose mIoU falls more than `collapse_points` below PyTorch fp32 is flagged
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import pickle
@@ -34,7 +35,7 @@ import torch
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import RecipeError
-from hf_segformer.evaluation.deploy.exports import describe_exports, export_files, wrong_heads
+from hf_segformer.evaluation.deploy.exports import describe_exports, export_files, file_bytes, wrong_heads
 from hf_segformer.evaluation.deploy.measure import (
     agreements,
     load_row,
@@ -45,28 +46,35 @@ from hf_segformer.evaluation.deploy.measure import (
     timing_inputs,
 )
 from hf_segformer.evaluation.deploy.pairs import pairs_dataset
+from hf_segformer.evaluation.deploy.recommend import DEFAULT_ACCURACY_BUDGET, check_accuracy_budget, recommend
 from hf_segformer.evaluation.deploy.render import render_markdown
 from hf_segformer.evaluation.deploy.rows import (
     DEFAULT_COLLAPSE_POINTS,
     DEFAULT_ROWS,
     ONNX_REFERENCE_ROW,
     REFERENCE_ROW,
+    ROWS,
     DeployReport,
     Row,
     RowResult,
     resolve_rows,
 )
 from hf_segformer.evaluation.deploy.worker import run_row_worker, worker_spec
+from hf_segformer.inference.openvino_backend import ir_files, is_openvino_file
 from hf_segformer.inference.segmenter import InferenceSettings
-from hf_segformer.runtime import cpu_info, cpu_int8_features
+from hf_segformer.runtime import CPU_BF16_FLAGS, cpu_flags, cpu_info, cpu_int8_features
 
 REPORT_FILES = ("deploy_report.md", "deploy_report.json")
 
 
 def _check_outputs(folder: Path, rows: Sequence[Row], overwrite: bool, reuse_exports: bool) -> None:
     onnx_files = sorted({row.onnx_file for row in rows if row.onnx_file})
+    if any(row.runtime == "openvino" for row in rows) and not reuse_exports:  # converted from the folded export
+        onnx_files = sorted(set(onnx_files) | {ROWS["onnx-fp32"].onnx_file})
+    written = sorted({p.name for name in onnx_files
+                      for p in (ir_files(folder / name) if is_openvino_file(name) else [folder / name])})
     if reuse_exports:
-        missing = [name for name in onnx_files if not (folder / name).is_file()]
+        missing = [name for name in written if not (folder / name).is_file()]
         if missing:
             raise RecipeError(f"deploy report: reuse_exports (--reuse_exports) needs {', '.join(missing)} in "
                               f"{folder}; run once without it to write them.")
@@ -75,8 +83,8 @@ def _check_outputs(folder: Path, rows: Sequence[Row], overwrite: bool, reuse_exp
             raise RecipeError(f"deploy report: reuse_exports (--reuse_exports): in {folder}, {', '.join(wrong)}: "
                               "not the decode head its row measures (an export of an earlier version?); run "
                               "without --reuse_exports, with --overwrite, to export them anew.")
-        onnx_files = []
-    names = list(REPORT_FILES) + onnx_files
+        written = []
+    names = list(REPORT_FILES) + written
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise RecipeError(f"deploy report: {folder} already holds {', '.join(existing)}; pass --overwrite "
@@ -87,7 +95,8 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
                   settings: InferenceSettings | None = None, calibration_images: Sequence[Any] | None = None,
                   rows: Sequence[str] = DEFAULT_ROWS, threads: int | None = None, repeats: int = 5,
                   timing_images: int = 1, agreement_images: int = 8,
-                  collapse_points: float = DEFAULT_COLLAPSE_POINTS, quantization: Any | None = None,
+                  collapse_points: float = DEFAULT_COLLAPSE_POINTS,
+                  accuracy_budget: float = DEFAULT_ACCURACY_BUDGET, quantization: Any | None = None,
                   overwrite: bool = False, reuse_exports: bool = False,
                   facts: dict[str, Any] | None = None) -> DeployReport:
     """Measure `rows` for the saved model in `model_dir` on `pairs` ((image, mask) pairs or a Dataset with image
@@ -95,18 +104,20 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
     `output_dir`. `calibration_images`: for the INT8 static rows (images not among `pairs`, for an honest mIoU).
     `quantization`: a quantize.QuantizationSettings instead of the measured defaults. `reuse_exports`: measure
     the ONNX files already in `output_dir` (e.g. one tuned by hand) instead of exporting and quantizing anew.
-    `facts`: extra entries (split, recipe) for the report's header."""
+    `accuracy_budget`: the mIoU points against PyTorch fp32 that the recommended row (the fastest within it)
+    may lose. `facts`: extra entries (split, recipe) for the report's header."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise RecipeError(f"deploy report: {model_dir} is not a saved model folder (no config.json); pass a "
                           "training output_dir.")
     settings = settings or InferenceSettings()
     chosen = resolve_rows(rows)
-    needs_static = any(row.quantize == "static" for row in chosen)
+    needs_static = any(row.needs_calibration for row in chosen)
     calibration = list(calibration_images or [])
     if needs_static and not calibration and not reuse_exports:
-        raise RecipeError("deploy report: the INT8 static rows need calibration images (--calibration_split, "
-                          "--num_calibration_images), or leave those rows out (--rows).")
+        raise RecipeError("deploy report: the INT8 static and OpenVINO INT8 rows need calibration images "
+                          "(--calibration_split, --num_calibration_images), or leave those rows out (--rows).")
+    check_accuracy_budget(accuracy_budget)
     if repeats < 1 or timing_images < 1:
         raise RecipeError("deploy report: repeats and timing_images must be at least 1.")
     folder = Path(output_dir)
@@ -152,14 +163,14 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
         agreement = agreements(final_rows, outcomes, tmp_dir)
 
     exports = describe_exports(folder, final_rows, made)
-    static_files = [exports[row.onnx_file] for row in final_rows if row.quantize == "static"]
+    static_files = [exports[row.onnx_file] for row in final_rows if row.needs_calibration]
     calibrated = max((entry.get("calibration_images", 0) for entry in static_files), default=len(calibration))
     results = []
     for row in final_rows:
         outcome = outcomes[row.key]
         file = folder / row.onnx_file if row.onnx_file else _weights_file(model_dir)
         result = RowResult(row.key, row.label + (f" ({row.precision})" if row.token_merging else ""), row.runtime,
-                           row.precision, row.token_merging, file.name, file.stat().st_size,
+                           row.precision, row.token_merging, file.name, file_bytes(file),
                            statistics.median(timings[row.key]), list(timings[row.key]),
                            median_ratio(timings.get(REFERENCE_ROW, []), timings[row.key]),
                            median_ratio(timings.get(ONNX_REFERENCE_ROW, []), timings[row.key]),
@@ -171,11 +182,12 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
         "model": model_dir.name, "images": len(dataset), "input_size": input_size,
         "mode": settings.mode, "threads": threads, "repeats": repeats, "timing_images": len(images),
         "agreement_images": min(agreement_images, len(dataset)), "collapse_points": collapse_points,
+        "accuracy_budget_points": accuracy_budget,
         "token_merging_precision": best_precision, "calibration_images": calibrated,
         "exports": exports, "reused_exports": reuse_exports, "machine": machine_facts(),
         "date": datetime.date.today().isoformat(), **(facts or {}),
     }
-    report = DeployReport(results, facts)
+    report = DeployReport(results, facts, recommend(results, accuracy_budget, facts["machine"]))
     write_report(report, folder)
     return report
 
@@ -189,15 +201,21 @@ def _weights_file(model_dir: Path) -> Path:
 
 def machine_facts() -> dict[str, Any]:
     """The CPU, its INT8 extensions and the library versions, for the report's reader to compare machines."""
-    try:
-        import onnxruntime  # optional: the [onnx] extra
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
+    ort_version = _version("onnxruntime")
     cpu = cpu_info("model name") or platform.processor() or platform.machine()
+    flags = cpu_flags()
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "int8_features": cpu_int8_features(),
+            "native_bf16": None if flags is None else bool(flags & set(CPU_BF16_FLAGS)),
+            "openvino": _version("openvino"),
             "torch": torch.__version__, "onnxruntime": ort_version, "python": platform.python_version()}
+
+
+def _version(package: str) -> str | None:
+    """An optional runtime's version (the [onnx] and [openvino] extras), None where it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def write_report(report: DeployReport, folder: Path) -> None:

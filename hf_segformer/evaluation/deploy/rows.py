@@ -5,6 +5,7 @@ Plain data, importing nothing heavy, so that a model card can render a saved rep
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,12 +22,17 @@ class Row:
 
     key: str
     label: str
-    runtime: str  # "pytorch" or "onnx"
+    runtime: str  # "pytorch", "onnx" (ONNX Runtime) or "openvino"
     precision: str = "fp32"
     token_merging: str | None = None
-    onnx_file: str | None = None  # written in the report folder
-    fold_head: bool = True  # ONNX: exported with the decode head folded (modeling.head_folding), as export-onnx does
-    quantize: str | None = None  # ONNX: "dynamic" or "static"
+    onnx_file: str | None = None  # the exported file, written in the report folder: .onnx, or an OpenVINO .xml
+    fold_head: bool = True  # exported with the decode head folded (modeling.head_folding), as export-onnx does
+    quantize: str | None = None  # ONNX Runtime: "dynamic" or "static"; OpenVINO: "nncf"
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether making this row's file needs calibration images (static INT8 of either runtime)."""
+        return self.quantize in ("static", "nncf")
 
 
 ROWS: dict[str, Row] = {row.key: row for row in (
@@ -42,9 +48,16 @@ ROWS: dict[str, Row] = {row.key: row for row in (
         quantize="static"),
     Row("tome-hq", "PyTorch + token merging hq", "pytorch", token_merging="hq"),
     Row("tome-fast", "PyTorch + token merging fast", "pytorch", token_merging="fast"),
+    # OpenVINO IR converted from the folded ONNX file; bf16 through INFERENCE_PRECISION_HINT (native on AMX CPUs)
+    Row("openvino-fp32", "OpenVINO fp32", "openvino", onnx_file="model.openvino.xml"),
+    Row("openvino-bf16", "OpenVINO bf16 (precision hint)", "openvino", "bf16", onnx_file="model.openvino.xml"),
+    Row("openvino-int8", "OpenVINO INT8 (NNCF)", "openvino", onnx_file="model.openvino-int8.xml", quantize="nncf"),
 )}
+OPENVINO_ROWS = ("openvino-fp32", "openvino-bf16", "openvino-int8")
+# the OpenVINO rows are measured by default where the `openvino` extra is installed
 DEFAULT_ROWS = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-fp32-unfolded", "onnx-int8-dynamic",
-                "onnx-int8-static", "tome-hq", "tome-fast")
+                "onnx-int8-static", "tome-hq", "tome-fast") + (
+    OPENVINO_ROWS if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf") else ())
 REFERENCE_ROW, ONNX_REFERENCE_ROW = "pytorch-fp32", "onnx-fp32"
 
 
@@ -86,13 +99,14 @@ class DeployReport:
 
     rows: list[RowResult]
     facts: dict[str, Any]
+    recommendation: dict[str, Any] | None = None  # recommend.recommend: the row chosen and why not the others
 
     def row(self, key: str) -> RowResult | None:
         return next((r for r in self.rows if r.key == key), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"facts": self.facts, "rows": [asdict(r) for r in self.rows]}
+        return {"facts": self.facts, "rows": [asdict(r) for r in self.rows], "recommendation": self.recommendation}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeployReport:
-        return cls([RowResult(**row) for row in data["rows"]], data["facts"])
+        return cls([RowResult(**row) for row in data["rows"]], data["facts"], data.get("recommendation"))

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from hf_segformer.data.images import load_image, open_image
 from hf_segformer.evaluation.deploy.rows import Row
 
 RESULT_PREFIX = "RESULT "
@@ -102,7 +101,7 @@ def worker_main(spec_path: str) -> dict[str, Any]:
     masks = {}
     if spec["agreement_images"]:
         subset = dataset.select(range(min(spec["agreement_images"], len(dataset))))
-        images = [load_image(open_image(entry)) for entry in subset["image"]]
+        images = [segmenter.read(entry) for entry in subset["image"]]
         masks = {str(i): mask for i, mask in enumerate(segmenter(images, batch_size=1))}
         np.savez_compressed(spec["masks"], **masks)
     return {"miou": float(metrics["mean_iou"]), "confusion": confusion.tolist(), "peak_rss_mb": peak,
