@@ -10,6 +10,7 @@ gives trainable parameters, the saved size (adapter vs whole model), peak memory
 Trainer's peak allocated), mean step time and validation mIoU at native resolution.
 
     python benchmarks/bench_lora.py                               # base 10 min, 5 min per arm
+    python benchmarks/bench_lora.py --base_time 3m30s --time 2m   # about 10 minutes in all (start-ups included)
     python benchmarks/bench_lora.py --base_time 20s --time 20s --crop_size 128      # smoke test
 """
 
@@ -92,6 +93,10 @@ def main() -> None:
         rows[arm] = run_recipe(output / arm, cli, cli.time, cli.data_dir, *extra)
     print(f"\nLoRA vs full fine-tuning, {cli.time} each from {base.name} on {Path(cli.data_dir).name}, "
           f"crop {cli.crop_size}, {cli.threads} threads\n")
+    start_results = base / "all_results.json"  # where the two arms start from
+    if start_results.is_file():
+        start_miou = json.loads(start_results.read_text()).get("eval_mean_iou", float("nan"))
+        print(f"Starting point ({base.name}): val mIoU {start_miou:.4f}\n")
     print("| arm | trainable parameters | saved size | peak memory | step time | steps | val mIoU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arm, row in rows.items():

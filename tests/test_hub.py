@@ -155,6 +155,38 @@ def test_push_model_from_a_folder_pushes_its_files_and_existing_card(hub_run):
     assert card_metadata(_readme(state, "model", "tester/seg-folder"))["base_model"] == "nvidia/mit-b0"
 
 
+def test_a_lora_run_pushes_its_adapter_and_a_peft_card_that_loads_it(hub_run):
+    state, scenario, work, _ = hub_run
+    assert scenario["lora_push_rc"] == 0
+    files = state.files("model", "tester/seg-shapes-lora")
+    assert {"adapter_model.safetensors", "adapter_config.json", "config.json", "preprocessor_config.json",
+            "README.md"} <= set(files)
+    assert "model.safetensors" not in files  # the adapter and the head, not a whole model
+    # hub_strategy checkpoint: the Trainer pushes the last checkpoint (optimizer state too, to resume elsewhere)
+    assert {"last-checkpoint/adapter_model.safetensors", "last-checkpoint/adapter_config.json"} <= set(files)
+    assert not [p for p in files if p.endswith((".bin", ".pt", ".pth", ".pkl")) and not p.startswith(
+        "last-checkpoint/") or p.startswith("checkpoint-")]
+    assert files["adapter_model.safetensors"] == (work / "run-lora" / "adapter_model.safetensors").read_bytes()
+    # Trained from the base's folder in the Hub cache: every adapter config uploaded, during training and at its
+    # end, names the base by its Hub id and commit; the run folder's own keeps the path local loading reads.
+    commits = [c for c in state.commits if c.repo_id == "tester/seg-shapes-lora"]
+    uploaded = {(c.summary.split(",")[0].split(":")[0], path): json.loads(content) for c in commits
+                for path, content in c.added.items() if path.endswith("adapter_config.json")}
+    assert {("Training in progress", "adapter_config.json"), ("Training in progress",
+                                                              "last-checkpoint/adapter_config.json")} <= set(uploaded)
+    commit = Path(scenario["lora_base_snapshot"]).name
+    named = {where: (c["base_model_name_or_path"], c.get("revision")) for where, c in uploaded.items()}
+    assert set(named.values()) == {("nvidia/mit-b0", commit)}, named
+    assert not [path for c in commits for path, content in c.added.items()
+                if path.endswith((".json", ".md")) and str(work).encode() in content]
+    local = json.loads((work / "run-lora" / "adapter_config.json").read_text())
+    assert local["base_model_name_or_path"] == scenario["lora_base_snapshot"]
+    meta = card_metadata(files["README.md"].decode())
+    assert meta["base_model"] == "nvidia/mit-b0" and meta["library_name"] == "peft" and "lora" in meta["tags"]
+    assert scenario["lora_card_loads_the_trained_model"] and scenario["lora_processor"].startswith("SegformerImageProcessor")
+    assert scenario["lora_segmenter_from_the_hub_matches_the_run"]  # predict/evaluate/demo --model tester/seg-shapes-lora
+
+
 def test_push_model_refuses_a_folder_without_card_or_safetensors_before_contacting_the_hub(tmp_path):
     from hf_segformer.errors import DataError
     from hf_segformer.hub.publish import push_model

@@ -2,7 +2,8 @@
 
 The Space folder is self-contained: `app.py` runs `hf_segformer.app.demo` from a copy of this package placed
 beside it (so the Space runs exactly the app tested here), `requirements.txt` lists the package's own
-dependencies (Gradio itself comes from the Space's `sdk_version`) and `README.md` carries the Space metadata
+dependencies (Gradio itself comes from the Space's `sdk_version`; peft, pinned to the installed version, for a
+LoRA adapter) and `README.md` carries the Space metadata
 (sdk, sdk_version, app_file, models). The model is a Hub id; the environment variable `HF_SEGFORMER_MODEL`
 replaces it (a local folder, for a test run before pushing).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import platform
 import shutil
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, requires
+from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,24 @@ APP_MARKER = "# Written by hf-segformer demo --export-space"  # tells a previous
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # hf_segformer/, copied whole into the Space
 
 
-def space_requirements() -> list[str]:
-    """The installed hf-segformer package's own dependencies (no extras). Gradio is left out: the Space installs
-    the version of its sdk_version."""
+def space_requirements(adapter: bool = False) -> list[str]:
+    """The installed hf-segformer package's own dependencies (no extras), and with `adapter` (the model is a LoRA
+    adapter, loaded onto its base model by peft) the installed peft. Gradio is left out: the Space installs the
+    version of its sdk_version."""
     try:
         listed = requires("hf-segformer") or []
     except PackageNotFoundError as err:
         raise RecipeError("--export_space reads the dependencies of the installed hf-segformer package; install "
                           "it first (pip install -e '.[demo]' in its checkout).") from err
-    return [r.split(";")[0].strip() for r in listed if "extra ==" not in r and not r.lower().startswith("gradio")]
+    needed = [r.split(";")[0].strip() for r in listed if "extra ==" not in r and not r.lower().startswith("gradio")]
+    if adapter:
+        try:
+            needed.append(f"peft=={version('peft')}")
+        except PackageNotFoundError:
+            raise RecipeError("--export_space: the model is a LoRA adapter, and its Space needs peft: install it "
+                              "here (pip install 'hf-segformer[lora]') so that the Space gets the same version.") \
+                from None
+    return needed
 
 
 def _app_source(model_id: str, palette: np.ndarray | None, mode: str, token_merging: str | None) -> str:
@@ -83,12 +93,15 @@ def _card(model_id: str, has_examples: bool) -> SpaceCard:
 
 
 def export_space(folder: str | Path, model_id: str, *, examples: str | Path | Sequence[str | Path] | None = None,
-                 palette: np.ndarray | None = None, mode: str = "whole", token_merging: str | None = None) -> Path:
-    """Write the Space folder serving the demo of the Hub model `model_id`; returns the folder.
+                 palette: np.ndarray | None = None, mode: str = "whole", token_merging: str | None = None,
+                 adapter: bool = False) -> Path:
+    """Write the Space folder serving the demo of the Hub model `model_id` (`adapter`: a LoRA adapter); returns the
+    folder.
 
     The folder must be new, empty, or an earlier export (whose files are replaced)."""
     if not REPO_ID.match(model_id) or "/" not in model_id:
         raise RecipeError(f"The Space needs the model's Hub id (namespace/name); got '{model_id}'.")
+    requirements = space_requirements(adapter)  # refused before anything is written
     folder = Path(folder)
     app = folder / "app.py"
     if folder.is_dir() and any(folder.iterdir()) and not (app.is_file() and APP_MARKER in app.read_text()):
@@ -103,7 +116,7 @@ def export_space(folder: str | Path, model_id: str, *, examples: str | Path | Se
         for path in files:
             shutil.copy2(path, folder / "examples" / Path(path).name)
     app.write_text(_app_source(model_id, palette, mode, token_merging))
-    (folder / "requirements.txt").write_text("\n".join(space_requirements()) + "\n")
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
     _card(model_id, bool(files)).save(folder / "README.md")
     return folder
 

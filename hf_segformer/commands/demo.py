@@ -25,6 +25,7 @@ from hf_segformer.data.images import list_images
 from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.errors import RecipeError
 from hf_segformer.hub.redaction import hub_repo_id
+from hf_segformer.modeling.lora import adapter_config_file
 from hf_segformer.training.arguments import RECIPE_DATACLASSES
 
 
@@ -71,7 +72,8 @@ def main(argv: list[str]) -> int:
         except OSError as err:
             raise RecipeError(f"--export_space: the dataset's colours need the model's class count: {err}") from err
         folder = export_space(demo_args.export_space, model_id, examples=demo_args.examples, palette=colours,
-                              mode=inference_args.mode, token_merging=inference_args.token_merging)
+                              mode=inference_args.mode, token_merging=inference_args.token_merging,
+                              adapter=adapter_config_file(model) is not None)
         print(f"Space folder written to {folder}: push it to a Gradio Space (README.md holds its metadata).")
         return 0
     if not Path(model).exists() and hub_repo_id(model) is None:

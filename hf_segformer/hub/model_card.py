@@ -22,9 +22,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.evaluation.deploy.render import model_card_section
 from hf_segformer.evaluation.reports import class_table
-from hf_segformer.hub.redaction import REPO_ID, hub_repo_id, public_text
+from hf_segformer.hub.redaction import REPO_ID, hub_model_id, hub_repo_id, public_model_name, public_text
 from hf_segformer.modeling.build import KEEP_RATIO_SCALE, MIT_VARIANTS
-from hf_segformer.modeling.lora import ADAPTER_CONFIG
+from hf_segformer.modeling.lora import ADAPTER_CONFIG, adapter_base_model
 from hf_segformer.runtime import cpu_info
 
 NVIDIA_CHECKPOINT = re.compile(r"^nvidia/(mit|segformer)-", re.IGNORECASE)
@@ -119,7 +119,7 @@ def run_facts(training_args: Any, data_args: Any, model_args: Any, repo_id: str)
     dataset_id = data_args.hub_dataset_id or hub_repo_id(data_args.dataset_name)
     folder = data_args.data_dir or data_args.image_dir
     name = dataset_id or (Path(folder).name if folder else "local data")  # a folder's name, never its path
-    return RunFacts(repo_id=repo_id, base_model=hub_repo_id(model_args.model_name_or_path), dataset_id=dataset_id,
+    return RunFacts(repo_id=repo_id, base_model=hub_model_id(model_args.model_name_or_path), dataset_id=dataset_id,
                     dataset_name=name, eval_split=data_args.eval_split,
                     license=model_args.model_license, space_id=model_args.hub_space_id,
                     hyperparameters=training_hyperparameters(training_args, data_args),
@@ -199,10 +199,16 @@ def _history_table(output_dir: Path, limit: int = 25) -> str:
     return "\n".join(lines)
 
 
-def _adapter_usage(repo_id: str, base_model: str | None) -> str:
-    """How to load a LoRA adapter: its base model with this repo's classes, the adapter merged in."""
+def _adapter_usage(repo_id: str, base_model: str | None, local_base: str | None) -> str:
+    """How to load a LoRA adapter: its base model with this repo's classes, the adapter merged in. A base trained
+    from a local folder (`local_base`, its name) must be published first."""
     base = base_model or "BASE_MODEL"  # a local base model: the user must supply it
-    return f'''This repository holds a LoRA adapter (PEFT) and the decode head for its classes, not a whole model: load
+    publish_base = "" if base_model else (
+        f"The base model was the local folder `{local_base}`, which is not on the Hub: publish it (e.g. "
+        f"`AutoModelForSemanticSegmentation.from_pretrained(\"path/to/{local_base}\").push_to_hub(\"you/{local_base}\")`"
+        "), put its Hub id in place of `BASE_MODEL` below, and set `base_model_name_or_path` in this repository's "
+        "`adapter_config.json` to it (hf-segformer's `predict`, `evaluate` and `demo` read the base from there).\n\n")
+    usage = f'''This repository holds a LoRA adapter (PEFT) and the decode head for its classes, not a whole model: load
 its base model with this repository's config, then the adapter (`pip install peft`). `hf-segformer merge-lora` turns
 a local copy into a plain SegFormer folder that `pipeline("image-segmentation")` loads.
 
@@ -215,6 +221,7 @@ base = AutoModelForSemanticSegmentation.from_pretrained("{base}", config=config,
 model = PeftModel.from_pretrained(base, "{repo_id}").merge_and_unload()  # a plain SegFormer
 processor = AutoImageProcessor.from_pretrained("{repo_id}")
 ```'''
+    return publish_base + usage
 
 
 def _usage(repo_id: str) -> str:
@@ -345,9 +352,10 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
     )
     origin = (f"fine-tuned from [{facts.base_model}](https://huggingface.co/{facts.base_model})" if facts.base_model
               else "trained from random initialisation (no pretrained weights)")
+    local_base = public_model_name(adapter_base_model(output_dir)) if adapter and not facts.base_model else None
     if adapter:
         origin = ("as a LoRA adapter (with its decode head) " + origin if facts.base_model
-                  else "as a LoRA adapter (with its decode head) of a local base model")
+                  else f"as a LoRA adapter (with its decode head) of a local base model (`{local_base}`)")
     dataset = (f"[{facts.dataset_id}](https://huggingface.co/datasets/{facts.dataset_id})" if facts.dataset_id
                else f"the local dataset `{facts.dataset_name}`")
     names = ", ".join(id2label[i] for i in sorted(id2label))
@@ -359,7 +367,8 @@ def build_model_card(output_dir: str | os.PathLike, facts: RunFacts) -> ModelCar
         *([space_link(facts.space_id)] if facts.space_id else []),
         _evaluation_section(output_dir, facts, by_split, id2label),
         *filter(None, [_deployment_section(output_dir)]),
-        "## How to use\n\n" + (_adapter_usage(facts.repo_id, facts.base_model) if adapter else _usage(facts.repo_id)),
+        "## How to use\n\n" + (_adapter_usage(facts.repo_id, facts.base_model, local_base) if adapter
+                               else _usage(facts.repo_id)),
         ("## Intended uses and limitations\n\n"
          f"For semantic segmentation of images like those of {dataset}. The model knows only the classes above and "
          f"gives every pixel one of them. Images are {resize}, and the prediction is "

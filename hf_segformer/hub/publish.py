@@ -29,7 +29,8 @@ from hf_segformer.data.preflight import DataReport, check_data
 from hf_segformer.data.prepare import build_label_decoder, prepare_data
 from hf_segformer.errors import DataError, RecipeError
 from hf_segformer.hub.dataset_card import DatasetFacts, build_dataset_card
-from hf_segformer.hub.model_card import run_facts, write_model_card
+from hf_segformer.hub.folder_upload import upload_run_folder
+from hf_segformer.hub.model_card import DEPLOY_REPORT_FILES, run_facts, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ logger = logging.getLogger(__name__)
 # Trainer's own intermediate pushes upload training_args.bin, so the final push deletes it from the repository.
 MODEL_IGNORE_PATTERNS = ["_*", "checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"]
 MODEL_DELETE_PATTERNS = ["training_args.bin"]
-# deploy-report writes several ONNX files into the run folder; only the one chosen (push_model's onnx_file) goes up.
-MODEL_IGNORE_PATTERNS.append("deploy_report/*.onnx")
+# deploy-report writes several ONNX and OpenVINO files into the run folder; only the one chosen goes up (push_model's
+# onnx_file, else the report's recommendation), beside the safetensors.
+MODEL_IGNORE_PATTERNS += ["deploy_report/*.onnx", "deploy_report/*.xml"]
+EXPORT_SUFFIXES = (".onnx", ".xml")  # an ONNX file, an OpenVINO IR (its .bin beside it)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -148,8 +151,11 @@ def push_model(source: Any, data_args: DataArguments | None = None, model_args: 
     From a Trainer the repository, token, privacy and revision come from its arguments (`hub_model_id`,
     `hub_token`, `hub_private_repo`, `hub_revision`); only the main process pushes, after any push the
     Trainer still has in flight. With `data_args` and `model_args` the card is (re)written from the run;
-    otherwise the folder's README.md is pushed as it is. Checkpoint folders and pickles are never uploaded.
-    `onnx_file` (e.g. deploy_report/model.int8-static.onnx) is pushed beside the safetensors, under its file name.
+    otherwise the folder's README.md is pushed as it is. Checkpoint folders and pickles are never uploaded, nor
+    the local path of a LoRA adapter's base model (`hub.folder_upload`).
+    `onnx_file` (e.g. deploy_report/model.int8-static.onnx, or an OpenVINO .xml with its .bin) is pushed beside the
+    safetensors, under its file name; without it, the file the run's deploy report recommends (when the report
+    recommends an exported file, not the safetensors themselves).
     """
     if hasattr(source, "args") and hasattr(source, "is_world_process_zero"):
         trainer = source
@@ -173,23 +179,54 @@ def push_model(source: Any, data_args: DataArguments | None = None, model_args: 
         raise DataError(f"{output_dir} has no README.md model card; pass data_args and model_args to write one.")
     if not any(output_dir.glob("*.safetensors")):
         raise DataError(f"{output_dir} has no .safetensors weights; save the model before pushing it.")
-    onnx_path = None
-    if onnx_file is not None:
-        onnx_path = Path(onnx_file) if Path(onnx_file).is_absolute() else output_dir / onnx_file
-        if not onnx_path.is_file() and Path(onnx_file).is_file():
-            onnx_path = Path(onnx_file)
-        if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
-            raise DataError(f"push_model: onnx_file {onnx_file} is not an .onnx file (looked in {output_dir} and "
-                            "the working directory); write it with `hf-segformer export-onnx` or `deploy-report`.")
+    exported = _exported_files(output_dir, onnx_file) if onnx_file is not None else recommended_files(output_dir)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id or output_dir.resolve().name, private=private, exist_ok=True).repo_id
     if write_card:
         write_model_card(output_dir, run_facts(training_args, data_args, model_args, repo_id))
-    commit = api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message=commit_message,
+    commit = upload_run_folder(api, repo_id=repo_id, folder_path=output_dir, commit_message=commit_message,
                                ignore_patterns=MODEL_IGNORE_PATTERNS, delete_patterns=MODEL_DELETE_PATTERNS,
                                revision=revision)
-    if onnx_path is not None:
-        commit = api.upload_file(path_or_fileobj=str(onnx_path), path_in_repo=onnx_path.name, repo_id=repo_id,
-                                 revision=revision, commit_message=f"{commit_message}: {onnx_path.name}")
+    if exported:
+        commit = api.create_commit(repo_id=repo_id, revision=revision, commit_message=f"{commit_message}: "
+                                   f"{exported[0].name}", operations=[CommitOperationAdd(path.name, str(path))
+                                                                      for path in exported])
     logger.info("Pushed %s to %s", output_dir.name, commit.commit_url)
     return commit.commit_url
+
+
+def _with_weights(path: Path) -> list[Path]:
+    """An exported model's files: the .onnx, or an OpenVINO .xml and its .bin."""
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+
+def _exported_files(output_dir: Path, onnx_file: str | os.PathLike) -> list[Path]:
+    """push_model's onnx_file, found in the run folder or the working directory, with its weights file."""
+    path = Path(onnx_file) if Path(onnx_file).is_absolute() else output_dir / onnx_file
+    if not path.is_file() and Path(onnx_file).is_file():
+        path = Path(onnx_file)
+    files = _with_weights(path)
+    if path.suffix not in EXPORT_SUFFIXES or not all(p.is_file() for p in files):
+        raise DataError(f"push_model: onnx_file {onnx_file} is not an .onnx file or an OpenVINO .xml beside its .bin "
+                        f"(looked in {output_dir} and the working directory); write it with `hf-segformer "
+                        "export-onnx` or `deploy-report`.")
+    return files
+
+
+def recommended_files(output_dir: Path) -> list[Path]:
+    """The exported file the run's deploy report recommends (with its .bin for OpenVINO); none where there is no
+    report, or where it recommends PyTorch (the safetensors are pushed anyway)."""
+    for name in DEPLOY_REPORT_FILES:
+        report = output_dir / name
+        if not report.is_file():
+            continue
+        choice = json.loads(report.read_text()).get("recommendation") or {}
+        if choice.get("runtime") in (None, "pytorch"):
+            return []
+        files = _with_weights(report.parent / choice["file"])
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"push_model: {report} recommends {choice['file']}, but {', '.join(missing)} is gone; "
+                            "run deploy-report again (or pass onnx_file).")
+        return files
+    return []

@@ -1,6 +1,7 @@
 """What may appear on a public Hub page: Hub repository ids, never local paths, never a token.
 
-Cards and Spaces pass their text through `public_text`, which redacts any that slip in through user-given names.
+Cards and Spaces pass their text through `public_text`, which redacts any that slip in through user-given names;
+a model named in a published file (a LoRA adapter's base) is named by `public_model_name`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 NOT_IN_URL = r"(?<![\w.:/])"  # a path starts at a word boundary, not inside a URL such as https://data.org/x
 PATH_TAIL = r"[^\s)\]`'\"|,;]*"
+# A model folder of the Hub cache (`snapshot_download`, `from_pretrained`): …/models--OWNER--NAME/snapshots/COMMIT.
+HUB_CACHE_SNAPSHOT = re.compile(r"(?:^|[/\\])models--(?P<repo>[^/\\]+)[/\\]snapshots[/\\](?P<commit>[0-9a-f]{40})$")
 ABSOLUTE_PATH = re.compile(NOT_IN_URL + r"(?:/(?:home|root|tmp|Users|mnt|media|data|work|scratch|var|opt|srv)/"
                            + PATH_TAIL + r"|[A-Za-z]:\\" + PATH_TAIL + ")")
 
@@ -23,6 +26,23 @@ def hub_repo_id(value: str | None) -> str | None:
     if not value or os.path.exists(value) or not REPO_ID.match(value):
         return None
     return value
+
+
+def hub_snapshot(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(Hub id, commit) of a folder of the Hub cache: a local path that is an exact copy of a Hub model."""
+    match = HUB_CACHE_SNAPSHOT.search(os.path.normpath(os.path.expanduser(str(path))))
+    return (match["repo"].replace("--", "/"), match["commit"]) if match else None
+
+
+def hub_model_id(value: str | None) -> str | None:
+    """The Hub id of a model given by its Hub id or by its folder in the Hub cache; None for other local folders."""
+    snapshot = hub_snapshot(value) if value else None
+    return snapshot[0] if snapshot else hub_repo_id(value)
+
+
+def public_model_name(value: str) -> str:
+    """How a published file names a model: its Hub id where it has one, else only its local folder's name."""
+    return hub_model_id(value) or Path(value).resolve().name
 
 
 def public_text(text: str) -> str:

@@ -45,9 +45,30 @@ def is_adapter_folder(path: str | os.PathLike | None) -> bool:
     return path is not None and os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
-def adapter_base_model(path: str | os.PathLike) -> str:
-    """The base model an adapter folder was trained on (`base_model_name_or_path` of its adapter_config.json)."""
-    config_file = Path(path) / ADAPTER_CONFIG
+# Of `from_pretrained`'s keyword arguments, those that say where an adapter's files are fetched from.
+HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+
+
+def _hub_kwargs(load_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in load_kwargs.items() if key in HUB_KWARGS}
+
+
+def adapter_config_file(model_name_or_path: str | os.PathLike, **load_kwargs: Any) -> str | None:
+    """The adapter_config.json of a run folder or a Hub repository holding a LoRA adapter (a pushed LoRA run), or
+    None for a whole model; a Hub repository that cannot be reached is left to the model loader's own error."""
+    from transformers.utils.peft_utils import find_adapter_config_file
+
+    hub_kwargs = _hub_kwargs(load_kwargs)
+    try:
+        return find_adapter_config_file(str(model_name_or_path), **hub_kwargs)
+    except OSError:
+        return None
+
+
+def adapter_base_model(path: str | os.PathLike, config_file: str | os.PathLike | None = None) -> str:
+    """The base model an adapter (folder, or Hub repository with `config_file` its downloaded adapter_config.json)
+    was trained on: `base_model_name_or_path` of its adapter_config.json."""
+    config_file = Path(config_file or Path(path) / ADAPTER_CONFIG)
     try:
         base = json.loads(config_file.read_text()).get("base_model_name_or_path")
     except (OSError, ValueError) as err:
@@ -112,23 +133,28 @@ def _quiet_transformers():
         transformers.utils.logging.set_verbosity(verbosity)
 
 
-def load_merged_adapter(path: str | os.PathLike, **load_kwargs: Any) -> SegformerForSemanticSegmentation:
-    """A run folder holding an adapter → its base model with the adapter loaded and merged in: a plain SegFormer
-    with the run's classes, ready for inference or `save_pretrained`."""
+def load_merged_adapter(path: str | os.PathLike, config_file: str | os.PathLike | None = None,
+                        **load_kwargs: Any) -> SegformerForSemanticSegmentation:
+    """A run folder (or a Hub repository: `config_file` its adapter_config.json) holding an adapter → its base model
+    with the adapter loaded and merged in: a plain SegFormer with the run's classes, ready for inference or
+    `save_pretrained`."""
     peft = _peft()
-    base = adapter_base_model(path)
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    base = adapter_base_model(path, config_file)
+    hub_kwargs = _hub_kwargs(load_kwargs)
+    try:
+        config = AutoConfig.from_pretrained(path, **hub_kwargs)
+    except OSError:
         raise RecipeError(f"{path} holds an adapter but no config.json (the run's classes): save the run again, or "
-                          "give a folder written by `hf-segformer train` with lora.")
-    config = AutoConfig.from_pretrained(path)
+                          "give a folder written by `hf-segformer train` with lora.") from None
     try:
         with _quiet_transformers():
-            model = SegformerForSemanticSegmentation.from_pretrained(base, config=config, ignore_mismatched_sizes=True,
-                                                                     **load_kwargs)
+            model = SegformerForSemanticSegmentation.from_pretrained(
+                base, config=config, ignore_mismatched_sizes=True,
+                **{key: value for key, value in load_kwargs.items() if key != "revision"})  # the adapter's revision
     except OSError as err:
         raise RecipeError(f"{path}: the adapter's base model {base} cannot be loaded ({err}). The base model must "
                           "be reachable (a Hub id, or the local folder it was trained from).") from None
-    adapted = peft.PeftModel.from_pretrained(model, str(path))
+    adapted = peft.PeftModel.from_pretrained(model, str(path), **hub_kwargs)
     merged = adapted.merge_and_unload()
     logger.info("Loaded %s: the LoRA adapter merged into its base model %s", path, base)
     return merged

@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from hf_segformer.data.augmented_pairs import AugmentedPairs, EpochKeyedSampler
 from hf_segformer.errors import TrainingError
 from hf_segformer.evaluation.metrics import confusion_and_loss, confusion_matrices
+from hf_segformer.hub.folder_upload import PublicUploads
 from hf_segformer.logits import pack_labels
 from hf_segformer.modeling.lora import saving_adapter
 from hf_segformer.training.callbacks import TrainerBound
@@ -73,6 +74,7 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
         self.nonfinite_losses = 0
         self.ema = ema
         self.train_sampler = train_sampler
+        self._checkpoint_to_push: str | None = None  # a partial checkpoint, pushed once renamed
         if isinstance(self.train_dataset, AugmentedPairs):
             self.add_callback(AugmentationEpoch(self.train_dataset))
 
@@ -151,9 +153,28 @@ class SegformerTrainer(StreamingTrainerMixin, Trainer):
                 os.replace(final, replaced)
             os.replace(partial, final)
             shutil.rmtree(replaced, ignore_errors=True)
+            if self._checkpoint_to_push == partial:
+                self._checkpoint_to_push = None
+                self._push_from_checkpoint(final)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's own push during training (`hub_strategy`), uploading what `push_model` would (a LoRA
+        adapter's config without local paths: `hub.folder_upload`). A partial checkpoint is pushed once renamed: the
+        upload runs in the background and reads the folder by its name."""
+        if os.path.basename(checkpoint_folder).startswith(PARTIAL_CHECKPOINT_PREFIX):
+            self._checkpoint_to_push = checkpoint_folder
+            return
+        with uploading_publicly():
+            super()._push_from_checkpoint(checkpoint_folder)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's push of output_dir (`save_model` makes one with push_to_hub), uploading what `push_model`
+        would."""
+        with uploading_publicly():
+            return super().push_to_hub(*args, **kwargs)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the decode head at `head_lr_multiplier` × the learning rate.
@@ -351,6 +372,17 @@ def is_disk_full(err: BaseException) -> bool:
         return True
     text = str(err)
     return "No space left on device" in text or "inline_container" in text
+
+
+@contextlib.contextmanager
+def uploading_publicly() -> Iterator[None]:
+    """The Trainer's uploads (transformers' shared `hf_api`) made through `hub.folder_upload.PublicUploads`."""
+    shared_api = transformers.trainer.hf_api
+    transformers.trainer.hf_api = lambda: PublicUploads(shared_api())
+    try:
+        yield
+    finally:
+        transformers.trainer.hf_api = shared_api
 
 
 @contextlib.contextmanager

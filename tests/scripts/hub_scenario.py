@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def main(work: Path, data_dir: Path) -> None:
     out["recipe_push_rc"] = run_command("train", pushing, default_config=quickstart)
     out["recipe_push_files"] = sorted(HfApi().list_repo_files("tester/seg-shapes-recipe"))
     out["recipe_push_card"] = ModelCard.load("tester/seg-shapes-recipe").data.to_dict()
+    lora_push(work, argv, quickstart, out)
 
     # End of training as train.py does it: push_model(trainer, data_args, model_args).
     data_args, model_args, training_args = parse_recipe(argv, default_config=quickstart)
@@ -93,6 +95,40 @@ def main(work: Path, data_dir: Path) -> None:
     out["card_eval_results"] = [dataclasses.asdict(result) for result in card.data.eval_results]
     out["card_base_model"] = card.data.base_model
     (work / "scenario.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+def lora_push(work: Path, argv: list[str], quickstart: str, out: dict) -> None:
+    """A LoRA run from the base model's folder in the Hub cache, pushed by its recipe during training
+    (hub_strategy checkpoint) and at its end, then loaded from the Hub with the code its card shows; the loaded
+    model's logits are compared with the run folder's own (base + adapter merged locally)."""
+    import torch
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from PIL import Image
+
+    from hf_segformer.cli import run_command
+    from hf_segformer.inference.segmenter import Segmenter
+    from hf_segformer.modeling.build import load_saved_model
+
+    run = work / "run-lora"
+    out["lora_base_snapshot"] = base = snapshot_download("nvidia/mit-b0")  # a local path, of a Hub model
+    pushing = argv + ["--lora", "{r: 4, alpha: 8, dropout: 0.0}", "--push_to_hub", "true", "--hub_model_id",
+                      "seg-shapes-lora", "--output_dir", str(run), "--model_name_or_path", base,
+                      "--save_strategy", "steps", "--save_steps", "1", "--hub_strategy", "checkpoint"]
+    out["lora_push_rc"] = run_command("train", pushing, default_config=quickstart)
+    card = Path(hf_hub_download("tester/seg-shapes-lora", "README.md")).read_text()
+    [snippet] = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own instructions, run against the local Hub
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        from_hub = scope["model"].eval()(pixel_values=pixels).logits
+        local = load_saved_model(run).eval()(pixel_values=pixels).logits
+    out["lora_card_loads_the_trained_model"] = bool(torch.allclose(from_hub, local, atol=1e-5))
+    out["lora_processor"] = type(scope["processor"]).__name__
+    # predict, evaluate and the demo (a Space) take the pushed adapter's Hub id as they take the run folder
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    out["lora_segmenter_from_the_hub_matches_the_run"] = bool(np.array_equal(
+        Segmenter.from_pretrained("tester/seg-shapes-lora")(image), Segmenter.from_pretrained(run)(image)))
 
 
 if __name__ == "__main__":
