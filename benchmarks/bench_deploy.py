@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
-    argv = [args.model_dir, "--config", args.recipe, "--eval_split", args.eval_split,
+    argv = ["--model", args.model_dir, "--config", args.recipe, "--eval_split", args.eval_split,
             "--threads", str(args.threads), "--repeats", str(args.repeats), "--timing_images",
             str(args.timing_images), "--num_calibration_images", str(args.num_calibration_images),
             "--rows", *args.rows]

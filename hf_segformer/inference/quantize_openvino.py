@@ -25,6 +25,10 @@ from hf_segformer.inference.openvino_backend import ir_files, onnx_props, requir
 from hf_segformer.inference.quantize import QUANTIZATION_KEY, calibration_reader, iterate_pixels
 
 
+class VariableInputSize(RecipeError):
+    """The model's inputs vary in size (keep-ratio or native-size inference): an NNCF INT8 IR runs at one size."""
+
+
 @dataclass
 class OpenVINOQuantization:
     """How `quantize_openvino` made an INT8 IR (recorded in its metadata, as ONNX Runtime's INT8 files are)."""
@@ -52,7 +56,7 @@ def quantize_openvino(onnx_path: str | Path, xml_path: str | Path, calibration_i
     inputs = list(iterate_pixels(reader))
     sizes = {tuple(array.shape[2:]) for array in inputs}
     if len(sizes) != 1:
-        raise RecipeError(f"OpenVINO INT8 is made for one input size; the calibration inputs have {len(sizes)} "
+        raise VariableInputSize(f"OpenVINO INT8 is made for one input size; the calibration inputs have {len(sizes)} "
                           f"({', '.join('×'.join(map(str, s)) for s in sorted(sizes))}): use whole mode at the image "
                           "processor's size, or one --scale for images of one size.")
     (height, width), = sizes

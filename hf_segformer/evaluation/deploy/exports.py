@@ -16,14 +16,16 @@ from hf_segformer.evaluation.deploy.rows import ROWS, Row
 from hf_segformer.inference.onnx_export import FOLDED, HEAD_KEY, UNFOLDED, export_model, model_metadata
 from hf_segformer.inference.openvino_backend import convert_onnx, ir_files, is_openvino_file, require
 from hf_segformer.inference.quantize import QUANTIZATION_KEY, quantize_onnx, saved_image_processor
+from hf_segformer.inference.quantize_openvino import VariableInputSize, quantize_openvino
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.build import load_saved_model
 
 
 def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_images: list[Any] | None,
-                 settings: InferenceSettings, quantization: Any | None) -> dict[str, Any]:
+                 settings: InferenceSettings, quantization: Any | None, skip_unsized: bool = False) -> dict[str, Any]:
     """Write the files the rows need: float32 ONNX exports, their INT8 versions, then the OpenVINO IRs. Returns what
-    was made how."""
+    was made how. `skip_unsized`: an OpenVINO INT8 row for a model whose inputs vary in size (one IR size only) is
+    recorded as {"skipped": why} instead of stopping the report (the default rows)."""
     made: dict[str, Any] = {}
     model = load_saved_model(model_dir).eval()
     metadata = model_metadata(model_dir, model)
@@ -37,8 +39,13 @@ def export_files(model_dir: Path, folder: Path, rows: list[Row], calibration_ima
         made[fp32_files[fold]] = {HEAD_KEY: _metadata(path).get(HEAD_KEY, UNFOLDED)}
     for row in rows:
         if row.runtime == "openvino":
-            made[row.onnx_file] = _openvino_file(folder, row, fp32_files[row.fold_head], made, calibration_images,
-                                                 model_dir, settings)
+            try:
+                made[row.onnx_file] = _openvino_file(folder, row, fp32_files[row.fold_head], made, calibration_images,
+                                                     model_dir, settings)
+            except VariableInputSize as err:
+                if not skip_unsized:
+                    raise
+                made[row.onnx_file] = {"skipped": str(err)}
             continue
         if not row.quantize:
             continue
@@ -60,8 +67,6 @@ def _openvino_file(folder: Path, row: Row, onnx_file: str, made: dict[str, Any],
     if row.onnx_file in made:
         return made[row.onnx_file]
     if row.quantize:
-        from hf_segformer.inference.quantize_openvino import quantize_openvino  # nncf: the INT8 row only
-
         result = quantize_openvino(folder / onnx_file, folder / row.onnx_file, calibration_images or [], model_dir,
                                    settings)
         entry = {"quantization": "nncf", **result.settings, "calibration_images": result.calibration_images,

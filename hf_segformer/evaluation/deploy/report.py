@@ -129,7 +129,13 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
 
     with tempfile.TemporaryDirectory(prefix="hf-segformer-deploy-") as tmp:
         tmp_dir = Path(tmp)
-        made = {} if reuse_exports else export_files(model_dir, folder, chosen, calibration, settings, quantization)
+        made = {} if reuse_exports else export_files(model_dir, folder, chosen, calibration, settings, quantization,
+                                                     skip_unsized=tuple(rows) == tuple(DEFAULT_ROWS))
+        skipped = {row.key: made[row.onnx_file]["skipped"] for row in chosen
+                   if "skipped" in made.get(row.onnx_file or "", {})}
+        for key, why in skipped.items():
+            print(f"deploy report: {ROWS[key].label} left out: {why}")
+        chosen = [row for row in chosen if row.key not in skipped]
 
         # speed: every row here, side by side; token merging on both precisions until the faster one is known
         keys = {row.key for row in chosen}
@@ -184,7 +190,7 @@ def deploy_report(model_dir: str | Path, pairs: Any, decoder: LabelDecoder, outp
         "agreement_images": min(agreement_images, len(dataset)), "collapse_points": collapse_points,
         "accuracy_budget_points": accuracy_budget,
         "token_merging_precision": best_precision, "calibration_images": calibrated,
-        "exports": exports, "reused_exports": reuse_exports, "machine": machine_facts(),
+        "exports": exports, "reused_exports": reuse_exports, "skipped_rows": skipped, "machine": machine_facts(),
         "date": datetime.date.today().isoformat(), **(facts or {}),
     }
     report = DeployReport(results, facts, recommend(results, accuracy_budget, facts["machine"]))
