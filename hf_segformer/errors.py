@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 MAX_LISTED = 20
 
 
@@ -26,3 +28,12 @@ def problems_message(title: str, problems: list[str], hint: str = "") -> str:
     if hint:
         lines.append(hint)
     return "\n".join(lines)
+
+
+def require_extra(module: str, extra: str, purpose: str, packages: str):
+    """An optional dependency, imported; where it is missing, one error saying which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise RecipeError(f"{purpose} needs the '{module}' package: pip install 'hf-segformer[{extra}]' "
+                          f"({packages}).") from err

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hf_segformer import __version__
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import RecipeError, require_extra
 from hf_segformer.modeling.head_folding import FoldedSegformer, can_fold
 from hf_segformer.modeling.token_merging import has_token_merging
 
@@ -34,11 +34,8 @@ HEAD_KEY, FOLDED, UNFOLDED = "decode_head", "folded", "unfolded"
 
 
 def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as err:
-        raise RecipeError(f"ONNX export and inference need the '{module}' package: "
-                          "pip install 'hf-segformer[onnx]' (onnx, onnxruntime, onnxscript).") from err
+    """onnx, onnxruntime or onnxscript (the `onnx` extra)."""
+    return require_extra(module, "onnx", "ONNX export and inference", "onnx, onnxruntime, onnxscript")
 
 
 class _Logits(nn.Module):

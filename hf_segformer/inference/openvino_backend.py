@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import RecipeError, require_extra
 from hf_segformer.inference.onnx_export import OUTPUT_NAME
 
 SUFFIX = ".xml"  # an OpenVINO IR: NAME.xml (the graph) beside NAME.bin (the weights)
@@ -27,11 +27,8 @@ HINTS = {"fp32": "f32", "bf16": "bf16"}  # Segmenter precision → INFERENCE_PRE
 
 
 def require(module: str):
-    try:
-        return __import__(module)
-    except ImportError as err:
-        raise RecipeError(f"OpenVINO deployment needs the '{module}' package: pip install 'hf-segformer[openvino]' "
-                          "(openvino, nncf).") from err
+    """openvino or nncf (the `openvino` extra)."""
+    return require_extra(module, "openvino", "OpenVINO deployment", "openvino, nncf")
 
 
 def is_openvino_file(path: str | Path | None) -> bool:
