@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from hf_segformer.data.images import as_rgb, entry_name, load_image, open_image, to_rgb, upright
-from hf_segformer.errors import DataError
+from hf_segformer.errors import DataError, require_extra
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 DEFAULT_DISPLAY_BANDS = (0, 1, 2)
@@ -82,11 +82,7 @@ def _entry_source(entry: Any) -> tuple[Any, str]:
 
 
 def _tiff_array(source: Any, name: str) -> np.ndarray:
-    try:
-        import tifffile
-    except ImportError as err:
-        raise DataError(f"{name}: reading TIFF band stacks needs tifffile: pip install 'hf-segformer[multiband]' "
-                        "(or pip install tifffile).") from err
+    tifffile = require_extra("tifffile", "multiband", f"{name}: reading TIFF band stacks", "tifffile")
     with tifffile.TiffFile(source) as tif:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes

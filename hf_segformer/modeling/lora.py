@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers import AutoConfig, SegformerForSemanticSegmentation
 
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import RecipeError, require_extra
 
 logger = logging.getLogger("hf_segformer")
 
@@ -32,12 +32,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def _peft():
     """The peft package, or one error saying how to install it."""
-    try:
-        import peft
-    except ImportError:
-        raise RecipeError("lora needs the peft package: pip install 'hf-segformer[lora]' (or pip install peft).") \
-            from None
-    return peft
+    return require_extra("peft", "lora", "lora", "peft")
 
 
 def is_adapter_folder(path: str | os.PathLike | None) -> bool:
