@@ -90,10 +90,3 @@ def sample_grid(samples: Sequence[tuple[Image.Image, np.ndarray, np.ndarray]], p
     return grid
 
 
-def spread_indices(count: int, num_samples: int) -> list[int]:
-    """`num_samples` indices spread evenly over a dataset of `count` (first and last included)."""
-    if count <= 0 or num_samples <= 0:
-        return []
-    return sorted({round(i * (count - 1) / max(num_samples - 1, 1)) for i in range(min(num_samples, count))})
-
-

@@ -215,3 +215,11 @@ def split_entries(data_args: DataArguments, split: str, seed: int = 42) -> list[
     """The undecoded (image, label) entries of one split of the recipe's data."""
     dataset = load_split(dataclasses.replace(data_args, eval_split=split), seed)
     return list(zip(dataset["image"], dataset["label"]))
+
+
+def spread_indices(count: int, num_samples: int) -> list[int]:
+    """`num_samples` indices spread evenly over a dataset of `count` (first and last included): the sample grids'
+    images, the masks the data check measures, the evaluation subset inside a time budget."""
+    if count <= 0 or num_samples <= 0:
+        return []
+    return sorted({round(i * (count - 1) / max(num_samples - 1, 1)) for i in range(min(num_samples, count))})

@@ -20,6 +20,7 @@ import numpy as np
 
 from hf_segformer.data.images import entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import spread_indices
 
 MAX_HALF_WIDTH = 16  # px of the measured mask: wider structures count as this wide (31 px: thick at any scale here)
 SAMPLE_MASKS = 16  # training masks measured, spread evenly over the split
@@ -151,8 +152,6 @@ def summarise(per_mask: list[dict[int, Counter]]) -> Thinness:
 
 def measure_thinness(pairs: Any, decoder: LabelDecoder, num_labels: int, sample: int = SAMPLE_MASKS) -> Thinness:
     """The thinness of `sample` masks spread evenly over a split's undecoded rows (a `label` column)."""
-    picked = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, min(sample, len(pairs))).round()}) \
-        if len(pairs) else []
-    entries = [pairs[i]["label"] for i in picked]
+    entries = [pairs[i]["label"] for i in spread_indices(len(pairs), sample)]
     return summarise([half_width_counts(decoder(open_image(entry), entry_name(entry)), num_labels)
                       for entry in entries])

@@ -33,7 +33,7 @@ from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import canonical_split, normalise_id2label
 from hf_segformer.data.images import entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
-from hf_segformer.data.loading import load_split
+from hf_segformer.data.loading import load_split, spread_indices
 from hf_segformer.data.palettes import dataset_palette
 from hf_segformer.data.prepare import build_label_decoder
 from hf_segformer.errors import DataError, RecipeError
@@ -42,7 +42,7 @@ from hf_segformer.evaluation.reports import write_class_report
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter, class_map
 from hf_segformer.modeling.saved_label_map import with_saved_label_map
 from hf_segformer.runtime import has_accelerator
-from hf_segformer.visuals import sample_grid, spread_indices
+from hf_segformer.visuals import sample_grid
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 
+from hf_segformer.data.loading import spread_indices
 from hf_segformer.training.callbacks import TrainerBound
 
 logger = logging.getLogger("hf_segformer")
@@ -421,4 +422,4 @@ def eval_subset(dataset: Any, size: int | str, budgeted: bool) -> Any:
     count = (EVAL_SUBSET_AUTO if budgeted else 0) if size == "auto" else int(size)
     if count <= 0 or count >= len(dataset):
         return dataset
-    return dataset.select(sorted({int(i) for i in np.linspace(0, len(dataset) - 1, count).round()}))
+    return dataset.select(spread_indices(len(dataset), count))

@@ -12,9 +12,10 @@ from transformers import Trainer, TrainerCallback
 
 from hf_segformer.data.images import entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder
+from hf_segformer.data.loading import spread_indices
 from hf_segformer.data.palettes import default_palette
 from hf_segformer.inference.segmenter import Segmenter
-from hf_segformer.visuals import sample_grid, spread_indices
+from hf_segformer.visuals import sample_grid
 
 SAMPLES_FILE = "eval_samples.png"  # the latest evaluation's grid, in output_dir
 
