@@ -6,14 +6,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from hf_segformer.errors import DataError, RecipeError, TrainingError
-
-USER_ERROR_EXIT = 2  # bad input (data, recipe, paths): fix it and launch again
-CRASH_EXIT = 1  # a run that could not go on, or a bug
+from hf_segformer.errors import CRASH_EXIT, USER_ERROR_EXIT, DataError, RecipeError, TrainingError, as_raised
+from hf_segformer.training.peer_errors import peer_error_code, publish_error
 
 # name → (module whose `main(argv) -> int` runs it, one line of help). A module is imported only when its command
 # runs, so `hf-segformer coco-to-masks` never pays for torch.
@@ -49,17 +48,48 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _report_user_errors(command: Callable[..., int], *args: Any, **kwargs: Any) -> int:
     """Run a command; a user error ends with its one `error:` line last and exit code 2 (a run that could not go
-    on, TrainingError, exits 1)."""
+    on, TrainingError, exits 1). In a multi-process run the other processes exit with the same code, quietly."""
     try:
         return command(*args, **kwargs)
     except (DataError, RecipeError) as err:
-        sys.stdout.flush()
-        print(f"error: {err}", file=sys.stderr)
-        return USER_ERROR_EXIT
+        return _report(as_raised(err), USER_ERROR_EXIT)  # a loader worker's: its message, not its traceback
     except TrainingError as err:
-        sys.stdout.flush()
-        print(f"error: {err}", file=sys.stderr)
-        return CRASH_EXIT
+        return _report(as_raised(err), CRASH_EXIT)
+    except Exception:
+        # a collective failed because a peer stopped on such an error: its `error:` line says it all (no traceback
+        # here, no bar redrawn after it); without one, a real crash
+        code = peer_error_code()
+        if code is None:
+            raise
+        bars, terminal = _open_progress_bars(), sys.stderr.isatty()
+        for bar in bars:  # drawn after the peer's line, it would be the last thing on the screen: erased
+            if terminal:
+                bar.clear()
+            bar.disable = True
+        if bars and not terminal:
+            print(file=sys.stderr, flush=True)  # a log: the bar's line ended
+        return code
+
+
+def _report(message: str, code: int) -> int:
+    """The `error:` line, last and on a line of its own, once in a multi-process run (the peers stop with it). A
+    progress bar left open (tqdm draws it with carriage returns) is closed first, or it would hold the line and be
+    redrawn after it at exit; in a multi-process run the bar may be the main process's: a newline ends it."""
+    if not publish_error(message, code):
+        return code
+    sys.stdout.flush()
+    bars = _open_progress_bars()
+    for bar in bars:
+        bar.close()
+    if not bars and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _open_progress_bars() -> list[Any]:
+    bars = getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", ())
+    return [bar for bar in list(bars) if not getattr(bar, "disable", True)]
 
 
 def _run_module(module: str, argv: list[str], options: dict[str, Any]) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 
 MAX_LISTED = 20
+USER_ERROR_EXIT = 2  # bad input (data, recipe, paths): fix it and launch again
+CRASH_EXIT = 1  # a run that could not go on, or a bug
 
 
 class DataError(ValueError):
@@ -17,6 +19,18 @@ class RecipeError(ValueError):
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (NaN/Inf losses, out of memory); the message names the step and the knobs."""
+
+
+def as_raised(err: Exception) -> str:
+    """An error's message as it was raised. torch's DataLoader re-raises an error from a loader worker as
+    `type(err)("Caught ... in DataLoader worker process N. Original Traceback ...")`, the worker's traceback ending
+    in the original `module.Type: message`: that message is what the user needs, not the traceback."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "DataLoader worker process" in text and "\nOriginal Traceback" in text):
+        return text
+    marker = f"\n{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(marker)
+    return text[at + len(marker):].strip() if at >= 0 else text
 
 
 def problems_message(title: str, problems: list[str], hint: str = "") -> str:

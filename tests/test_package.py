@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import hf_segformer
 
 PACKAGE = Path(hf_segformer.__file__).resolve().parent
@@ -130,3 +132,18 @@ def test_the_model_card_imports_no_deploy_or_evaluation_runs():
             "'hf_segformer.evaluation.deploy.report', 'hf_segformer.data.prepare', 'hf_segformer.inference'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False []", out.stdout + out.stderr
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra_that_installs_it(monkeypatch, capsys):
+    from hf_segformer import cli
+    from hf_segformer.errors import RecipeError
+    from hf_segformer.inference.quantize import _require_quantization
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # None in sys.modules: ImportError
+    with pytest.raises(RecipeError, match=r"pip install 'hf-segformer\[onnx\]'"):
+        _require_quantization()
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    monkeypatch.delitem(sys.modules, "hf_segformer.app.demo", raising=False)
+    assert cli.main(["demo", "--model", "a-model"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: hf-segformer demo needs the 'gradio' package: pip install 'hf-segformer[demo]' (gradio).")

@@ -31,12 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.errors import DataError, RecipeError, require_extra
 
-try:
-    import gradio as gr
-except ImportError as err:  # the CLI prints this instead of a traceback
-    raise RecipeError("hf-segformer demo needs Gradio: pip install 'hf-segformer[demo]'.") from err
+gr = require_extra("gradio", "demo", "hf-segformer demo", "gradio")  # missing: the CLI prints one line, not a traceback
 
 from hf_segformer.data.bands import BandImage
 from hf_segformer.data.images import IMAGE_EXTENSIONS, as_rgb, list_images

@@ -74,7 +74,7 @@ def open_image(entry: Any) -> Image.Image:
             return Image.open(io.BytesIO(entry["bytes"]) if entry.get("bytes") else entry["path"])
         return Image.open(entry)
     except Image.DecompressionBombError as err:
-        raise too_large(str(entry) if isinstance(entry, (str, os.PathLike)) else entry_name(entry), err) from err
+        raise too_large(entry_name(entry), err) from err
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -95,7 +95,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def entry_name(entry: Any) -> str:
+    if isinstance(entry, (str, os.PathLike)):
+        return str(entry)
     return entry.get("path") or "<in-memory image>" if isinstance(entry, dict) else str(getattr(entry, "filename", "image"))
+
+
+DECODE_ERRORS = (OSError, SyntaxError)  # what PIL raises for a truncated, garbled or non-image file
+
+
+def _decodes(entry: Any) -> bool:
+    try:
+        open_image(entry).load()
+    except DECODE_ERRORS:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def decoding(*entries: Any) -> Iterator[None]:
+    """Read these files (an image and its mask) inside: a file PIL cannot decode, which reaches the loaders when
+    the pre-flight check is off, ends in one DataError naming it and what to do. Where each file decodes on its
+    own, the error was not theirs (a full disk, say) and goes on as raised."""
+    try:
+        yield
+    except DECODE_ERRORS as err:
+        broken = [entry_name(entry) for entry in entries if not _decodes(entry)]
+        if not broken:
+            raise
+        raise DataError(f"{' and '.join(broken)}: cannot be decoded as an image ({type(err).__name__}: {err}). "
+                        "Replace it with a readable copy, or remove it and its image or mask; `hf-segformer "
+                        "check-data` lists every such file.") from err
 
 
 def rescale_factor(width: int, height: int, scale: tuple[float, float]) -> float:

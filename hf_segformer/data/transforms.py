@@ -20,7 +20,15 @@ from PIL import Image
 
 from hf_segformer.data.bands import BandImage, read_bands
 from hf_segformer.data.image_cache import DecodedImageCache
-from hf_segformer.data.images import entry_name, keep_ratio_size, open_image, rescale_factor, to_rgb, upright
+from hf_segformer.data.images import (
+    decoding,
+    entry_name,
+    keep_ratio_size,
+    open_image,
+    rescale_factor,
+    to_rgb,
+    upright,
+)
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.logits import LABEL_PAD
 
@@ -58,12 +66,13 @@ class TrainTransform:
     def pair(self, image_entry: Any, mask_entry: Any, rng: random.Random | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """One (image, mask) entry pair read (or taken from the cache) and augmented with `rng`'s draws."""
-        if self.num_channels is not None:
-            image, mask = read_bands(image_entry, self.num_channels), open_image(mask_entry)
-        else:
-            image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
-                           else (open_image(image_entry), open_image(mask_entry)))
-        return self.transform(image, mask, entry_name(mask_entry), rng)
+        with decoding(image_entry, mask_entry):  # PIL decodes lazily: inside `transform`, for the most part
+            if self.num_channels is not None:
+                image, mask = read_bands(image_entry, self.num_channels), open_image(mask_entry)
+            else:
+                image, mask = (self.cache.pair(image_entry, mask_entry) if self.cache is not None
+                               else (open_image(image_entry), open_image(mask_entry)))
+            return self.transform(image, mask, entry_name(mask_entry), rng)
 
     def transform(self, image: Image.Image | BandImage, mask: Image.Image, name: str = "mask",
                   rng: random.Random | None = None
@@ -196,12 +205,13 @@ class EvalTransform:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         pixel_values, labels = [], []
         for image_entry, mask_entry in zip(batch["image"], batch["label"]):
-            image = (to_rgb(upright(open_image(image_entry))) if self.num_channels is None
-                     else read_bands(image_entry, self.num_channels))
-            image = image.resize(self.input_size(*image.size), Image.BILINEAR)
+            with decoding(image_entry, mask_entry):
+                image = (to_rgb(upright(open_image(image_entry))) if self.num_channels is None
+                         else read_bands(image_entry, self.num_channels))
+                image = image.resize(self.input_size(*image.size), Image.BILINEAR)
+                label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
             pixels = image.array if isinstance(image, BandImage) else np.asarray(image)
             pixel_values.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
-            label = self.decoder(open_image(mask_entry), entry_name(mask_entry))
             labels.append(torch.from_numpy(label.astype(np.int64)))
         return {"pixel_values": pixel_values, "labels": labels}
 

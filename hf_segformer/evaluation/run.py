@@ -31,7 +31,7 @@ from PIL import Image as PILImage
 
 from hf_segformer.config.data import DataArguments
 from hf_segformer.config.values import canonical_split, normalise_id2label
-from hf_segformer.data.images import entry_name, open_image
+from hf_segformer.data.images import decoding, entry_name, open_image
 from hf_segformer.data.labels import LabelDecoder, find_id2label_file
 from hf_segformer.data.loading import load_split, spread_indices
 from hf_segformer.data.palettes import dataset_palette
@@ -51,13 +51,10 @@ Sample = tuple[PILImage.Image, np.ndarray, np.ndarray]  # image, label, predicti
 
 def _decode_pair(image_entry, label_entry, decoder: LabelDecoder, segmenter: Segmenter) -> tuple:
     image_name, label_name = entry_name(image_entry), entry_name(label_entry)
-    try:
+    with decoding(image_entry, label_entry):
         image = segmenter.read(image_entry, image_name)  # 8-bit RGB, or the bands of a band-stack model
         image.load()
         label = decoder(open_image(label_entry), label_name)
-    except OSError as err:
-        raise DataError(f"{image_name} / {label_name} cannot be decoded ({err}); run `hf-segformer check-data`."
-                        ) from err
     if label.shape != (image.height, image.width):
         raise DataError(f"{image_name} is {image.width}×{image.height} but its mask {label_name} is "
                         f"{label.shape[1]}×{label.shape[0]}; they must match pixel for pixel.")

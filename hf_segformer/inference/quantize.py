@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from transformers import AutoImageProcessor
 
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import RecipeError, require_extra
 from hf_segformer.inference.onnx_export import INPUT_NAME, load_onnx_session, onnx_metadata
 from hf_segformer.inference.segmenter import InferenceSettings, Segmenter
 from hf_segformer.modeling.build import load_saved_model
@@ -93,11 +93,8 @@ def default_settings(mode: str) -> QuantizationSettings:
 
 
 def _require_quantization():
-    try:
-        from onnxruntime import quantization
-    except ImportError as err:
-        raise RecipeError("Quantization needs onnxruntime: pip install 'hf-segformer[onnx]'.") from err
-    return quantization
+    """onnxruntime's quantization tools (the `onnx` extra)."""
+    return require_extra("onnxruntime.quantization", "onnx", "INT8 quantization", "onnx, onnxruntime, onnxscript")
 
 
 class _RecordingSession:
