@@ -11,6 +11,7 @@ One process and no config file: the run stays in this process, as without these 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from hf_segformer.errors import RecipeError
+from hf_segformer.errors import USER_ERROR_EXIT, RecipeError
 
 TRAIN_MODULE = "hf_segformer.cli"  # what each process runs: `python -m hf_segformer.cli train ...`
 LAUNCH_HELP = """\
@@ -120,14 +121,20 @@ def launch_threads(request: LaunchRequest) -> int:
 def launch(request: LaunchRequest) -> int:
     """Start the processes and wait for them; the exit code is the first failing process's (2 for a user error),
     whose own `error:` line is already printed, or 128 + the signal that stopped the launcher (143: SIGTERM)."""
-    from accelerate.commands.launch import launch_command, launch_command_parser
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
     if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
         raise RecipeError("--num_processes/--accelerate_config: this process was itself started by a launcher "
                           "(accelerate launch, torchrun); give the process count to that launcher, or run "
                           "`hf-segformer train --num_processes N` on its own.")
+    with HeldLauncherLog() as held:
+        held.code = _launch(request)
+    return held.code
+
+
+def _launch(request: LaunchRequest) -> int:
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     args = launch_command_parser().parse_args(launcher_arguments(request, launch_threads(request)))
     try:
         launch_command(args)
@@ -135,8 +142,39 @@ def launch(request: LaunchRequest) -> int:
         return err.returncode
     except ChildFailedError as err:
         codes = [failure.exitcode for failure in err.failures.values()]
-        return next((code for code in codes if code > 0), 1)
+        # a user error in one process fails the others' collectives (they exit with it, quietly): it is the cause
+        return USER_ERROR_EXIT if USER_ERROR_EXIT in codes else next((code for code in codes if code > 0), 1)
     except SignalException as err:  # SIGTERM (a pre-emption) reached the launcher: it was passed on to the
         # processes, which saved a checkpoint and said how to resume before they ended
         return 128 + int(err.sigval)
     return 0
+
+
+class HeldLauncherLog(logging.Handler):
+    """The launcher's own log lines (torch elastic's: a process failed, the others sent SIGTERM), held until the
+    processes end: shown after any other outcome, dropped after a user error, whose one `error:` line the failing
+    process printed and which they would only repeat as the launcher's noise."""
+
+    LOGGER = "torch.distributed.elastic"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.code: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> HeldLauncherLog:
+        logger = logging.getLogger(self.LOGGER)
+        self._propagate, logger.propagate = logger.propagate, False
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeHandler(self)
+        logger.propagate = self._propagate
+        if self.code != USER_ERROR_EXIT:
+            for record in self.records:
+                logging.getLogger(record.name).handle(record)
