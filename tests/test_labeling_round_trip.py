@@ -1,8 +1,9 @@
-"""The labeling loop end to end: a Label Studio export → import → one training step → predict → pre-annotations
-for each tool → imported back, giving exactly the predicted masks."""
+"""The labeling loop end to end: a Label Studio export → import → one training step → rank-unlabelled → predict →
+pre-annotations for each tool → imported back, giving exactly the predicted masks."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from support.images import read_mask, save_image
 
 from hf_segformer.commands.predict import main as predict
+from hf_segformer.commands.rank_unlabelled import main as rank_unlabelled
 from hf_segformer.data.annotations import brush_rle
 from hf_segformer.data.annotations.importer import import_annotations
 from hf_segformer.data.synthetic import SYNTHETIC_ID2LABEL, make_sample
@@ -97,7 +99,22 @@ def test_label_studio_export_to_a_trained_model_and_back(tmp_path):
                          "1.0", "--per_device_train_batch_size", "2", "--max_steps", "1", "--eval_strategy", "no",
                          "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
                          "--allow_empty_classes", "true"]))  # a tiny import: not every class in train
+    # which images next: the top 2 by the run's uncertainty, exported as pre-annotations to accept and import
+    assert rank_unlabelled(["--model", str(run), "--inputs", str(store), "--top", "2", "--export", "label-studio",
+                            "--out", str(tmp_path / "next_batch")]) == 0
+    rows = list(csv.DictReader((tmp_path / "next_batch" / "ranking.csv").open()))
+    assert len(rows) == 6 and [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows),
+                                                                        reverse=True)
+    top = tmp_path / "next_batch" / "top_label-studio.json"
+    accept_predictions(top)
+    import_annotations("label-studio", [top], tmp_path / "next_data", images=store, unlabelled="background",
+                       label_config=str(top.with_name(top.stem + ".label_config.xml")))
+    accepted = sorted(p.name for p in (tmp_path / "next_data" / "masks" / "train").glob("*.png"))
+    assert accepted == sorted(r["image"].split("/")[-1] for r in rows[:2])
     round_trip_all_formats(tmp_path, run, store, SYNTHETIC_ID2LABEL)
+    for name in accepted:  # the ranking's pre-annotations are the masks predict writes
+        np.testing.assert_array_equal(read_mask(tmp_path / "next_data" / "masks" / "train" / name),
+                                      read_mask(tmp_path / "predictions" / name), err_msg=name)
 
 
 def test_varied_predictions_of_a_random_model_survive_every_format(tmp_path, saved_model):

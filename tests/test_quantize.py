@@ -9,11 +9,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from support.images import smooth_image
+from support.images import read_mask, save_mask, smooth_image
 from support.images import write_smooth_images as write_images
 from support.models import TINY_ID2LABEL as ID2LABEL
 from support.models import save_tiny_model
 
+from hf_segformer.cli import main as cli_main
 from hf_segformer.errors import RecipeError
 from hf_segformer.inference.onnx_export import export_onnx, load_onnx_session, onnx_metadata
 from hf_segformer.inference.quantize import (
@@ -186,7 +187,8 @@ def test_exclusions_keep_nodes_float(exported, tmp_path):
 
 
 def test_segmenter_predicts_with_the_int8_model(exported, tmp_path):
-    """predict / evaluate / the demo load an INT8 file through `--onnx` like a float one."""
+    """predict / evaluate / the demo load an INT8 file through `--onnx` like a float one; `evaluate --onnx` scores
+    what the INT8 model predicts and `predict --onnx` writes its masks."""
     model_dir, fp32 = exported
     out = quantize_onnx(fp32, tmp_path / "s.onnx", "static", [smooth_image(s) for s in (20, 21)],
                         model_dir=model_dir).path
@@ -198,6 +200,24 @@ def test_segmenter_predicts_with_the_int8_model(exported, tmp_path):
     share = mask_agreement(reference, int8, images)
     same = sum(int((a == b).sum()) for a, b in zip(masks, reference(images))) / sum(m.size for m in masks)
     assert share == pytest.approx(same) and 0.5 < share <= 1.0
+
+    # the commands, on a validation split labelled with the float model's own masks: INT8's pixel accuracy is its
+    # agreement with PyTorch
+    data = tmp_path / "data"
+    for split in ("images", "masks"):
+        (data / split / "validation").mkdir(parents=True)
+    for seed, (image, mask) in enumerate(zip(images, reference(images))):
+        image.save(data / "images" / "validation" / f"{seed}.png")
+        save_mask(data / "masks" / "validation" / f"{seed}.png", mask)
+    (data / "id2label.json").write_text(json.dumps(ID2LABEL))
+    assert cli_main(["evaluate", "--model", str(model_dir), "--onnx", str(out), "--data_dir", str(data),
+                     "--eval_output_dir", str(tmp_path / "int8")]) == 0
+    metrics = json.loads((tmp_path / "int8" / "eval_results.json").read_text())
+    assert metrics["eval_overall_accuracy"] == pytest.approx(share, abs=1e-6) and 0 < metrics["eval_mean_iou"] <= 1
+    assert cli_main(["predict", "--model", str(model_dir), "--onnx", str(out), "--inputs",
+                     str(data / "images" / "validation"), "--predictions_dir", str(tmp_path / "predicted")]) == 0
+    for seed, mask in enumerate(masks):
+        np.testing.assert_array_equal(read_mask(tmp_path / "predicted" / f"{seed}.png"), mask)
 
 
 def test_export_quantized_reports_parity_on_held_out_images(exported, tmp_path, capsys):
