@@ -87,25 +87,15 @@ def saved_model(tmp_path: Path):
 
 @pytest.fixture
 def row_workers_in_process(monkeypatch):
-    """The deploy report's row workers run in this process (`worker_main` on the spec the report writes), for
-    tests of what the report makes of a row's mIoU, files and flags: a fresh worker costs a Python start with
-    torch per row. Memory isolation is test_deploy_report.py::test_every_row_is_measured's, with real workers."""
-    import json
+    """The deploy report's row workers run in this process (support.deploy_workers.run_row_here), for tests of
+    what the report makes of a row's mIoU, files and flags: a fresh worker costs a Python start with torch per
+    row. Memory isolation is test_deploy_report.py::test_each_row_is_measured_in_a_fresh_process's, with real
+    workers."""
+    from support.deploy_workers import run_row_here
 
-    import torch
+    from hf_segformer.evaluation.deploy import report
 
-    from hf_segformer.evaluation.deploy import report, worker
-
-    def run_here(spec: dict, folder: Path, threads: int) -> dict:
-        spec_path = folder / f"worker-{spec['row']['key']}.json"
-        spec_path.write_text(json.dumps(spec))
-        before = torch.get_num_threads()
-        try:
-            return json.loads(json.dumps(worker.worker_main(str(spec_path))))  # as read back from its RESULT line
-        finally:
-            torch.set_num_threads(before)
-
-    monkeypatch.setattr(report, "run_row_worker", run_here)
+    monkeypatch.setattr(report, "run_row_worker", run_row_here)
 
 
 def _launches_or_trains(code, module_globals: dict, depth: int = 3) -> bool:
@@ -155,3 +145,19 @@ def pytest_collection_modifyitems(config, items):
         if "train_tiny" in item.fixturenames or _launches_or_trains(function.__code__, item.module.__dict__) or any(
                 _launches_or_trains(fixture.__code__, fixture.__globals__) for fixture in _own_fixtures(item)):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def evaluations_read(monkeypatch) -> list[int]:
+    """The number of images each `SegformerTrainer.evaluate` call reads, in order, filled as the test trains."""
+    from hf_segformer.training.trainer import SegformerTrainer
+
+    read: list[int] = []
+    evaluate = SegformerTrainer.evaluate
+
+    def counting(self, eval_dataset=None, *args, **kwargs):
+        read.append(len(eval_dataset if eval_dataset is not None else self.eval_dataset))
+        return evaluate(self, eval_dataset, *args, **kwargs)
+
+    monkeypatch.setattr(SegformerTrainer, "evaluate", counting)
+    return read

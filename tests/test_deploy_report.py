@@ -6,11 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from support.deploy_workers import run_row_here
 from support.images import smooth_image
 from support.images import write_smooth_images as write_images
 from support.models import save_tiny_model
@@ -18,6 +21,7 @@ from support.processes import ran_in_own_process
 
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.errors import DataError, RecipeError
+from hf_segformer.evaluation.deploy import report as report_module
 from hf_segformer.evaluation.deploy.render import model_card_section
 from hf_segformer.evaluation.deploy.report import deploy_report
 from hf_segformer.evaluation.deploy.rows import DEFAULT_ROWS, OPENVINO_ROWS, ROWS
@@ -41,14 +45,25 @@ def self_labelled_pairs(model_dir, folder, seeds, size=(56, 48)):
 
 
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory):
+def inputs(tmp_path_factory):
+    """A tiny model, 4 image/mask pairs labelled by its own fp32 predictions and 2 calibration images."""
     folder = tmp_path_factory.mktemp("deploy")
     model_dir = save_tiny_model(folder / "model")
-    pairs = self_labelled_pairs(model_dir, folder / "val", [0, 1, 2, 3])
-    calibration = write_images(folder / "calib", [50, 51])
-    report = deploy_report(model_dir, pairs, DECODER, folder / "report", calibration_images=calibration,
-                           rows=CORE_ROWS, threads=1, repeats=3, timing_images=2, agreement_images=4)
-    return report, folder / "report", model_dir
+    return SimpleNamespace(folder=folder, model_dir=model_dir, pairs=self_labelled_pairs(model_dir, folder / "val",
+                                                                                         [0, 1, 2, 3]),
+                           calibration=write_images(folder / "calib", [50, 51]))
+
+
+@pytest.fixture(scope="module")
+def full_report(inputs):
+    """Every row this install has without OpenVINO, its row workers in this process (what the report makes of
+    them); test_each_row_is_measured_in_a_fresh_process runs real workers."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(report_module, "run_row_worker", run_row_here)
+        report = deploy_report(inputs.model_dir, inputs.pairs, DECODER, inputs.folder / "report",
+                               calibration_images=inputs.calibration, rows=CORE_ROWS, threads=1, repeats=3,
+                               timing_images=2, agreement_images=4)
+    return report, inputs.folder / "report", inputs.model_dir
 
 
 def test_the_default_rows_are_every_row_this_install_can_run():
@@ -66,9 +81,8 @@ def test_every_row_is_measured(full_report):
         assert row.file_bytes == os.path.getsize(path)
         assert row.peak_rss_mb >= row.loaded_rss_mb > 50  # a Python process with torch loaded
         assert 0 <= row.miou <= 1 and 0 < row.pixel_agreement <= 1
-    # measurements, not constants: the rows differ in time, in memory and in file
+    # measurements, not constants: the rows differ in time and in file (in memory: with real workers, below)
     assert len({round(r.ms_per_image, 3) for r in report.rows}) == len(report.rows)
-    assert len({r.peak_rss_mb for r in report.rows}) > 1
     # safetensors; fp32 ONNX folded and as saved; dynamic and static INT8
     assert len({r.file_bytes for r in report.rows}) == 5
     assert report.row("pytorch-fp32").speedup_vs_pytorch_fp32 == 1.0
@@ -77,6 +91,24 @@ def test_every_row_is_measured(full_report):
     fp32 = report.row("onnx-fp32")
     expected = float(np.median([f / i for f, i in zip(fp32.ms_rounds, int8.ms_rounds)]))
     assert int8.speedup_vs_onnx_fp32 == pytest.approx(expected, rel=1e-9)
+
+
+def test_each_row_is_measured_in_a_fresh_process(inputs, full_report, tmp_path):
+    """Real row workers (a Python process each), one per kind of row a worker loads (PyTorch, ONNX Runtime, token
+    merging): each row's peak memory is its own, and a worker scores its row as the fixture's rows were scored."""
+    _, folder, model_dir = full_report
+    rows = ["pytorch-fp32", "onnx-fp32", "tome-hq"]
+    (tmp_path / "r").mkdir()
+    shutil.copy(folder / ROWS["onnx-fp32"].onnx_file, tmp_path / "r")
+    report = deploy_report(model_dir, inputs.pairs, DECODER, tmp_path / "r", rows=rows, threads=1, repeats=1,
+                           agreement_images=4, reuse_exports=True)
+    assert [r.key for r in report.rows] == rows and not any(r.error for r in report.rows)
+    for row in report.rows:
+        assert row.peak_rss_mb >= row.loaded_rss_mb > 50  # a Python process with torch loaded
+        in_process = full_report[0].row(row.key)
+        if in_process.precision == row.precision:  # token merging ran at bf16 there where bf16 timed faster
+            assert (row.miou, row.pixel_agreement) == (in_process.miou, in_process.pixel_agreement)
+    assert len({r.peak_rss_mb for r in report.rows}) > 1  # no row inherits another's allocations
 
 
 def test_accuracy_columns_are_the_worked_answer(full_report):
@@ -236,17 +268,16 @@ def _zero_classifier_scales(path) -> None:
     onnx.save(model, str(path))
 
 
-def test_a_collapsed_int8_model_is_flagged(tmp_path, row_workers_in_process):
-    model_dir = save_tiny_model(tmp_path / "model")
-    pairs = self_labelled_pairs(model_dir, tmp_path / "val", [0, 1, 2])
-    calibration = write_images(tmp_path / "calib", [60])
+def test_a_collapsed_int8_model_is_flagged(inputs, full_report, tmp_path, row_workers_in_process):
+    """The fixture's static INT8 file, broken: its report (the file reused, as measured) flags the row."""
+    honest, folder, model_dir = full_report
+    pairs = inputs.pairs
     rows = ["pytorch-fp32", "onnx-int8-static"]
-    honest = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
-                           threads=1, repeats=1, agreement_images=0)
-
+    (tmp_path / "r").mkdir()
+    shutil.copy(folder / ROWS["onnx-int8-static"].onnx_file, tmp_path / "r")
     _zero_classifier_scales(tmp_path / "r" / ROWS["onnx-int8-static"].onnx_file)
-    broken = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
-                           threads=1, repeats=1, agreement_images=3, reuse_exports=True, overwrite=True)
+    broken = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", rows=rows, threads=1, repeats=1,
+                           agreement_images=len(pairs), reuse_exports=True)
     row = broken.row("onnx-int8-static")
     labels = np.concatenate([np.asarray(Image.open(mask)).ravel() for _, mask in pairs])
     present = np.unique(labels)
@@ -255,14 +286,13 @@ def test_a_collapsed_int8_model_is_flagged(tmp_path, row_workers_in_process):
     constant = next(c for c, share in shares.items() if share == pytest.approx(row.pixel_agreement, abs=1e-12))
     assert row.miou == pytest.approx(shares[constant] / len(present), abs=1e-9)
     assert row.collapsed and row.miou_change_points < -5 and row.miou < honest.row("onnx-int8-static").miou
-    assert broken.facts["reused_exports"] and broken.facts["calibration_images"] == 1  # read from the file
+    assert broken.facts["reused_exports"] and broken.facts["calibration_images"] == 2  # read from the file
     assert "**COLLAPSED**" in (tmp_path / "r" / "deploy_report.md").read_text()
     assert json.loads((tmp_path / "r" / "deploy_report.json").read_text())["rows"][1]["collapsed"] is True
 
     # the same broken file under a threshold it stays within is not flagged: the flag follows the threshold
-    lenient = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", calibration_images=calibration, rows=rows,
-                            threads=1, repeats=1, agreement_images=0, reuse_exports=True, overwrite=True,
-                            collapse_points=100.0)
+    lenient = deploy_report(model_dir, pairs, DECODER, tmp_path / "r", rows=rows, threads=1, repeats=1,
+                            agreement_images=0, reuse_exports=True, overwrite=True, collapse_points=100.0)
     assert lenient.row("onnx-int8-static").miou == pytest.approx(row.miou)
     assert not lenient.row("onnx-int8-static").collapsed
 
@@ -276,8 +306,6 @@ def test_reuse_needs_the_files(tmp_path):
 
 def test_reuse_refuses_a_file_holding_the_other_head(full_report, tmp_path):
     """A model.onnx exported as saved (as earlier versions wrote it) is not measured as the folded row."""
-    import shutil
-
     _, folder, model_dir = full_report
     (tmp_path / "r").mkdir()
     shutil.copy(folder / "model.unfolded.onnx", tmp_path / "r" / "model.onnx")
@@ -289,8 +317,6 @@ def test_reuse_refuses_a_file_holding_the_other_head(full_report, tmp_path):
 
 
 def test_the_model_card_carries_the_deploy_table_when_the_run_has_one(tmp_path, row_workers_in_process):
-    import shutil
-
     from hf_segformer.hub.model_card import RunFacts, build_model_card
 
     run = save_tiny_model(tmp_path / "run")

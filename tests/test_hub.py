@@ -32,6 +32,7 @@ NVIDIA_LICENSE_LINK = "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"
 def hub_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("hub")
     data_dir = write_synthetic_dataset(work / "data", num_train=8, num_validation=4, size=32)
+    _run_with_deploy_files(work / "run-onnx")  # pushed by the scenario with one chosen ONNX file
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_OFFLINE"))}
     with HubServer() as hub:
         env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(work / "hf_home"), HF_TOKEN=TOKEN,
@@ -341,18 +342,10 @@ def _run_with_deploy_files(run: Path) -> Path:
     return run
 
 
-def test_push_model_puts_only_the_chosen_onnx_file_beside_the_safetensors(tmp_path):
-    run = _run_with_deploy_files(tmp_path / "run")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "TRANSFORMERS_OFFLINE"))}
-    code = ("import sys; from hf_segformer.hub.publish import push_model; "
-            "print(push_model(sys.argv[1], repo_id='tester/int8', onnx_file='deploy_report/model.int8-static.onnx'))")
-    with HubServer() as hub:
-        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf_home"), HF_TOKEN=TOKEN,
-                   HF_HUB_DISABLE_TELEMETRY="1")
-        result = subprocess.run([sys.executable, "-c", code, str(run)], env=env, capture_output=True, text=True,
-                                timeout=120)
-        assert result.returncode == 0, f"{result.stderr[-4000:]}\nunknown routes: {hub.state.unknown_routes}"
-        files = hub.state.files("model", "tester/int8")
+def test_push_model_puts_only_the_chosen_onnx_file_beside_the_safetensors(hub_run):
+    state, scenario, _, _ = hub_run
+    assert "/tester/int8/commit/" in scenario["onnx_commit_url"]
+    files = state.files("model", "tester/int8")
     assert files["model.int8-static.onnx"] == b"int8 graph" and files["model.safetensors"] == b"weights"
     assert [p for p in files if p.endswith(".onnx")] == ["model.int8-static.onnx"]  # not the other exports
     assert "deploy_report/deploy_report.md" in files

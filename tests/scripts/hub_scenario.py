@@ -4,7 +4,8 @@ A fresh process, because `huggingface_hub` and `datasets` read HF_ENDPOINT (and 
 are imported. Steps: publish a folder dataset with `hf-segformer push-dataset`, read it back with
 `load_dataset`, put a stand-in `nvidia/mit-b0` on the server, fine-tune from both through the entry point of
 `recipes/finetune.py`, push the run with `push_model` from a Trainer, then load the pushed model with
-`pipeline("image-segmentation")` and its card with `ModelCard.load`. Results go to `<work>/scenario.json`.
+`pipeline("image-segmentation")` and its card with `ModelCard.load`; push a run folder with ONNX exports
+(`WORK_DIR/run-onnx`, made by the test) with the one chosen file. Results go to `<work>/scenario.json`.
 
     python tests/scripts/hub_scenario.py WORK_DIR DATA_DIR
 """
@@ -87,6 +88,9 @@ def main(work: Path, data_dir: Path) -> None:
     out["commit_url"] = push_model(trainer, data_args, model_args)
     out["hub_model_id"] = trainer.hub_model_id
     out["folder_commit_url"] = push_model(run, repo_id="tester/seg-folder")  # a folder with its card already
+    # a run folder with a deploy report's exports (`work/run-onnx`, made by the test): only the chosen file goes up
+    out["onnx_commit_url"] = push_model(work / "run-onnx", repo_id="tester/int8",
+                                        onnx_file="deploy_report/model.int8-static.onnx")
 
     segmenter = pipeline("image-segmentation", model=trainer.hub_model_id)
     image = Image.fromarray(np.asarray(loaded["validation"][0]["image"]))
