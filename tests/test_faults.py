@@ -13,6 +13,7 @@ import errno
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 import transformers.modeling_utils
 import yaml
+from support.commands import train_here
 from support.processes import ACCELERATE, RUNTIME, eval_metrics, finetune, offline_env, run, step_losses
 
 import hf_segformer.modeling.prepare
@@ -44,15 +46,24 @@ def tiny_recipe(tmp_path: Path, **fields) -> Path:
     return path
 
 
+def here(recipe: Path, output_dir: Path, *extra: str) -> None:
+    """A run of `recipe` in this process (the uninterrupted and the resumed runs: only the interrupted ones need a
+    process of their own), with one torch thread as the launched runs have: losses are compared exactly."""
+    train_here("--config", recipe, "--output_dir", output_dir, *extra, threads=1)
+
+
 @pytest.mark.slow
 def test_killed_mid_epoch_and_resumed_ends_like_the_uninterrupted_run(tmp_path):
     recipe = tiny_recipe(tmp_path, save_strategy="steps", save_steps=3)  # 4 steps per epoch, 12 in all
-    finetune(recipe, tmp_path / "straight")
     killed = tmp_path / "killed"
-    finetune(recipe, killed, "--kill_at_step", "7", script="tests/scripts/killed_run_script.py", expect_code=-9)
+    with ThreadPoolExecutor(1) as pool:  # the killed process runs while the uninterrupted run trains here
+        killing = pool.submit(finetune, recipe, killed, "--kill_at_step", "7",
+                              script="tests/scripts/killed_run_script.py", expect_code=-9)
+        here(recipe, tmp_path / "straight")
+        killing.result()
     assert (killed / "checkpoint-6").is_dir() and not (killed / "checkpoint-9").exists()
     assert not (killed / "eval_results.json").exists()
-    finetune(recipe, killed, "--resume_from_checkpoint", "last")
+    here(recipe, killed, "--resume_from_checkpoint", "last")
 
     straight_losses, resumed_losses = step_losses(tmp_path / "straight"), step_losses(killed)
     assert sorted(resumed_losses) == list(range(1, 13))
@@ -67,33 +78,38 @@ RANDOM_AUGMENTATION = {"crop_size": 32, "ratio_range": [0.5, 2.0], "cat_max_rati
 
 
 @pytest.mark.slow
-def test_killed_or_terminated_mid_save_resumes_with_the_same_losses_under_random_augmentation(tmp_path):
+def test_killed_or_terminated_mid_save_resumes_with_the_same_losses_under_random_augmentation(tmp_path, caplog, capfd):
     """SIGKILL while checkpoint-8 is being written, and SIGTERM (a pre-emption) while checkpoint-4 is: `last` never
     picks a partial checkpoint, SIGTERM saves one more and exits 143 saying how to resume, and the resumed runs draw
     the same random crops, flips and colours: the same loss at every step (9 steps, 4 per epoch)."""
     recipe = tiny_recipe(tmp_path, **RANDOM_AUGMENTATION)
-    finetune(recipe, tmp_path / "straight")
+    killed, terminated = tmp_path / "killed", tmp_path / "terminated"
+    with ThreadPoolExecutor(2) as pool:  # both interrupted processes run while the uninterrupted run trains here
+        killing = pool.submit(finetune, recipe, killed, "--kill_at_step", "8", "--during_save",
+                              script="tests/scripts/killed_run_script.py", expect_code=-9)
+        terminating = pool.submit(finetune, recipe, terminated, "--term_at_step", "4", "--during_save",
+                                  script="tests/scripts/killed_run_script.py", expect_code=143)
+        here(recipe, tmp_path / "straight")
+        killing.result()
+        stopped = terminating.result()
     straight = step_losses(tmp_path / "straight")
     assert sorted(straight) == list(range(1, 10))
 
-    killed = tmp_path / "killed"
-    finetune(recipe, killed, "--kill_at_step", "8", "--during_save", script="tests/scripts/killed_run_script.py",
-             expect_code=-9)
     assert (killed / "checkpoint-partial-8").is_dir() and not (killed / "checkpoint-8").exists()
-    resumed = finetune(recipe, killed, "--resume_from_checkpoint", "last")
-    assert "checkpoint-4" in resumed.stdout + resumed.stderr
+    caplog.clear()
+    capfd.readouterr()
+    here(recipe, killed, "--resume_from_checkpoint", "last")
+    output = capfd.readouterr()
+    assert "checkpoint-4" in caplog.text + output.out + output.err, caplog.text + output.out + output.err
     assert not (killed / "checkpoint-partial-8").exists() and (killed / "checkpoint-8" / "optimizer.pt").is_file()
     losses = step_losses(killed)
     assert sorted(losses) == list(range(1, 10))
     assert [losses[step] for step in range(5, 10)] == [straight[step] for step in range(5, 10)]
 
-    terminated = tmp_path / "terminated"
-    stopped = finetune(recipe, terminated, "--term_at_step", "4", "--during_save",
-                       script="tests/scripts/killed_run_script.py", expect_code=143)
     assert "Stopped on SIGTERM at step 5" in stopped.stderr and "--resume_from_checkpoint last" in stopped.stderr
     assert (terminated / "checkpoint-4" / "optimizer.pt").is_file() and (terminated / "checkpoint-5").is_dir()
     assert not (terminated / "model.safetensors").exists()  # not a finished run
-    finetune(recipe, terminated, "--resume_from_checkpoint", "last")
+    here(recipe, terminated, "--resume_from_checkpoint", "last")
     losses = step_losses(terminated)
     assert [losses[step] for step in range(6, 10)] == [straight[step] for step in range(6, 10)]
     assert eval_metrics(terminated) == eval_metrics(tmp_path / "straight")
@@ -113,10 +129,13 @@ def test_two_process_training_matches_one_process(tmp_path):
     """A real DDP run (2 CPU processes, gloo) of the recipe, per-device batch 2, against 1 process × batch 4."""
     recipe = tiny_recipe(tmp_path, sync_batchnorm=True, drop_path_rate=0.0, classifier_dropout_prob=0.0,
                          num_train_epochs=2)
-    finetune(recipe, tmp_path / "one", "--per_device_train_batch_size", "4")
-    result = run([str(ACCELERATE), "launch", "--config_file", str(ROOT / "accelerate_configs/cpu_2proc.yaml"),
-                  "--main_process_port", "0", str(ROOT / "recipes/finetune.py"), "--config", str(recipe),
-                  "--output_dir", str(tmp_path / "two")], tmp_path)
+    with ThreadPoolExecutor(1) as pool:  # the one-process reference trains here while the launch runs
+        launch = pool.submit(run, [str(ACCELERATE), "launch", "--config_file",
+                                   str(ROOT / "accelerate_configs/cpu_2proc.yaml"), "--main_process_port", "0",
+                                   str(ROOT / "recipes/finetune.py"), "--config", str(recipe), "--output_dir",
+                                   str(tmp_path / "two")], tmp_path)
+        here(recipe, tmp_path / "one", "--per_device_train_batch_size", "4")
+        result = launch.result()
     log = result.stdout + result.stderr
     assert "2 process(es) (DistributedType.MULTI_CPU), per-device train batch 2" in log, log[-3000:]
     assert "→ 4 images per optimizer step; decode-head BatchNorm synchronised" in log

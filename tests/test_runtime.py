@@ -162,21 +162,43 @@ def launch_forms() -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("form", list(launch_forms()))
-def test_every_launch_form_uses_all_cores_and_says_so(tmp_path, form):
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """The launch forms this session tests, all started at once (each mostly waits on one core for its Python
+    start with torch): form → (exit code, output)."""
     from hf_segformer.data.synthetic import write_synthetic_dataset
 
-    data_dir = write_synthetic_dataset(tmp_path / "data", num_train=4, num_validation=2, size=32)
-    recipe = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--crop_size", "32",
-              "--eval_size", "32", "--train_scale", "64", "32", "--per_device_train_batch_size", "2", "--max_steps",
-              "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--check_data", "false",
-              "--warmup_steps", "0"]
+    forms = {item.callspec.params["form"] for item in request.session.items
+             if getattr(item, "originalname", None) == "test_every_launch_form_uses_all_cores_and_says_so"}
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS" and not k.startswith("ACCELERATE_")}
-    result = subprocess.run([*launch_forms()[form], *recipe], env={**env, "HF_HUB_OFFLINE": "1"},
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    processes = {}
+    for form, command in launch_forms().items():
+        if form not in forms:
+            continue
+        folder = tmp_path_factory.mktemp("launch")
+        data_dir = write_synthetic_dataset(folder / "data", num_train=4, num_validation=2, size=32)
+        recipe = ["--data_dir", str(data_dir), "--output_dir", str(folder / "run"), "--crop_size", "32",
+                  "--eval_size", "32", "--train_scale", "64", "32", "--per_device_train_batch_size", "2",
+                  "--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                  "--check_data", "false", "--warmup_steps", "0"]
+        processes[form] = subprocess.Popen([*command, *recipe], env={**env, "HF_HUB_OFFLINE": "1"}, cwd=folder,
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results = {}
+    try:
+        for form, process in processes.items():
+            output = process.communicate(timeout=300)[0]
+            results[form] = (process.returncode, output)
+        return results
+    finally:
+        for process in processes.values():
+            process.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", list(launch_forms()))
+def test_every_launch_form_uses_all_cores_and_says_so(form, launched):
+    returncode, log = launched[form]
+    assert returncode == 0, log[-3000:]
     line = re.search(r"Device: (\S+); torch threads: (\d+) .*precision: (\w+)", log)
     assert line, log[-3000:]
     threads, precision = int(line.group(2)), line.group(3)

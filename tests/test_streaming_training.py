@@ -10,6 +10,7 @@ workers; a bad shard or a recipe that cannot stream stopping the run with one cl
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -22,22 +23,27 @@ from hf_segformer.data.shards import write_parquet_shards
 
 
 @pytest.mark.slow
-def test_killed_streaming_run_resumes_like_the_uninterrupted_run(tmp_path):
+def test_killed_streaming_run_resumes_like_the_uninterrupted_run(tmp_path, caplog):
     # 10 training pairs, batch 2, 8 steps: the stream wraps into a second pass; blocks of 5 shuffled; random
     # resize, flip and colour distortion on; dropout on (the encoder's drop path and the head's dropout).
     recipe = tiny_streaming_recipe(tmp_path, num_train=10, max_steps=8, save_strategy="steps", save_steps=3,
                                    shuffle_buffer_size=5, hflip_prob=0.5, ratio_range=[0.75, 1.5],
                                    photometric_distortion=True)
-    finetune(recipe, tmp_path / "straight")
     killed = tmp_path / "killed"
-    finetune(recipe, killed, "--kill_at_step", "5", "--dataloader_num_workers", "1",
-             script="tests/scripts/killed_run_script.py", expect_code=-9)
+    with ThreadPoolExecutor(1) as pool:  # the killed process runs while the uninterrupted run trains here
+        killing = pool.submit(finetune, recipe, killed, "--kill_at_step", "5", "--dataloader_num_workers", "1",
+                              script="tests/scripts/killed_run_script.py", expect_code=-9)
+        # one torch thread, as the launched run has: the losses are compared with its
+        train_here("--config", recipe, "--output_dir", tmp_path / "straight", threads=1)
+        killing.result()
     assert (killed / "checkpoint-3" / "stream_state" / "rank00000.json").is_file()
     assert not (killed / "checkpoint-6").exists() and not (killed / "eval_results.json").exists()
     position = json.loads((killed / "checkpoint-3" / "stream_state" / "rank00000.json").read_text())
     assert (position["consumed"], position["pass_index"], position["block_index"], position["offset"]) == (6, 0, 1, 1)
-    result = finetune(recipe, killed, "--resume_from_checkpoint", "last", "--dataloader_num_workers", "1")
-    assert "Training stream resumes at example 6 (pass 0)" in result.stdout + result.stderr
+    caplog.clear()
+    train_here("--config", recipe, "--output_dir", killed, "--resume_from_checkpoint", "last",
+               "--dataloader_num_workers", "1", threads=1)
+    assert "Training stream resumes at example 6 (pass 0)" in caplog.text
 
     straight, resumed = step_losses(tmp_path / "straight"), step_losses(killed)
     assert sorted(resumed) == list(range(1, 9))
@@ -53,12 +59,11 @@ def step_epochs(output_dir) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_webdataset_run_checks_the_first_pairs_and_evaluates_on_the_bounded_set(tmp_path):
+def test_webdataset_run_checks_the_first_pairs_and_evaluates_on_the_bounded_set(tmp_path, caplog):
     recipe = tiny_streaming_recipe(tmp_path, "webdataset", num_train=10, num_validation=4, max_steps=3,
                                    check_data=True, streaming_check_samples=6, max_eval_samples=3)
-    result = finetune(recipe, tmp_path / "run")
-    log = result.stdout + result.stderr
-    assert "Evaluating on the first 3 examples of the 'validation' stream (max_eval_samples 3)" in log
+    train_here("--config", recipe, "--output_dir", tmp_path / "run")  # the launch through the script: the test above
+    assert "Evaluating on the first 3 examples of the 'validation' stream (max_eval_samples 3)" in caplog.text
     histogram = json.loads((tmp_path / "run" / "class_histogram.json").read_text())
     assert histogram["splits"]["train"]["num_samples"] == 6 and histogram["splits"]["validation"]["num_samples"] == 3
     assert sum(histogram["splits"]["train"]["pixel_counts"]) == 6 * 32 * 32
