@@ -143,7 +143,8 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra_that_install
     with pytest.raises(RecipeError, match=r"pip install 'hf-segformer\[onnx\]'"):
         _require_quantization()
     monkeypatch.setitem(sys.modules, "gradio", None)
-    monkeypatch.delitem(sys.modules, "hf_segformer.app.demo", raising=False)
+    for module in ("hf_segformer.app.demo", "hf_segformer.commands.demo"):  # imported afresh, as on a first run
+        monkeypatch.delitem(sys.modules, module, raising=False)
     assert cli.main(["demo", "--model", "a-model"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: hf-segformer demo needs the 'gradio' package: pip install 'hf-segformer[demo]' (gradio).")
