@@ -1,17 +1,19 @@
 r"""Thin structures at equal wall-clock budget: today's scale, the scale chosen from the data, and that scale with a
-thin-structure loss, side by side with per-class IoU, on the shared sets.
+thin-structure loss, side by side with per-class IoU, on the shared sets and on pavement cracks (CrackForest:
+thin structures in small photographs, converted once by benchmarks/prepare_crackforest.py into a folder of its own).
 
 Every arm trains `recipes/custom/segformer-b0-scratch.yaml` (SegFormer-B0 from random init) for the same
 `max_time`, one arm at a time on the whole machine, changed only by the arm's overrides:
   today       the scale the recipe had before it chose one from the data (crop 256, train_scale [1536, 384],
               eval_scale [2048, 512]), every in-loop evaluation on the whole validation split
-  data        the recipe as it is: crop, train_scale and eval_scale chosen by the data check (`auto`), in-loop
-              evaluations on a fixed subset under the budget
+  data        the recipe with crop, train_scale and eval_scale chosen by the data check (`auto`), in-loop
+              evaluations on a fixed subset bounded by cost (about a tenth of the budget)
   data+dice   `data` with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
   data+ohem   `data` with OHEM cross-entropy (min kept: a quarter of a 256² crop)
 After training, each model is evaluated on the test split where the set has one (no setting was chosen on it).
 
-    python benchmarks/bench_thin.py --max_time 4m                                   # both sets, three arms
+    python benchmarks/bench_thin.py --max_time 4m                                   # every set, three arms
+    python benchmarks/bench_thin.py --max_time 4m --sets crackforest --crackforest ../bench-data/crackforest
     python benchmarks/bench_thin.py --max_time 4m --arms today data data+ohem --sets isbi_membrane
     python benchmarks/bench_thin.py --table                                         # the table of runs so far
 
@@ -38,20 +40,23 @@ SETS = {  # the recipe fields each shared set needs (the scratch recipe names no
     "isbi_membrane": ["--id2label", '{"0": "membrane", "1": "cell"}'],
     "dubai_aerial": ["--id2label", ('{"0": "building", "1": "land", "2": "road", "3": "vegetation", "4": "water", '
                                     '"5": "unlabeled"}')],
+    "crackforest": ["--id2label", '{"0": "background", "1": "crack"}'],  # masks: 255 where the source is unclear
 }
+OWN_FOLDER = {"crackforest": "crackforest"}  # sets outside the shared folder: their option (--crackforest) names it
+AUTO_SCALE = ["--crop_size", "auto", "--train_scale", "auto", "--eval_scale", "auto"]  # the recipe's are fixed
 ARMS: dict[str, list[str]] = {
     "today": ["--crop_size", "256", "--train_scale", "1536", "384", "--eval_scale", "2048", "512",
               "--eval_subset_size", "0"],
-    "data": [],
-    "data+dice": ["--loss", "{ce: 1.0, dice: 0.5}"],
-    "data+ohem": ["--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
+    "data": AUTO_SCALE,
+    "data+dice": [*AUTO_SCALE, "--loss", "{ce: 1.0, dice: 0.5}"],
+    "data+ohem": [*AUTO_SCALE, "--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
 }
 BASELINE = "today"
 
 
 def train_arm(arm: str, data_set: str, cli: argparse.Namespace) -> dict:
     """One arm on one set: train, then the held-out evaluation; the run's results (or its error)."""
-    data_dir = cli.datasets / data_set
+    data_dir = set_folder(data_set, cli)
     output_dir = cli.output_dir / f"{data_set}-{arm}-seed{cli.seed}-{cli.max_time}"
     command = [sys.executable, str(ROOT / "recipes/finetune.py"), "--config", str(RECIPE), "--data_dir",
                str(data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
@@ -74,6 +79,11 @@ def train_arm(arm: str, data_set: str, cli: argparse.Namespace) -> dict:
     return {**row, **json.loads(results_file.read_text()), **held_out}
 
 
+def set_folder(data_set: str, cli: argparse.Namespace) -> Path:
+    """Where a set is: the shared sets under --datasets, the others at their own option's path."""
+    return getattr(cli, OWN_FOLDER[data_set]) if data_set in OWN_FOLDER else cli.datasets / data_set
+
+
 def print_tables(rows: list[dict], test_split: str) -> None:
     """Per set: one column per arm (the baseline first), per-class IoU on validation (and test), mIoU, steps."""
     for data_set in dict.fromkeys(r["set"] for r in rows):
@@ -82,7 +92,7 @@ def print_tables(rows: list[dict], test_split: str) -> None:
         print(f"\n{data_set}: " + ", ".join(f"{r['arm']} ({r['max_time']}, seed {r['seed']})" for r in runs))
         print("| | " + " | ".join(r["arm"] for r in runs) + " |")
         print("|---|" + "---:|" * len(runs))
-        keys = ["budget_steps", "budget_evaluations", "budget_evaluation_s"]
+        keys = ["budget_steps", "budget_evaluations", "budget_evaluation_s", "budget_eval_images"]
         for prefix in ("eval", test_split):
             classes = dict.fromkeys(k for r in runs for k in r if k.startswith(f"{prefix}_iou_"))
             keys += [f"{prefix}_mean_iou", *classes]
@@ -110,6 +120,8 @@ def print_tables(rows: list[dict], test_split: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared/datasets")
+    parser.add_argument("--crackforest", type=Path, default=ROOT.parent / "bench-data/crackforest",
+                        help="the folder benchmarks/prepare_crackforest.py wrote")
     parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
     parser.add_argument("--arms", nargs="*", default=["today", "data", "data+dice"], choices=list(ARMS))
     parser.add_argument("--max_time", default="4m", help="the budget of every arm")
@@ -123,9 +135,11 @@ def main() -> None:
     if cli.table:
         print_tables([json.loads(line) for line in runs.read_text().splitlines() if line.strip()], cli.test_split)
         return
-    missing = [name for name in cli.sets if not (cli.datasets / name / "images").is_dir()]
+    missing = [name for name in cli.sets if not (set_folder(name, cli) / "images").is_dir()]
     if missing:
-        sys.exit(f"{', '.join(missing)} not found under {cli.datasets}: pass --datasets (the shared sets' folder).")
+        sys.exit("Not found: " + ", ".join(f"{name} at {set_folder(name, cli)}" for name in missing)
+                 + ": pass --datasets (the shared sets' folder), or --crackforest (make it with "
+                 "benchmarks/prepare_crackforest.py).")
     cli.output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for data_set in cli.sets:

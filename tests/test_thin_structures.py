@@ -128,21 +128,11 @@ def test_in_loop_evaluations_read_a_fixed_subset_under_a_budget():
 
 
 @pytest.mark.slow
-def test_a_budgeted_run_evaluates_a_subset_then_the_whole_split_once(tmp_path, train_tiny, monkeypatch):
-    from hf_segformer.training.trainer import SegformerTrainer
-
-    read = []
-    evaluate = SegformerTrainer.evaluate
-
-    def counting(self, eval_dataset=None, *args, **kwargs):
-        read.append(len(eval_dataset if eval_dataset is not None else self.eval_dataset))
-        return evaluate(self, eval_dataset, *args, **kwargs)
-
-    monkeypatch.setattr(SegformerTrainer, "evaluate", counting)
+def test_a_budgeted_run_evaluates_a_subset_then_the_whole_split_once(tmp_path, train_tiny, evaluations_read):
     # max_steps caps the length the budget decides (at step 5): the test need not spend the budget
     results = train_tiny(tmp_path, "--max_time", "10m", "--max_steps", "6", "--eval_strategy", "steps",
                          "--eval_steps", "3", "--eval_subset_size", "2", "--save_strategy", "no")
-    assert read == [2, 2, 2, 4]  # steps 3 and 6, the budget's timing one at step 5; then the whole split once
+    assert evaluations_read == [2, 2, 2, 4]  # steps 3 and 6, the budget's timing one at step 5; then the whole split
     train = json.loads((tmp_path / "run" / "train_results.json").read_text())
     assert (train["budget_evaluations"], train["budget_final_evaluations"]) == (3, 1)
     assert train["budget_steps_run"] == 6 and train["budget_saves"] == 1  # the model saved at the end

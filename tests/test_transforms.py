@@ -10,6 +10,7 @@ import torch
 from PIL import Image, JpegImagePlugin
 
 from hf_segformer.data.image_cache import DecodedImageCache, plan_cache
+from hf_segformer.data.images import rescale_factor
 from hf_segformer.data.labels import LabelDecoder
 from hf_segformer.data.transforms import EvalTransform, SegmentationCollator, TrainTransform
 from hf_segformer.logits import LABEL_PAD
@@ -169,6 +170,41 @@ def test_hflip_flips_image_and_label_together(scene):
         assert not torch.equal(label, flipped_label)
         assert torch.equal(flipped_label, label.flip(-1))
         assert torch.equal(flipped_pixels, pixels.flip(-1))
+
+
+def test_the_resampled_window_is_the_crop_of_the_whole_resized_image():
+    """Only the crop window is resampled (its cost does not grow with the scale): the same pixels as resizing the
+    whole image and cropping, within 2 grey levels of bilinear rounding; each label pixel is the source pixel under
+    its sample point or (PIL's coordinate rounding) its neighbour, as in the whole-image resize."""
+    rs = np.random.RandomState(0)
+    image = Image.fromarray(rs.randint(0, 256, (150, 210, 3), dtype=np.uint8))
+    mask_array = (rs.randint(0, 4, (150, 210)) * 2).astype(np.uint8)
+    mask = Image.fromarray(mask_array)
+    transform = make_transform(crop_size=48, scale=(400, 100), cat_max_ratio=1.0, hflip_prob=0.0)
+    same = total = 0
+    for seed in range(30):
+        pixels, label = transform.transform(image, mask, rng=random.Random(seed))
+        draws = random.Random(seed)  # the transform's draws: scale factor, then the window's corner
+        factor = rescale_factor(210, 150, (400, 100)) * draws.uniform(0.5, 2.0)
+        new_w, new_h = round(210 * factor), round(150 * factor)
+        crop_w, crop_h = min(48, new_w), min(48, new_h)
+        x0, y0 = draws.randint(0, new_w - crop_w), draws.randint(0, new_h - crop_h)
+        window = (slice(y0, y0 + crop_h), slice(x0, x0 + crop_w))
+        whole = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))[window].astype(int)
+        assert np.abs(pixels[:, :crop_h, :crop_w].permute(1, 2, 0).numpy().astype(int) - whole).max() <= 2, seed
+        label = label[:crop_h, :crop_w].numpy()
+        whole_label = np.asarray(mask.resize((new_w, new_h), Image.NEAREST))[window]
+        same, total = same + (label == whole_label).sum(), total + label.size
+        rows = (y0 + np.arange(crop_h) + 0.5) * 150 / new_h
+        cols = (x0 + np.arange(crop_w) + 0.5) * 210 / new_w
+        near = np.zeros_like(label, dtype=bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                r, c = np.clip(rows.astype(int) + dy, 0, 149), np.clip(cols.astype(int) + dx, 0, 209)
+                near |= mask_array[np.ix_(r, c)] == label
+        exact = mask_array[np.ix_(rows.astype(int), cols.astype(int))] == label
+        assert near.all() and exact.mean() > 0.9, seed
+    assert same / total > 0.9
 
 
 def test_cat_max_ratio_retries_reduce_single_class_crops():

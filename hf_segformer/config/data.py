@@ -222,8 +222,9 @@ class DataArguments:
         default="auto",
         metadata={"help": "Evaluations during training read this many validation images, the same ones each time "
                           "(spread evenly over the split); the evaluation after training reads the whole split. "
-                          "auto: 64 under a max_time budget (evaluating is time not spent learning), else the whole "
-                          "split; 0: the whole split."},
+                          "auto: under a max_time budget (evaluating is time not spent learning) at most 64, as many "
+                          "as the in-loop evaluations read in about a tenth of max_time, else the whole split; 0: the "
+                          "whole split."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
     max_eval_samples: int | None = field(

@@ -10,11 +10,18 @@ the current step (the Trainer builds its scheduler once, from `max_steps`, in `_
 again every eighth of the steps left, from the steps and evaluations seen so far. A guard stops early if the
 steps turn out slower than measured. The time spent is stored in the checkpoint's trainer state, so a resumed
 run only gets what is left.
+
+Evaluations are bounded by cost (`eval_pixels`, given for eval_subset_size: auto): the timing evaluation reads one
+image of the in-loop set (paying the first evaluation's one-time costs), a second, timed one two images; from its
+seconds per pixel at the evaluation scale the set is cut to the images that the planned in-loop evaluations read in
+about a tenth of the budget (large images at a large eval_scale cost more than their count says). Where even one
+image each is too many, the run evaluates less often.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -26,21 +33,32 @@ import torch
 from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 
+from hf_segformer.data.images import open_image
 from hf_segformer.data.loading import spread_indices
+from hf_segformer.data.prepare import build_label_decoder
+from hf_segformer.data.transforms import EvalTransform
 from hf_segformer.training.callbacks import TrainerBound
 
 logger = logging.getLogger("hf_segformer")
 
 
-def periodic_count(strategy: Any, every: float | int | None, start: int, end: int, steps_per_epoch: float) -> int:
-    """How many evaluations (or saves) a strategy makes between optimizer steps start (excluded) and end."""
+def interval_steps(every: float | None, max_steps: int) -> int:
+    """`eval_steps`/`save_steps` in steps: below 1, a share of the run's `max_steps` (as the Trainer's state
+    resolves it)."""
+    every = every or 0
+    return math.ceil(max_steps * every) if 0 < every < 1 else int(every)
+
+
+def periodic_count(strategy: Any, every: float | None, start: int, end: int, steps_per_epoch: float) -> int:
+    """How many evaluations (or saves) a strategy makes between optimizer steps start (excluded) and end, `end`
+    being the run's last step (a fractional `every` is a share of it)."""
     strategy = getattr(strategy, "value", strategy)
     if end <= start or strategy in ("no", None):
         return 0
     if strategy == "epoch":
         per_epoch = max(steps_per_epoch, 1.0)
         return int(end // per_epoch) - int(start // per_epoch)
-    every = int(every or 0)
+    every = interval_steps(every, end)
     return (end // every - start // every) if every > 0 else 0
 
 
@@ -107,12 +125,17 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
     """
 
     def __init__(self, budget_s: float, max_steps_cap: int | None = None, final_eval: bool = True,
-                 skip_steps: int = 2, measure_steps: int = 3, margin: float = 0.03, final_eval_scale: float = 1.0):
+                 skip_steps: int = 2, measure_steps: int = 3, margin: float = 0.03, final_eval_scale: float = 1.0,
+                 eval_pixels: list[int] | None = None):
         self.budget_s = float(budget_s)
         self.max_steps_cap = max_steps_cap
         self.final_eval = final_eval
         # the final evaluation's images over the in-loop evaluations' (`eval_subset`): its cost, from theirs
         self.final_eval_scale = float(final_eval_scale)
+        # set (eval_subset_size: auto): the pixels the model reads for each image of the in-loop evaluation set; the
+        # set is then cut to what fits in EVAL_SHARE of the budget (`_bound_evaluations`)
+        self.eval_pixels = eval_pixels
+        self.eval_images: int | None = None  # images per in-loop evaluation once bounded
         self.timings: list[tuple[str, float]] = []  # ("evaluation" | "final evaluation" | "save", seconds)
         self._training_ended = False
         self.skip_steps = skip_steps
@@ -221,9 +244,12 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         step_s = self._steady_step_s()
         first = self.step_s is None
         if first:
+            pilot = self._pilot_evaluation_set()
             self.eval_s = self._measure_eval_s() if (self.final_eval or args.eval_strategy != "no") else 0.0
             self.save_s = self._measure_save_s()
             self.report_s = self._measure_report_s()
+            if pilot is not None:
+                self._bound_evaluations(args, state, step_s, *pilot)
         else:
             busy = self._intervals()[1]
             if busy:  # evaluations (and saves) seen so far, less the step they followed
@@ -236,17 +262,17 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         left = self.budget_s - spent - self._final_s(args) - reserve
         more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
                               self.max_steps_cap) if left > 0 else 0
-        if first and more == 0 and self.eval_s > 0:
+        if first and more == 0 and self.eval_s > 0 and pilot is None:  # (the pilot times a warm one already)
             # The first evaluation ever pays one-time costs (kernels for its shapes, the first figure): seconds on
             # a CPU whose steps take milliseconds. Before stopping on it, time a warm one.
             cold = self.eval_s
             self.eval_s = min(cold, self._measure_eval_s())
+            logger.info("Time budget: the first evaluation took %.2f s, a second %.2f s.", cold, self.eval_s)
             spent = self.spent_s()
             reserve = max(self.margin * (self.budget_s - spent), step_s)
             left = self.budget_s - spent - self._final_s(args) - reserve
             more = steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args, per_epoch,
                                   self.max_steps_cap) if left > 0 else 0
-            logger.info("Time budget: the first evaluation took %.2f s, a second %.2f s.", cold, self.eval_s)
         step_s, total = _broadcast([step_s, float(state.global_step + more)], args)
         self.step_s, total = step_s, int(total)
         self._decided_at = state.global_step
@@ -267,6 +293,63 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
                         self.save_s, self.budget_steps)
         else:
             logger.debug("Time budget: step %.3f s, max_steps %d.", step_s, self.budget_steps)
+
+    def _pilot_evaluation_set(self) -> tuple[Any, list[int]] | None:
+        """With `eval_pixels`: the timing evaluations read `PILOT_IMAGES` of the in-loop set (spread over it), so
+        that timing a costly set does not itself spend the evaluations' share; the first, cold one (one-time costs:
+        first-call allocations, kernels for the shapes) only the first of them. (The whole set, the pilot's indices.)"""
+        trainer = self.trainer
+        if self.eval_pixels is None or trainer is None or len(self.eval_pixels) != len(trainer.eval_dataset or []):
+            return None
+        loop_set = trainer.eval_dataset
+        pilot = spread_indices(len(loop_set), PILOT_IMAGES)
+        trainer.eval_dataset = loop_set.select(pilot[:1])
+        return loop_set, pilot
+
+    def _bound_evaluations(self, args: Any, state: Any, step_s: float, loop_set: Any, pilot: list[int]) -> None:
+        """Time a warm evaluation of the pilot images, then cut the in-loop set to the images whose planned
+        evaluations fit in EVAL_SHARE of the budget (the timing ones included), or evaluate less often where one
+        image each does not fit; set the cost of one evaluation (and of the final one, on the whole split)."""
+        pixels, cold_s = self.eval_pixels, self.eval_s
+        self.trainer.eval_dataset = loop_set.select(pilot)
+        warm_s = self._measure_eval_s()
+        logger.info("Time budget: the first evaluation (%d image) took %.2f s, a second (%d images) %.2f s.", 1,
+                    cold_s, len(pilot), warm_s)
+        pilot_pixels = sum(pixels[i] for i in pilot)
+
+        def cost_s(count: int) -> float:
+            """An evaluation of `count` images spread over the set: the warm pilot's seconds per pixel, its fixed
+            costs counted as pixels (an overestimate for larger sets; a smaller set counts as the pilot)."""
+            return warm_s * max(sum(pixels[i] for i in spread_indices(len(pixels), count)), pilot_pixels) / pilot_pixels
+
+        allowance = EVAL_SHARE * self.budget_s - cold_s - warm_s
+        per_epoch = state.global_step / state.epoch if state.epoch else float("inf")
+        self.eval_s = cost_s(1)  # the most steps, the most evaluations: the count they plan is an upper bound
+        left = self.budget_s - self.spent_s() - self._final_s(args) - max(self.margin * self.budget_s, step_s)
+        total = state.global_step + (steps_that_fit(left, state.global_step, step_s, self.eval_s, self.save_s, args,
+                                                    per_epoch, self.max_steps_cap) if left > 0 else 0)
+        # the periodic evaluations, and the one the Trainer makes at the last step where it is not one of them
+        evaluations = periodic_count(args.eval_strategy, args.eval_steps, state.global_step, total, per_epoch) + 1
+        count = images_within(cost_s, len(pixels), evaluations, allowance)
+        fewer = evaluations * cost_s(count) > allowance and getattr(args.eval_strategy, "value",
+                                                                     args.eval_strategy) == "steps"
+        recipe_every = args.eval_steps
+        if fewer:  # even one image each is too many: evaluate less often (the last evaluation stays)
+            evaluations = max(int(allowance // cost_s(1)), 1)
+            args.eval_steps = math.ceil(total / evaluations) if evaluations > 1 else 10 ** 9
+        if evaluations <= 1 and not args.load_best_model_at_end:
+            count = len(pixels)  # only the last: on the whole split it is the final evaluation too
+        count = int(_broadcast([float(count)], args)[0])  # every process evaluates the same images
+        chosen = spread_indices(len(pixels), count)
+        self.trainer.eval_dataset = loop_set.select(chosen) if count < len(pixels) else loop_set
+        self.eval_images = count
+        self.eval_s = cost_s(count)
+        self.final_eval_scale *= cost_s(len(pixels)) / max(self.eval_s, 1e-9)
+        logger.info("Time budget: in-loop evaluations on %d of %d images (~%.1f s each, ~%d of them, %s: at most "
+                    "%.0f%% of max_time with the timing ones).", count, len(pixels), self.eval_s, evaluations,
+                    f"eval_steps {recipe_every} raised to {args.eval_steps}, one image each being too many"
+                    if fewer and evaluations > 1 else f"only the last, one image each at eval_steps {recipe_every} "
+                    "being too many" if fewer else f"eval_steps {recipe_every}", 100 * EVAL_SHARE)
 
     def _apply(self, total: int, state: Any, args: Any) -> None:
         self.budget_steps = total
@@ -365,6 +448,7 @@ class TimeBudgetCallback(TrainerBound, ExportableState):
         return {"budget_max_time_s": round(self.budget_s, 1), "budget_decided": True,
                 "budget_steps": self.budget_steps, "budget_step_time_s": round(self.step_s or 0.0, 4),
                 "budget_eval_time_s": round(self.eval_s, 2), "budget_warmup_steps": self.warmup_steps,
+                **({"budget_eval_images": self.eval_images} if self.eval_images is not None else {}),
                 "budget_stopped_early": self.stopped_early, "budget_spent_s": round(self.spent_s(), 1)}
 
 
@@ -411,7 +495,42 @@ def save_budget_spent(trainer: Trainer, budget: TimeBudgetCallback | None, train
                 spent["budget_final_evaluations"], spent["budget_final_evaluation_s"], spent["budget_other_s"])
 
 
-EVAL_SUBSET_AUTO = 64  # images per in-loop evaluation under a budget (eval_subset_size: auto)
+EVAL_SUBSET_AUTO = 64  # images per in-loop evaluation under a budget (eval_subset_size: auto), at most
+EVAL_SHARE = 0.1  # ... and no more of them than the in-loop evaluations can read in this share of max_time
+PILOT_IMAGES = 2  # the budget's timing evaluation reads this many of them
+
+
+def images_within(cost_s: Any, images: int, evaluations: int, allowance_s: float) -> int:
+    """How many of `images` (picked spread evenly, as the subset is) `evaluations` evaluations can read in
+    `allowance_s`, an evaluation of `count` of them taking `cost_s(count)`; at least one."""
+    for count in range(images, 1, -1):
+        if evaluations * cost_s(count) <= allowance_s:
+            return count
+    return 1
+
+
+def model_pixels(raw_split: Any, input_size: Any) -> list[int]:
+    """Pixels the model reads for each image of an undecoded split, `input_size(width, height)` being the
+    evaluation's resize (image headers only); each image counts as 1 where a size cannot be read (band stacks)."""
+    pixels = []
+    for entry in raw_split["image"]:
+        try:
+            with open_image(entry) as image:
+                width, height = input_size(*image.size)
+        except Exception:  # noqa: BLE001 - a size is an estimate: equal cost per image
+            return [1] * len(raw_split)
+        pixels.append(width * height)
+    return pixels
+
+
+def loop_eval_pixels(data_args: Any, raw_eval: Any, budgeted: bool) -> list[int] | None:
+    """Under a budget with eval_subset_size: auto, the pixels the model reads for each image of the in-loop
+    evaluation set (`TimeBudgetCallback` cuts the set by them); None otherwise."""
+    if not budgeted or raw_eval is None or data_args.eval_subset_size != "auto":
+        return None
+    scale = tuple(data_args.eval_scale) if data_args.eval_scale else None
+    input_size = EvalTransform(build_label_decoder(data_args), data_args.eval_size, scale).input_size
+    return model_pixels(eval_subset(raw_eval, data_args.eval_subset_size, budgeted), input_size)
 
 
 def eval_subset(dataset: Any, size: int | str, budgeted: bool) -> Any:

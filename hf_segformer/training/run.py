@@ -27,7 +27,13 @@ from hf_segformer.modeling.prepare import prepare_model
 from hf_segformer.modeling.saved_label_map import save_label_map
 from hf_segformer.runtime import Choice, apply_threads, keep_freed_memory
 from hf_segformer.training.arguments import SegformerTrainingArguments
-from hf_segformer.training.budget import TimeBudgetCallback, add_budget_metrics, eval_subset, save_budget_spent
+from hf_segformer.training.budget import (
+    TimeBudgetCallback,
+    add_budget_metrics,
+    eval_subset,
+    loop_eval_pixels,
+    save_budget_spent,
+)
 from hf_segformer.training.callbacks import LastEvaluation, SampleGridCallback
 from hf_segformer.training.checkpoints import claim_run_folder, run_inputs
 from hf_segformer.training.early_stopping import add_early_stopping_metrics, early_stopping_callback
@@ -113,11 +119,14 @@ def _run(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     last_evaluation = LastEvaluation()
     preemption = StopOnSignal()  # SIGTERM: save a checkpoint at the next step boundary and stop
     # evaluations during training on a fixed subset (eval_subset_size), the evaluation after it on the whole split
-    loop_eval = eval_subset(eval_dataset, data_args.eval_subset_size, training_args.max_time_s is not None)
+    budgeted = training_args.max_time_s is not None
+    loop_eval = eval_subset(eval_dataset, data_args.eval_subset_size, budgeted)
+    eval_pixels = loop_eval_pixels(data_args, raw_eval, budgeted)  # auto: the budget cuts the subset by cost
     budget = (TimeBudgetCallback(training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
                                  final_eval=eval_dataset is not None,
-                                 final_eval_scale=len(eval_dataset) / len(loop_eval) if loop_eval else 1.0)
-              if training_args.max_time_s is not None else None)  # max_time: fixes max_steps after the first steps
+                                 final_eval_scale=len(eval_dataset) / len(loop_eval) if loop_eval else 1.0,
+                                 eval_pixels=eval_pixels)
+              if budgeted else None)  # max_time: fixes max_steps after the first steps
     early_stopping = early_stopping_callback(training_args)  # early_stopping_patience: transformers' callback
     trainer = SegformerTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=loop_eval,
@@ -151,7 +160,7 @@ def _run(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     # saved weights unless load_best_model_at_end swapped them.
     if eval_dataset is not None:
         final_step = trainer.state.global_step
-        reuse = not training_args.load_best_model_at_end and loop_eval is eval_dataset
+        reuse = not training_args.load_best_model_at_end and trainer.eval_dataset is eval_dataset  # (the budget's cut)
         eval_metrics = last_evaluation.of_step(final_step) if reuse else None
         with out_of_memory_explained(training_args, data_args.crop_size, "evaluation"):
             eval_metrics = eval_metrics or trainer.evaluate(eval_dataset=eval_dataset)
