@@ -121,7 +121,9 @@ def _run(data_args: DataArguments, model_args: ModelArguments, training_args: Se
     # evaluations during training on a fixed subset (eval_subset_size), the evaluation after it on the whole split
     budgeted = training_args.max_time_s is not None
     loop_eval = eval_subset(eval_dataset, data_args.eval_subset_size, budgeted)
-    eval_pixels = loop_eval_pixels(data_args, raw_eval, budgeted)  # auto: the budget cuts the subset by cost
+    # auto: the budget cuts the subset by cost, from timing evaluations of 1 and 2 of its images; not with early
+    # stopping, which counts every evaluation and compares their metrics (a 2-image one is not comparable)
+    eval_pixels = loop_eval_pixels(data_args, raw_eval, budgeted and training_args.early_stopping_patience is None)
     budget = (TimeBudgetCallback(training_args.max_time_s, max_steps_cap=training_args.max_steps_cap,
                                  final_eval=eval_dataset is not None,
                                  final_eval_scale=len(eval_dataset) / len(loop_eval) if loop_eval else 1.0,
