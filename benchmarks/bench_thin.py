@@ -10,11 +10,18 @@ Every arm trains `recipes/custom/segformer-b0-scratch.yaml` (SegFormer-B0 from r
               evaluations on a fixed subset bounded by cost (about a tenth of the budget)
   data+dice   `data` with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
   data+ohem   `data` with OHEM cross-entropy (min kept: a quarter of a 256² crop)
-After training, each model is evaluated on the test split where the set has one (no setting was chosen on it).
+  recipe           the recipe as it is, no overrides
+  recipe+dice      the recipe with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
+  recipe+ohem      the recipe with OHEM cross-entropy ({ohem: 1.0}, min kept 16384)
+  recipe+boundary  the recipe with boundary-weighted cross-entropy added ({ce: 1.0, boundary: 1.0})
+The tables give each arm's IoU deltas against a baseline arm: --baseline, else `recipe` where a set has that
+arm's run, else `today`. After training, each model is evaluated on the test split where the set has one (no
+setting was chosen on it).
 
     python benchmarks/bench_thin.py --max_time 4m                                   # every set, three arms
     python benchmarks/bench_thin.py --max_time 4m --sets crackforest --crackforest ../bench-data/crackforest
     python benchmarks/bench_thin.py --max_time 4m --arms today data data+ohem --sets isbi_membrane
+    python benchmarks/bench_thin.py --max_time 4m --arms recipe recipe+dice recipe+ohem recipe+boundary
     python benchmarks/bench_thin.py --table                                         # the table of runs so far
 
 Rows append to `<output_dir>/runs.jsonl`.
@@ -50,8 +57,12 @@ ARMS: dict[str, list[str]] = {
     "data": AUTO_SCALE,
     "data+dice": [*AUTO_SCALE, "--loss", "{ce: 1.0, dice: 0.5}"],
     "data+ohem": [*AUTO_SCALE, "--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
+    "recipe": [],
+    "recipe+dice": ["--loss", "{ce: 1.0, dice: 0.5}"],
+    "recipe+ohem": ["--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
+    "recipe+boundary": ["--loss", "{ce: 1.0, boundary: 1.0}"],
 }
-BASELINE = "today"
+BASELINES = ("recipe", "today")  # the default baseline: the first of these a set has a run of
 
 
 def train_arm(arm: str, data_set: str, cli: argparse.Namespace) -> dict:
@@ -84,19 +95,23 @@ def set_folder(data_set: str, cli: argparse.Namespace) -> Path:
     return getattr(cli, OWN_FOLDER[data_set]) if data_set in OWN_FOLDER else cli.datasets / data_set
 
 
-def print_tables(rows: list[dict], test_split: str) -> None:
-    """Per set: one column per arm (the baseline first), per-class IoU on validation (and test), mIoU, steps."""
+def print_tables(rows: list[dict], test_split: str, baseline: str | None = None) -> None:
+    """Per set: one column per arm (the baseline first), per-class IoU on validation (and test) with deltas against
+    the baseline arm (`baseline`, else the first of BASELINES the set has), mIoU, steps."""
     for data_set in dict.fromkeys(r["set"] for r in rows):
         runs = [r for r in rows if r["set"] == data_set]
-        runs.sort(key=lambda r: (r["arm"] != BASELINE, list(ARMS).index(r["arm"]) if r["arm"] in ARMS else 99))
+        arms = {r["arm"] for r in runs}
+        chosen = baseline or next((arm for arm in BASELINES if arm in arms), None)
+        runs.sort(key=lambda r: (r["arm"] != chosen, list(ARMS).index(r["arm"]) if r["arm"] in ARMS else 99))
         print(f"\n{data_set}: " + ", ".join(f"{r['arm']} ({r['max_time']}, seed {r['seed']})" for r in runs))
+        base = next((r for r in runs if r["arm"] == chosen), None)
+        print(f"IoU deltas against {chosen}" if base is not None else f"no IoU deltas: no {chosen} run in this set")
         print("| | " + " | ".join(r["arm"] for r in runs) + " |")
         print("|---|" + "---:|" * len(runs))
         keys = ["budget_steps", "budget_evaluations", "budget_evaluation_s", "budget_eval_images"]
         for prefix in ("eval", test_split):
             classes = dict.fromkeys(k for r in runs for k in r if k.startswith(f"{prefix}_iou_"))
             keys += [f"{prefix}_mean_iou", *classes]
-        base = next((r for r in runs if r["arm"] == BASELINE), None)
         for key in keys:
             cells = []
             for r in runs:
@@ -130,10 +145,13 @@ def main() -> None:
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--output_dir", type=Path, default=ROOT / "outputs/bench-thin")
     parser.add_argument("--table", action="store_true", help="print the tables of runs.jsonl and stop")
+    parser.add_argument("--baseline", choices=list(ARMS), default=None,
+                        help="the arm the IoU deltas are against (default: recipe where a set has it, else today)")
     cli = parser.parse_args()
     runs = cli.output_dir / "runs.jsonl"
     if cli.table:
-        print_tables([json.loads(line) for line in runs.read_text().splitlines() if line.strip()], cli.test_split)
+        print_tables([json.loads(line) for line in runs.read_text().splitlines() if line.strip()], cli.test_split,
+                     cli.baseline)
         return
     missing = [name for name in cli.sets if not (set_folder(name, cli) / "images").is_dir()]
     if missing:
@@ -150,7 +168,7 @@ def main() -> None:
                 out.write(json.dumps(row) + "\n")
             print(f"{data_set} {arm}: {row.get('error') or 'done'} in {row['wall_s']} s", flush=True)
     print(f"\nB0 random init, {RECIPE.name}, max_time {cli.max_time} per arm, one arm at a time")
-    print_tables(rows, cli.test_split)
+    print_tables(rows, cli.test_split, cli.baseline)
 
 
 if __name__ == "__main__":

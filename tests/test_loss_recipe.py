@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hf_segformer.errors import RecipeError
-from hf_segformer.training.arguments import SegformerTrainingArguments
+from hf_segformer.training.arguments import SegformerTrainingArguments, parse_recipe
 from hf_segformer.training.losses import LOSS_FUNCTIONS, SegmentationLoss
 from hf_segformer.training.trainer import SegformerTrainer
 
@@ -37,7 +37,8 @@ def test_histogram_weights_need_the_data_check(tmp_path, train_tiny):
 
 
 @pytest.mark.parametrize("field, value", [("loss", '{"cross_entropy": 1}'), ("loss", '{"ce": -1}'),
-                                          ("loss", "ce"), ("class_weights", "inverse")])
+                                          ("loss", "ce"), ("class_weights", "inverse"), ("boundary_weight", -1.0),
+                                          ("boundary_width", 0)])
 def test_bad_loss_fields_are_recipe_errors(tmp_path, field, value):
     with pytest.raises(RecipeError, match=field):
         SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
@@ -51,6 +52,18 @@ def test_the_loss_field_takes_exactly_the_names_of_the_loss_table(tmp_path):
         SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", loss="{hinge: 1.0}")
     message = str(error.value)
     assert message.startswith("loss: ") and f"among {', '.join(LOSS_FUNCTIONS)} with" in message and "hinge" in message
+
+
+def test_the_boundary_loss_is_taken_from_a_recipe_and_the_command_line(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("loss: {ce: 1.0, boundary: 1.0}\nboundary_width: 1\n")
+    run = ["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--precision", "fp32"]
+    _, _, args = parse_recipe(["--config", str(recipe), *run, "--boundary_weight", "2.5"])
+    assert (args.loss_terms, args.boundary_weight, args.boundary_width) == ({"ce": 1.0, "boundary": 1.0}, 2.5, 1)
+    _, _, args = parse_recipe([*run, "--loss", "{ce: 1.0, boundary: 1.0}"])
+    assert (args.loss_terms, args.boundary_weight, args.boundary_width) == ({"ce": 1.0, "boundary": 1.0}, 4.0, 2)
+    with pytest.raises(RecipeError, match=r"boundary_weight must be a finite number ≥ 0.*got -1\.0"):
+        parse_recipe([*run, "--loss", "{ce: 1.0, boundary: 1.0}", "--boundary_weight", "-1"])
 
 
 def test_explicit_class_weights_of_the_wrong_length_stop_before_training(tmp_path, train_tiny):

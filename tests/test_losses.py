@@ -18,10 +18,13 @@ from hf_segformer.training import run as train
 from hf_segformer.training.arguments import SegformerTrainingArguments
 from hf_segformer.training.losses import (
     SegmentationLoss,
+    boundary_mask,
+    build_loss,
     class_weights,
     class_weights_from_report,
     cross_entropy_loss,
     dice_loss,
+    downsample_labels,
     focal_loss,
     ohem_cross_entropy_loss,
     validate_class_weights,
@@ -223,7 +226,7 @@ def test_dice_of_perfect_and_wrong_predictions():
 def test_nothing_labelled_gives_zero_not_nan():
     logits, batch, _ = make_batch(padded=True)
     batch[batch != LABEL_PAD] = IGNORE
-    loss = SegmentationLoss({"ce": 1, "focal": 1, "dice": 1, "ohem": 1}, class_weights=[1.0, 2.0, 3.0])
+    loss = SegmentationLoss({"ce": 1, "focal": 1, "dice": 1, "ohem": 1, "boundary": 1}, class_weights=[1.0, 2.0, 3.0])
     value = loss(logits.requires_grad_(), batch)
     assert value.item() == 0.0
     value.backward()
@@ -261,7 +264,7 @@ def test_combined_loss_validates_its_arguments():
         SegmentationLoss(class_weights=[1.0, 2.0])(logits, batch)
 
 
-@pytest.mark.parametrize("term", ["ce", "focal", "dice", "ohem"])
+@pytest.mark.parametrize("term", ["ce", "focal", "dice", "ohem", "boundary"])
 def test_bf16_logits_give_a_float32_loss_and_gradients_flow(term):
     logits, batch, _ = make_batch(padded=True, seed=6)
     logits = logits.bfloat16().requires_grad_()
@@ -301,6 +304,113 @@ def test_binary_weights_need_two_entries():
     logits, batch, _ = make_batch(padded=False, num_classes=1)
     with pytest.raises(ValueError, match="background, foreground"):
         cross_entropy_loss(logits, batch, IGNORE, [1.0])
+
+
+# ------------------------------------------------------------------------------------------ boundary-weighted CE
+
+
+def ref_boundary(label, width):
+    """Brute force: a labelled pixel with a labelled pixel of another class in its (2·width+1)² window."""
+    height, wide = label.shape
+    mask = torch.zeros(height, wide, dtype=torch.bool)
+    for r in range(height):
+        for c in range(wide):
+            y = int(label[r, c])
+            if y in (IGNORE, LABEL_PAD):
+                continue
+            window = label[max(r - width, 0): r + width + 1, max(c - width, 0): c + width + 1]
+            mask[r, c] = any(int(v) not in (IGNORE, LABEL_PAD, y) for v in window.flatten())
+    return mask
+
+
+def ref_boundary_ce(logits, labels, weight, boundary_weight, width):
+    """sum(w[y]·(1 + k·b)·CE) / sum(w[y]·(1 + k·b)) over the labelled pixels, float64."""
+    near = [bool(b) for label in labels for b, y in zip(ref_boundary(label, width).flatten(), label.flatten())
+            if int(y) != IGNORE]
+    pixels = ref_pixels(logits, labels)
+    scale = [(weight[y] if weight is not None else 1.0) * (1 + boundary_weight * b) for (_, y), b in zip(pixels, near)]
+    ce = [-math.log(true_prob(z, y)) for z, y in pixels]
+    return sum(s * v for s, v in zip(scale, ce)) / sum(scale)
+
+
+def blocky_batch(padded: bool, num_classes: int = C, seed: int = 8):
+    """make_batch's shapes with labels in blocks (so some pixels are far from any boundary) and ignore blocks."""
+    logits, _, labels = make_batch(padded, num_classes, seed)
+    top = max(num_classes, 2)
+    for i, label in enumerate(labels):
+        rows, cols = torch.meshgrid(torch.arange(label.shape[0]), torch.arange(label.shape[1]), indexing="ij")
+        label.copy_((rows // 4 + cols // 5 + i) % top)
+        label[-2:, -2:] = IGNORE
+    return logits, pad_labels(labels), labels
+
+
+def thin_line_map():
+    """8×8: class 0 with a 1-px vertical line of class 1 (column 3) and an ignore block at the bottom right."""
+    label = torch.zeros(8, 8, dtype=torch.long)
+    label[:, 3] = 1
+    label[5:, 5:] = IGNORE
+    return label
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_boundary_mask_is_the_pixels_near_another_labelled_class(width):
+    label = thin_line_map()
+    valid = label != IGNORE
+    mask = boundary_mask(label.where(valid, 0)[None], valid[None], width)[0]
+    assert torch.equal(mask, ref_boundary(label, width))
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[:, 3 - width: 4 + width] = True  # the line and `width` columns each side of it
+    expected[5:, 5:] = False  # ignored pixels are never boundary pixels
+    assert torch.equal(mask, expected)  # the class-0 pixels beside the ignore block (e.g. row 4) are not either
+
+
+def test_ignored_and_padded_pixels_make_no_boundary():
+    label = torch.zeros(6, 6, dtype=torch.long)
+    label[2:4, 2:4] = IGNORE
+    label[:, 5] = LABEL_PAD
+    valid = (label != IGNORE) & (label != LABEL_PAD)
+    assert not boundary_mask(label.where(valid, 0)[None], valid[None], 2).any()
+
+
+@pytest.mark.parametrize("weight", [None, [0.5, 2.0, 1.25]])
+def test_boundary_weight_zero_is_plain_cross_entropy(weight):
+    logits, batch, _ = blocky_batch(padded=True)
+    boundary = SegmentationLoss({"boundary": 1.0}, class_weights=weight, ignore_index=IGNORE, boundary_weight=0.0)
+    assert boundary(logits, batch).item() == cross_entropy_loss(logits, batch, IGNORE, weight).item()
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("num_classes, weight", [(C, [0.5, 2.0, 1.25]), (C, None), (1, [0.5, 2.0])])
+@pytest.mark.parametrize("width", [1, 2])
+def test_boundary_cross_entropy_matches_reference(padded, num_classes, weight, width):
+    logits, batch, labels = blocky_batch(padded, num_classes)
+    loss = SegmentationLoss({"boundary": 1.0}, class_weights=weight, ignore_index=IGNORE, boundary_weight=3.0,
+                            boundary_width=width)
+    expected = ref_boundary_ce(logits, labels, weight, 3.0, width)
+    assert loss(logits, batch).item() == pytest.approx(expected, rel=1e-5)
+    near = torch.cat([ref_boundary(label, width)[label != IGNORE] for label in labels])
+    assert near.any() and not near.all()  # boundary and interior pixels both weigh in
+
+
+def test_boundary_at_the_logits_resolution_uses_the_downsampled_labels():
+    logits, _, _ = make_batch(padded=False, seed=9)
+    labels = blocky_batch(padded=False)[1].repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :8, :10]
+    small = downsample_labels(labels, tuple(logits.shape[-2:]))
+    weight = [1.0, 2.0, 0.5]
+    on_logits = SegmentationLoss({"boundary": 1.0}, class_weights=weight, resolution="logits", boundary_width=1)
+    assert on_logits(logits, labels).item() == pytest.approx(
+        ref_boundary_ce(logits, list(small), weight, 4.0, 1), rel=1e-5)
+
+
+def test_boundary_settings_are_validated_and_reach_the_loss(tmp_path):
+    for bad in ({"boundary_weight": -1.0}, {"boundary_weight": math.nan}, {"boundary_width": 0},
+                {"boundary_width": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SegmentationLoss({"boundary": 1.0}, **bad)
+    args = SegformerTrainingArguments(output_dir=str(tmp_path), report_to="none", loss="{ce: 1.0, boundary: 1.0}",
+                                      boundary_weight=2.5, boundary_width=3)
+    loss = build_loss(args, IGNORE, C, "train", None)
+    assert (loss.terms, loss.boundary_weight, loss.boundary_width) == ({"ce": 1.0, "boundary": 1.0}, 2.5, 3)
 
 
 # ------------------------------------------------------------------------------------------ class weights

@@ -18,7 +18,7 @@ from hf_segformer.config.parser import parse_args
 from hf_segformer.config.values import check_choice, parse_duration, parse_mapping
 from hf_segformer.errors import RecipeError
 from hf_segformer.runtime import choose_loader_workers, choose_precision, has_accelerator, launcher_precision
-from hf_segformer.training.losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS
+from hf_segformer.training.losses import LOSS_RESOLUTIONS, LOSS_TERMS, WEIGHT_METHODS, check_boundary_settings
 
 METRIC_BACKENDS = ("confusion", "evaluate_hub")
 
@@ -41,7 +41,8 @@ class SegformerTrainingArguments(TrainingArguments):
     loss: str | None = field(
         default=None,
         metadata={"help": "Training loss terms and their weights, e.g. {ce: 1.0, dice: 0.5}; terms: "
-                          f"{', '.join(LOSS_TERMS)}. Default: plain cross-entropy."},
+                          f"{', '.join(LOSS_TERMS)} (boundary: cross-entropy with pixels near another class "
+                          "weighted up, see boundary_weight). Default: plain cross-entropy."},
     )
     class_weights: str | None = field(
         default=None,
@@ -54,6 +55,16 @@ class SegformerTrainingArguments(TrainingArguments):
     ohem_thresh: float = field(default=0.7, metadata={"help": "OHEM: keep pixels whose true-class probability is below."})
     ohem_min_kept: int = field(default=100_000, metadata={"help": "OHEM: keep at least this many pixels per image."})
     dice_smooth: float = field(default=1.0, metadata={"help": "Dice loss smoothing term."})
+    boundary_weight: float = field(
+        default=4.0,
+        metadata={"help": "boundary loss: a pixel within boundary_width label pixels of another labelled class weighs "
+                          "1 + this in the cross-entropy (times its class weight); 0 is plain cross-entropy."},
+    )
+    boundary_width: int = field(
+        default=2,
+        metadata={"help": "boundary loss: how near (label pixels, a square window) another class makes a pixel a "
+                          "boundary pixel; a structure up to twice as wide is all boundary."},
+    )
     loss_resolution: str = field(
         default="labels",
         metadata={"help": "'labels': logits upsampled to the label size for the loss (as SegFormer's own loss). "
@@ -133,6 +144,7 @@ class SegformerTrainingArguments(TrainingArguments):
         unknown = sorted(set(self.loss_terms) - set(LOSS_TERMS))
         if unknown or any(float(w) < 0 for w in self.loss_terms.values()):
             raise RecipeError(f"loss: terms must be among {', '.join(LOSS_TERMS)} with weights ≥ 0; got {self.loss_terms}.")
+        check_boundary_settings(self.boundary_weight, self.boundary_width)
         if isinstance(self.class_weights, str) and self.class_weights.lstrip().startswith("["):
             self.class_weights = json.loads(self.class_weights)
         if isinstance(self.class_weights, str):

@@ -17,8 +17,13 @@ most frequent label value of the label pixels it covers; nearest-neighbour where
 integer multiple), so no [B, C, H, W] tensor is made at all.
 
 `num_labels == 1` (logits [B, 1, h, w], labels 0/1) is the binary case: cross-entropy becomes sigmoid BCE,
-focal and OHEM use the sigmoid probability of the true class, and Dice is the foreground Dice. Class weights
-then have two entries, [background, foreground].
+focal, OHEM and boundary use the sigmoid probability of the true class, and Dice is the foreground Dice. Class
+weights then have two entries, [background, foreground].
+
+The boundary term is boundary-weighted cross-entropy: each labelled pixel's CE is weighted by
+w[y]·(1 + boundary_weight·b), b = 1 for a pixel within `boundary_width` label pixels (a square window) of a pixel
+of another labelled class, so edges and thin structures (a 1–2 px line is all boundary) weigh more; see
+`boundary_mask`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,11 +212,15 @@ def _weight_tensor(weight: torch.Tensor | Sequence[float] | None, num_channels: 
     return weight
 
 
-def _weighted_mean(values: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """sum(w[y]·v) / sum(w[y]) (the plain mean without weights); 0 when nothing is labelled."""
-    if weight is None:
+def _weighted_mean(values: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum(w[y]·s·v) / sum(w[y]·s) with s a per-pixel weight (the plain mean without either); 0 when nothing is
+    labelled."""
+    if weight is None and pixel_weight is None:
         return values.sum() / max(values.numel(), 1)
-    w = weight[target]
+    w = weight[target] if weight is not None else None
+    if pixel_weight is not None:
+        w = pixel_weight if w is None else w * pixel_weight
     return (w * values).sum() / w.sum().clamp_min(_TINY)
 
 
@@ -220,7 +230,7 @@ def _no_autocast(device: torch.device):
 
 # --------------------------------------------------------------------------------------------------------------
 # Loss terms on prepared pixels: each takes the prepared batch, the class weights (on the logits' device) and the
-# loss whose settings it reads (focal_gamma, ohem_thresh, ohem_min_kept, dice_smooth)
+# loss whose settings it reads (focal_gamma, ohem_thresh, ohem_min_kept, dice_smooth, boundary_weight/_width)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -291,11 +301,48 @@ def _dice(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) 
     return (1 - dice)[present].mean()
 
 
+def boundary_mask(target: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """Labels [n, h, w] (with their labelled-pixel mask) → bool [n, h, w]: labelled pixels within `width` pixels
+    (Chebyshev distance: a (2·width+1)² window) of a labelled pixel of another class.
+
+    Computed as a max-pool and a min-pool of the label map over the window: a pixel is on a boundary when the
+    largest or the smallest labelled class around it is not its own. Unlabelled (ignored, padded) pixels enter the
+    max as -inf and the min as +inf, so they never make a boundary, and the image border is padded the same way.
+    """
+    with torch.no_grad():
+        labels = target.float()[:, None]  # class ids are exact in float32 (< 2^24)
+        mask = valid[:, None]
+        window = {"kernel_size": 2 * width + 1, "stride": 1, "padding": width}
+        largest = F.max_pool2d(torch.where(mask, labels, -math.inf), **window)
+        smallest = -F.max_pool2d(torch.where(mask, -labels, -math.inf), **window)
+        return valid & ((largest != labels) | (smallest != labels))[:, 0]
+
+
+def check_boundary_settings(boundary_weight: float, boundary_width: int) -> None:
+    """The boundary term's settings, refused naming the field (a RecipeError is a ValueError)."""
+    if isinstance(boundary_weight, bool) or not isinstance(boundary_weight, numbers.Real) \
+            or not math.isfinite(boundary_weight) or boundary_weight < 0:
+        raise RecipeError(f"boundary_weight must be a finite number ≥ 0 (the extra weight of a boundary pixel, "
+                          f"e.g. 4.0; 0 is plain cross-entropy); got {boundary_weight!r}.")
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, numbers.Integral) or boundary_width < 1:
+        raise RecipeError(f"boundary_width must be a whole number of label pixels ≥ 1 (e.g. 2); "
+                          f"got {boundary_width!r}.")
+
+
+def _boundary(prep: _Prepared, weight: torch.Tensor | None, loss: SegmentationLoss) -> torch.Tensor:
+    # Boundary-weighted CE: w[y]·(1 + boundary_weight·b)·CE, normalised by sum(w[y]·(1 + boundary_weight·b)), b
+    # from the labels at the resolution the loss runs at, in the order _prepare flattened the labelled pixels.
+    near = torch.cat([boundary_mask(target, valid, loss.boundary_width)[valid] for _, target, valid in prep.pieces])
+    pixel_weight = 1 + loss.boundary_weight * near.float()
+    return _weighted_mean(-prep.log_prob, prep.target, weight, pixel_weight)
+
+
 LossTerm = Callable[[_Prepared, torch.Tensor | None, "SegmentationLoss"], torch.Tensor]
 
 # The loss terms a recipe may combine (`loss: {ce: 1.0, dice: 0.5}`), by name: the recipe's `loss` field takes
 # exactly these names.
-LOSS_FUNCTIONS: dict[str, LossTerm] = {"ce": _ce, "focal": _focal, "dice": _dice, "ohem": _ohem}
+LOSS_FUNCTIONS: dict[str, LossTerm] = {"ce": _ce, "focal": _focal, "dice": _dice, "ohem": _ohem,
+                                       "boundary": _boundary}
 LOSS_TERMS = tuple(LOSS_FUNCTIONS)
 
 
@@ -308,8 +355,11 @@ class SegmentationLoss:
     """A weighted sum of named loss terms, each a mean over labelled pixels; the Trainer calls it as
     `loss_fn(logits, labels)` with the model's low-resolution logits and the (possibly padded) labels.
 
-    terms: {"ce" | "focal" | "dice" | "ohem": coefficient}, e.g. {"ce": 1.0, "dice": 0.5}.
-    class_weights: per-class weights for ce, focal (its alpha) and ohem ([background, foreground] for
+    terms: {"ce" | "focal" | "dice" | "ohem" | "boundary": coefficient}, e.g. {"ce": 1.0, "dice": 0.5}.
+    "boundary" is boundary-weighted cross-entropy: w[y]·(1 + boundary_weight·b)·CE over sum(w[y]·(1 +
+    boundary_weight·b)), b = 1 within boundary_width label pixels of another labelled class (`boundary_mask`);
+    boundary_weight 0 is plain (weighted) cross-entropy.
+    class_weights: per-class weights for ce, focal (its alpha), ohem and boundary ([background, foreground] for
     binary logits); see `class_weights`. The logits are upsampled once per call and every term reuses them.
     After a call, `last_terms` holds each term's detached value (for logging).
     """
@@ -317,7 +367,8 @@ class SegmentationLoss:
     def __init__(self, terms: Mapping[str, float] | None = None, *,
                  class_weights: Sequence[float] | torch.Tensor | None = None, ignore_index: int = 255,
                  focal_gamma: float = 2.0, ohem_thresh: float = 0.7, ohem_min_kept: int = 100_000,
-                 dice_smooth: float = 1.0, resolution: str = "labels"):
+                 dice_smooth: float = 1.0, boundary_weight: float = 4.0, boundary_width: int = 2,
+                 resolution: str = "labels"):
         terms = dict(terms) if terms is not None else {"ce": 1.0}
         unknown = sorted(set(terms) - set(LOSS_TERMS))
         if unknown:
@@ -330,6 +381,7 @@ class SegmentationLoss:
             raise ValueError(f"ohem_thresh must be > 0 and ohem_min_kept >= 0, got {ohem_thresh}, {ohem_min_kept}.")
         if dice_smooth < 0:
             raise ValueError(f"dice_smooth must be >= 0, got {dice_smooth}.")
+        check_boundary_settings(boundary_weight, boundary_width)
         if resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"resolution must be one of {LOSS_RESOLUTIONS}, got {resolution!r}.")
         check_ignore_index(ignore_index)
@@ -341,6 +393,8 @@ class SegmentationLoss:
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
         self.dice_smooth = dice_smooth
+        self.boundary_weight = float(boundary_weight)
+        self.boundary_width = int(boundary_width)
         self.last_terms: dict[str, torch.Tensor] = {}
         self._device_weights: dict[torch.device, torch.Tensor] = {}
 
@@ -412,4 +466,5 @@ def build_loss(training_args: Any, ignore_index: int, num_labels: int, train_spl
     return SegmentationLoss(training_args.loss_terms, class_weights=weights, ignore_index=ignore_index,
                             focal_gamma=training_args.focal_gamma, ohem_thresh=training_args.ohem_thresh,
                             ohem_min_kept=training_args.ohem_min_kept, dice_smooth=training_args.dice_smooth,
-                            resolution=training_args.loss_resolution)
+                            boundary_weight=training_args.boundary_weight,
+                            boundary_width=training_args.boundary_width, resolution=training_args.loss_resolution)
