@@ -10,12 +10,68 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import tempfile  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from support import machine_share  # noqa: E402
 from support.images import save_exif_rotated, save_image, save_mask, stripes_mask, write_pairs  # noqa: E402
 from support.models import build_tiny_segformer, save_tiny_model  # noqa: E402
 
+# ---- parallel workers (pytest -n auto) ---------------------------------------------------------------------
+
+_EVERY_CORE: set[int] = set()
+_OWN_CORES: set[int] = set()
+_LOCK: machine_share.MachineLock | None = None
+_ALONE: ExitStack | None = None  # the machine, held alone by this worker
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per usable core, as memory allows (not one per hyper-thread or per core of a big box)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return machine_share.auto_workers(len(machine_share.all_cores()), memory)
+
+
+def pytest_configure(config) -> None:
+    """In a parallel worker: pin it to its share of the cores and join the machine lock (see support/machine_share)."""
+    global _LOCK
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if not worker or workers < 2:
+        return
+    cores = machine_share.all_cores()
+    _EVERY_CORE.update(cores)
+    _OWN_CORES.update(machine_share.worker_share(int(worker.removeprefix("gw")), workers, cores))
+    machine_share.set_cores(_OWN_CORES)
+    _LOCK = machine_share.MachineLock(Path(tempfile.gettempdir()) /
+                                      f"hf-segformer-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'run')}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A `whole_machine` test runs alone on every core (kept so through a run of them: the machine drains once);
+    the others share the machine, each on its worker's cores."""
+    global _ALONE
+    if _LOCK is None:
+        return (yield)
+    if not item.get_closest_marker("whole_machine"):
+        with _LOCK.shared():
+            return (yield)
+    if _ALONE is None:
+        _ALONE = ExitStack()
+        _ALONE.enter_context(_LOCK.alone())
+        machine_share.set_cores(_EVERY_CORE)
+    try:
+        return (yield)
+    finally:
+        if nextitem is None or not nextitem.get_closest_marker("whole_machine"):
+            machine_share.set_cores(_OWN_CORES)
+            _ALONE.close()
+            _ALONE = None
+
+
+# ---- fixtures ------------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def write_image():

@@ -63,6 +63,7 @@ BUDGET = ["--lr_scheduler_type", "polynomial", "--lr_scheduler_kwargs", '{"lr_en
           "--warmup_steps", "0.5", "--logging_steps", "1", "--num_train_epochs", "1"]
 
 
+@pytest.mark.whole_machine
 def test_budget_decides_the_length_the_schedule_ends_and_a_resume_counts_only_the_budget_left(tmp_path, train_tiny,
                                                                                           capfd):
     """One budgeted run, then a resume of it from checkpoint-10 (a 20 s budget is this test's cost: one run serves
@@ -111,6 +112,7 @@ def test_budget_decides_the_length_the_schedule_ends_and_a_resume_counts_only_th
     assert resumed["train_runtime"] < budget - spent + 2.0
 
 
+@pytest.mark.whole_machine
 def test_a_cold_first_evaluation_does_not_stop_the_run_untrained(tmp_path, train_tiny, monkeypatch):
     """The first evaluation ever pays one-time costs (seconds of kernel set-up on a CPU whose steps take
     milliseconds): timed alone, it left no room in the budget, and the run stopped at the budget's decision
@@ -131,6 +133,7 @@ def test_a_cold_first_evaluation_does_not_stop_the_run_untrained(tmp_path, train
     assert max(learning_rates) > 1e-4
 
 
+@pytest.mark.whole_machine
 def test_a_run_that_ends_before_the_budget_decides_still_writes_its_results(tmp_path, train_tiny):
     """max_steps 2 ends the run before the budget has timed a step: the results are written and say so."""
     results = train_tiny(tmp_path, "--max_time", "25m", "--max_steps", "2", "--eval_strategy", "no")
@@ -143,6 +146,7 @@ def test_a_run_that_ends_before_the_budget_decides_still_writes_its_results(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.whole_machine
 def test_two_processes_agree_on_the_budget(tmp_path):
     """Two DDP processes (gloo) with the budget, rare-class sampling and the weight average: one step count (a
     disagreement would hang the collective calls), within the budget."""
