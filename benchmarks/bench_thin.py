@@ -1,27 +1,27 @@
-r"""Thin structures at equal wall-clock budget: today's scale, the scale chosen from the data, and that scale with a
-thin-structure loss, side by side with per-class IoU, on the shared sets and on pavement cracks (CrackForest:
-thin structures in small photographs, converted once by benchmarks/prepare_crackforest.py into a folder of its own).
+r"""Thin structures at equal wall-clock budget: the fixed scale, the scale chosen from the data, and losses that favour
+thin structures, side by side with per-class IoU, on the shared sets and on pavement cracks (CrackForest: thin
+structures in small photographs, converted once by benchmarks/prepare_crackforest.py into a folder of its own).
 
 Every arm trains `recipes/custom/segformer-b0-scratch.yaml` (SegFormer-B0 from random init) for the same
 `max_time`, one arm at a time on the whole machine, changed only by the arm's overrides:
-  today       the scale the recipe had before it chose one from the data (crop 256, train_scale [1536, 384],
-              eval_scale [2048, 512]), every in-loop evaluation on the whole validation split
-  data        the recipe with crop, train_scale and eval_scale chosen by the data check (`auto`), in-loop
-              evaluations on a fixed subset bounded by cost (about a tenth of the budget)
-  data+dice   `data` with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
-  data+ohem   `data` with OHEM cross-entropy (min kept: a quarter of a 256² crop)
-  recipe           the recipe as it is, no overrides
-  recipe+dice      the recipe with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
-  recipe+ohem      the recipe with OHEM cross-entropy ({ohem: 1.0}, min kept 16384)
-  recipe+boundary  the recipe with boundary-weighted cross-entropy added ({ce: 1.0, boundary: 1.0})
-The tables give each arm's IoU deltas against a baseline arm: --baseline, else `recipe` where a set has that
-arm's run, else `today`. After training, each model is evaluated on the test split where the set has one (no
-setting was chosen on it).
+  fixed           the fixed scale the recipe had before it chose one from the data (crop 256, train_scale
+                  [1536, 384], eval_scale [2048, 512]); in-loop evaluations bounded by cost, as the recipe's
+  fixed+dice      `fixed` with a Dice term on top of cross-entropy ({ce: 1.0, dice: 0.5})
+  fixed+ohem      `fixed` with OHEM cross-entropy ({ohem: 1.0}, min kept 16384: a quarter of a 256² crop)
+  fixed+boundary  `fixed` with boundary-weighted cross-entropy added ({ce: 1.0, boundary: 1.0})
+  today           `fixed` with every in-loop evaluation on the whole validation split
+  data            crop, train_scale and eval_scale chosen by the data check (`auto`)
+  data+dice       `data` with {ce: 1.0, dice: 0.5}
+  data+ohem       `data` with {ohem: 1.0}, min kept 16384
+  recipe          the recipe as it is, no overrides (it takes `auto` for the scale)
+The tables give each arm's IoU deltas against a baseline arm: --baseline, else `fixed` where a set has that arm's
+run, else `today`. After training, each model is evaluated on the test split where the set has one (no setting was
+chosen on it). `--extra` adds recipe fields to every arm (use another --output_dir per variant).
 
-    python benchmarks/bench_thin.py --max_time 4m                                   # every set, three arms
-    python benchmarks/bench_thin.py --max_time 4m --sets crackforest --crackforest ../bench-data/crackforest
-    python benchmarks/bench_thin.py --max_time 4m --arms today data data+ohem --sets isbi_membrane
-    python benchmarks/bench_thin.py --max_time 4m --arms recipe recipe+dice recipe+ohem recipe+boundary
+    python benchmarks/bench_thin.py --max_time 2m30s --arms fixed fixed+dice fixed+ohem fixed+boundary
+    python benchmarks/bench_thin.py --max_time 2m30s --arms data --sets isbi_membrane dubai_aerial --seed 43
+    python benchmarks/bench_thin.py --max_time 2m30s --arms fixed --sets crackforest --output_dir outputs/thin-512 \
+        --extra "--train_scale 2048 512 --eval_scale 2816 704"
     python benchmarks/bench_thin.py --table                                         # the table of runs so far
 
 Rows append to `<output_dir>/runs.jsonl`.
@@ -50,19 +50,20 @@ SETS = {  # the recipe fields each shared set needs (the scratch recipe names no
     "crackforest": ["--id2label", '{"0": "background", "1": "crack"}'],  # masks: 255 where the source is unclear
 }
 OWN_FOLDER = {"crackforest": "crackforest"}  # sets outside the shared folder: their option (--crackforest) names it
-AUTO_SCALE = ["--crop_size", "auto", "--train_scale", "auto", "--eval_scale", "auto"]  # the recipe's are fixed
+AUTO_SCALE = ["--crop_size", "auto", "--train_scale", "auto", "--eval_scale", "auto"]
+FIXED_SCALE = ["--crop_size", "256", "--train_scale", "1536", "384", "--eval_scale", "2048", "512"]
 ARMS: dict[str, list[str]] = {
-    "today": ["--crop_size", "256", "--train_scale", "1536", "384", "--eval_scale", "2048", "512",
-              "--eval_subset_size", "0"],
+    "fixed": FIXED_SCALE,
+    "fixed+dice": [*FIXED_SCALE, "--loss", "{ce: 1.0, dice: 0.5}"],
+    "fixed+ohem": [*FIXED_SCALE, "--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
+    "fixed+boundary": [*FIXED_SCALE, "--loss", "{ce: 1.0, boundary: 1.0}"],
+    "today": [*FIXED_SCALE, "--eval_subset_size", "0"],
     "data": AUTO_SCALE,
     "data+dice": [*AUTO_SCALE, "--loss", "{ce: 1.0, dice: 0.5}"],
     "data+ohem": [*AUTO_SCALE, "--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
     "recipe": [],
-    "recipe+dice": ["--loss", "{ce: 1.0, dice: 0.5}"],
-    "recipe+ohem": ["--loss", "{ohem: 1.0}", "--ohem_min_kept", "16384"],
-    "recipe+boundary": ["--loss", "{ce: 1.0, boundary: 1.0}"],
 }
-BASELINES = ("recipe", "today")  # the default baseline: the first of these a set has a run of
+BASELINES = ("fixed", "today")  # the default baseline: the first of these a set has a run of
 
 
 def train_arm(arm: str, data_set: str, cli: argparse.Namespace) -> dict:
@@ -96,17 +97,20 @@ def set_folder(data_set: str, cli: argparse.Namespace) -> Path:
 
 
 def print_tables(rows: list[dict], test_split: str, baseline: str | None = None) -> None:
-    """Per set: one column per arm (the baseline first), per-class IoU on validation (and test) with deltas against
-    the baseline arm (`baseline`, else the first of BASELINES the set has), mIoU, steps."""
+    """Per set: one column per arm and seed (the baseline first), per-class IoU on validation (and test) with deltas
+    against the baseline arm's run of the same seed (`baseline`, else the first of BASELINES the set has), mIoU,
+    steps."""
     for data_set in dict.fromkeys(r["set"] for r in rows):
         runs = [r for r in rows if r["set"] == data_set]
         arms = {r["arm"] for r in runs}
         chosen = baseline or next((arm for arm in BASELINES if arm in arms), None)
-        runs.sort(key=lambda r: (r["arm"] != chosen, list(ARMS).index(r["arm"]) if r["arm"] in ARMS else 99))
+        runs.sort(key=lambda r: (r["arm"] != chosen, list(ARMS).index(r["arm"]) if r["arm"] in ARMS else 99,
+                                 r["seed"]))
         print(f"\n{data_set}: " + ", ".join(f"{r['arm']} ({r['max_time']}, seed {r['seed']})" for r in runs))
-        base = next((r for r in runs if r["arm"] == chosen), None)
-        print(f"IoU deltas against {chosen}" if base is not None else f"no IoU deltas: no {chosen} run in this set")
-        print("| | " + " | ".join(r["arm"] for r in runs) + " |")
+        bases = {r["seed"]: r for r in runs if r["arm"] == chosen}
+        print(f"IoU deltas against {chosen} of the same seed" if bases else
+              f"no IoU deltas: no {chosen} run in this set")
+        print("| | " + " | ".join(f"{r['arm']} s{r['seed']}" for r in runs) + " |")
         print("|---|" + "---:|" * len(runs))
         keys = ["budget_steps", "budget_evaluations", "budget_evaluation_s", "budget_eval_images"]
         for prefix in ("eval", test_split):
@@ -121,6 +125,7 @@ def print_tables(rows: list[dict], test_split: str, baseline: str | None = None)
                 elif value is None:
                     cells.append("—")
                 elif isinstance(value, float) and "iou" in key:
+                    base = bases.get(r["seed"])
                     delta = "" if base is None or r is base or base.get(key) is None else \
                         f" ({value - base[key]:+.3f})"
                     cells.append(f"{value:.3f}{delta}")
@@ -138,7 +143,7 @@ def main() -> None:
     parser.add_argument("--crackforest", type=Path, default=ROOT.parent / "bench-data/crackforest",
                         help="the folder benchmarks/prepare_crackforest.py wrote")
     parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
-    parser.add_argument("--arms", nargs="*", default=["today", "data", "data+dice"], choices=list(ARMS))
+    parser.add_argument("--arms", nargs="*", default=["fixed", "recipe"], choices=list(ARMS))
     parser.add_argument("--max_time", default="4m", help="the budget of every arm")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--extra", default="", help="recipe fields for every arm, as on the command line")

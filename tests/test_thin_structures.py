@@ -53,8 +53,10 @@ def thin(p10: float, median: float | None = None, class_id: int = 1) -> Thinness
 
 
 @pytest.mark.parametrize("half_width, sizes, train_short, eval_short", [
-    (0.5, [(565, 584)] * 4, 1024, 1024),  # 1 px vessels in small images: upsampled, capped at a 1024 short side
-    (1.5, [(512, 512)] * 4, 704, 960),  # 3 px membranes: ×1.375 keeps them 4 px wide
+    (0.5, [(565, 584)] * 4, 576, 768),  # 1 px vessels: kept at the native size (never zoomed in for width)
+    (1.5, [(512, 512)] * 4, 512, 704),  # 3 px membranes: not zoomed out (4 px would need ×1.33)
+    (2.5, [(512, 512)] * 4, 416, 576),  # 5 px membranes: zoomed out as far as keeps them 4 px wide
+    (0.5, [(240, 320)] * 4, 384, 512),  # 1 px cracks in small photographs: up to the 384 context scale only
     (20.0, [(512, 512)] * 4, 384, 512),  # wide regions: zoomed out to a 384 short side for context
     (0.5, [(64, 64)] * 4, 256, 352),  # tiny images: at most 4× upsampled
     (3.0, [(2000, 1500)] * 4, 1024, 1024),  # large images, 6 px structures: down to where they are 4 px wide
@@ -66,15 +68,15 @@ def test_the_thinnest_class_keeps_four_pixels_at_the_training_scale_within_the_c
     assert choice.eval_scale == [4 * eval_short, eval_short]
     assert choice.crop_size == min(256, train_short)
     short = min(sizes[0])
-    capped = train_short in (1024, 4 * short)
-    assert 2 * half_width * train_short / short >= 4.0 or capped  # the width is kept, or a cap decided
+    limited = train_short in (1024, 4 * short) or train_short >= max(short, 384)  # a cap, or no zoom-in
+    assert 2 * half_width * train_short / short >= 4.0 or limited  # the width is kept, or a limit decided
 
 
 def test_explicit_values_win_and_auto_is_filled_from_the_data():
     data_args = DataArguments(crop_size=128, train_scale="auto", eval_scale=["auto"])
     assert data_args.auto_scale_fields == ("train_scale", "eval_scale")
     choice = settle_scale(data_args, thin(1.5), [(512, 512)])
-    assert (data_args.crop_size, data_args.train_scale, data_args.eval_scale) == (128, [2816, 704], [3840, 960])
+    assert (data_args.crop_size, data_args.train_scale, data_args.eval_scale) == (128, [2048, 512], [2816, 704])
     assert "crop_size 128 (the recipe)" in scale_line(data_args, choice)
     fixed = DataArguments(crop_size=256, train_scale=[1024, 256], eval_scale=[2048, 512])
     settle_scale(fixed, thin(0.5), [(512, 512)])
@@ -112,7 +114,7 @@ def test_the_reports_json_and_text_hold_the_measurement_and_the_choice(tmp_path)
     assert loaded.thinness == report.thinness and loaded.scale_choice == report.scale_choice
     text = (tmp_path / "class_histogram.md").read_text()
     assert "| 1 vessel | 0.5 | 0.5 | 1 |" in text and "train: short side 565–565" in text
-    assert "thinnest class 1 'vessel'" in text and "train_scale [4096, 1024]" in text
+    assert "thinnest class 1 'vessel'" in text and "train_scale [2304, 576]" in text
 
 
 def test_in_loop_evaluations_read_a_fixed_subset_under_a_budget():

@@ -5,6 +5,10 @@ The rule, from the pre-flight check's thinness (`data.thinness`) and the trainin
 - the base training scale (ratio 1 of ratio_range) is the larger of the scale that keeps the thinnest class's
   10th-percentile structure `MIN_TRAIN_WIDTH` px wide (1 px at the head's 1/4 resolution) and the scale that brings
   the median short side to `CONTEXT_SHORT_SIDE` (zoomed out: each crop sees more of an image);
+- the thinnest class only stops the zoom-out: it never zooms in past the native size (or past the context scale,
+  for images smaller than it). At an equal budget, upsampling small photographs of 1-px pavement cracks ×1.6, ×2
+  and ×3.2 lost to ×1.2 (benchmarks/README.md, "Thin structures at equal budget"): a crop then sees too little of
+  the image;
 - capped at `MAX_UPSAMPLE`× the native size and a short side of `MAX_SHORT_SIDE` px (the evaluation's cost grows with
   the pixels it reads, the input pipeline's with the pixels it resizes);
 - evaluation at `EVAL_OVER_TRAIN`× the base training scale (the top of what training drew), capped the same way;
@@ -58,15 +62,17 @@ def choose_scale(thinness: Thinness | None, image_sizes: list[tuple[int, int]],
     short = statistics.median(min(size) for size in image_sizes)
     width = max(2 * thin.p10, 1.0)
     for_width, for_context = MIN_TRAIN_WIDTH / width, CONTEXT_SHORT_SIDE / short
-    factor = min(max(for_width, for_context), MAX_UPSAMPLE, MAX_SHORT_SIDE / short)
+    zoom_in_limit = max(for_context, 1.0)
+    factor = min(max(for_width, for_context), zoom_in_limit, MAX_UPSAMPLE, MAX_SHORT_SIDE / short)
     train_short = min(_multiple_of_32(short * factor), MAX_SHORT_SIDE)
     eval_short = min(_multiple_of_32(train_short * EVAL_OVER_TRAIN), MAX_SHORT_SIDE)
     kept = width * train_short / short
     name = (id2label or {}).get(class_id, str(class_id))
     limit = "the thinnest class" if for_width >= for_context else f"a short side of {CONTEXT_SHORT_SIDE} px"
-    capped = " (capped)" if factor < max(for_width, for_context) else ""
+    if factor < max(for_width, for_context):
+        limit += " (not zoomed in further)" if factor == zoom_in_limit else " (capped)"
     why = (f"thinnest class {class_id} '{name}': 10th-percentile width {width:g} px at the median short side "
-           f"{short:g} px → training short side {train_short} px (×{train_short / short:.2f}, set by {limit}{capped}),"
+           f"{short:g} px → training short side {train_short} px (×{train_short / short:.2f}, set by {limit}),"
            f" where it is {kept:.1f} px wide ({kept / 4:.2f} px at the head's 1/4; aim ≥ {MIN_TRAIN_WIDTH / 4:g})")
     return ScaleChoice(min(CROP_SIZE, train_short), [4 * train_short, train_short], [4 * eval_short, eval_short], why)
 
