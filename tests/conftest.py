@@ -34,6 +34,17 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return machine_share.auto_workers(len(machine_share.all_cores()), memory)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole test files to a worker (a `--dist` mode other than `load` is kept): a module's shared fixture (a training run, the
+    launch forms started together) is then built once, not once per worker."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # xdist is there: it is the one calling this hook
+
+    return LoadFileScheduling(config, log)
+
+
 def pytest_configure(config) -> None:
     """In a parallel worker: pin it to its share of the cores and join the machine lock (see support/machine_share)."""
     global _LOCK
