@@ -36,8 +36,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Whole test files to a worker (a `--dist` mode other than `load` is kept): a module's shared fixture (a training run, the
-    launch forms started together) is then built once, not once per worker."""
+    """Whole test files to a worker (a `--dist` mode other than `load` is kept): a module's shared fixture (a
+    training run, the launch forms started together) is then built once, not once per worker."""
     if config.getoption("dist") != "load":
         return None
     from xdist.scheduler import LoadFileScheduling  # xdist is there: it is the one calling this hook
