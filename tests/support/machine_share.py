@@ -9,11 +9,19 @@ until it is done.
 
 from __future__ import annotations
 
-import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so whole_machine tests share the machine there
+    fcntl = None
+
+CAN_PIN = hasattr(os, "sched_setaffinity")  # Linux; elsewhere the workers share every core
+CAN_LOCK = fcntl is not None
 
 GIB = 1024**3
 WORKER_MEMORY = 3 * GIB  # a worker's peak: torch + transformers + a tiny training run, with the processes it starts
@@ -21,7 +29,7 @@ MAX_WORKERS = 8
 
 
 def all_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+    return sorted(os.sched_getaffinity(0)) if CAN_PIN else list(range(os.cpu_count() or 1))
 
 
 def auto_workers(cores: int, memory_bytes: int) -> int:
@@ -38,8 +46,8 @@ def worker_share(worker: int, workers: int, cores: list[int]) -> set[int]:
 
 def set_cores(cores: set[int]) -> None:
     """Pin this process (and the processes it starts from now on) to `cores`, with as many torch threads."""
-    import sys
-
+    if not CAN_PIN:
+        return
     os.sched_setaffinity(0, cores)
     if "torch" in sys.modules:  # already imported by a support module: its thread pool was sized to every core
         sys.modules["torch"].set_num_threads(len(cores))
