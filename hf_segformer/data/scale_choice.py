@@ -69,8 +69,11 @@ def choose_scale(thinness: Thinness | None, image_sizes: list[tuple[int, int]],
     kept = width * train_short / short
     name = (id2label or {}).get(class_id, str(class_id))
     limit = "the thinnest class" if for_width >= for_context else f"a short side of {CONTEXT_SHORT_SIDE} px"
-    if factor < max(for_width, for_context):
-        limit += " (not zoomed in further)" if factor == zoom_in_limit else " (capped)"
+    if factor < max(for_width, for_context) and factor == zoom_in_limit:
+        limit = (f"a short side of {CONTEXT_SHORT_SIDE} px" if for_context > 1 else "the native size") + \
+            f"; the thinnest class would need ×{for_width:.2f}, and the scale never zooms in for it"
+    elif factor < max(for_width, for_context):
+        limit += " (capped)"
     why = (f"thinnest class {class_id} '{name}': 10th-percentile width {width:g} px at the median short side "
            f"{short:g} px → training short side {train_short} px (×{train_short / short:.2f}, set by {limit}),"
            f" where it is {kept:.1f} px wide ({kept / 4:.2f} px at the head's 1/4; aim ≥ {MIN_TRAIN_WIDTH / 4:g})")
