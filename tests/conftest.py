@@ -19,6 +19,8 @@ from support import machine_share  # noqa: E402
 from support.images import save_exif_rotated, save_image, save_mask, stripes_mask, write_pairs  # noqa: E402
 from support.models import build_tiny_segformer, save_tiny_model  # noqa: E402
 
+from hf_segformer import runtime  # noqa: E402
+
 # ---- parallel workers (pytest -n auto) ---------------------------------------------------------------------
 
 _EVERY_CORE: set[int] = set()
@@ -29,9 +31,9 @@ _ALONE: ExitStack | None = None  # the machine, held alone by this worker
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one worker per usable core, as memory allows (not one per hyper-thread or per core of a big box)."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return machine_share.auto_workers(len(machine_share.all_cores()), memory)
+    """`-n auto`: one worker per usable core (the run's own count: physical cores in this process's affinity), as the
+    memory available now allows (not one per hyper-thread or per core of a big box)."""
+    return machine_share.auto_workers(runtime.usable_cores(), runtime.available_memory())
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -32,9 +32,11 @@ def all_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if CAN_PIN else list(range(os.cpu_count() or 1))
 
 
-def auto_workers(cores: int, memory_bytes: int) -> int:
-    """As many workers as cores, as memory allows, at most MAX_WORKERS (beyond that, process start-up dominates)."""
-    return max(1, min(cores, memory_bytes // WORKER_MEMORY, MAX_WORKERS))
+def auto_workers(cores: int, memory_bytes: int | None) -> int:
+    """As many workers as cores, as memory allows (where it is known), at most MAX_WORKERS (beyond that, process
+    start-up dominates)."""
+    by_memory = cores if memory_bytes is None else memory_bytes // WORKER_MEMORY
+    return max(1, min(cores, by_memory, MAX_WORKERS))
 
 
 def worker_share(worker: int, workers: int, cores: list[int]) -> set[int]:
